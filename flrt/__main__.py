@@ -1,0 +1,5 @@
+import sys
+
+from flrt.cli import main
+
+sys.exit(main())

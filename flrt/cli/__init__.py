@@ -1,0 +1,53 @@
+"""The ``flrt`` command line: a thin wrapper over the library.
+
+Each command lives in its own module that exposes ``register(subparsers)``; :data:`COMMANDS` lists
+them. A command's handler returns the process exit code. Errors from the three packages are printed
+as one line naming the problem, never as a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+import flrt
+from flrt.errors import FlrtError
+from security.errors import SecurityError
+from transport.errors import TransportError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: Modules under :mod:`flrt.cli` that each add one top-level command.
+COMMANDS: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flrt",
+        description="flrt: a federated-learning runtime for hospitals.",
+    )
+    parser.add_argument("--version", action="version", version=f"flrt {flrt.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"flrt.cli._{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        code: int = handler(args)
+    except (FlrtError, SecurityError, TransportError) as exc:
+        print(f"flrt: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
