@@ -4,6 +4,18 @@
 
   - :class:`ConfigError`: a configuration file (project, job, node, policy) is wrong; it names the
     file, the key and what was expected.
+  - :class:`ModelFileError`: a model file or an encoded model (safetensors format) is malformed; it
+    names the problem, the file (if any) and the tensor (if any). Also a :class:`ValueError`.
+  - :class:`IncompatibleWeightsError`: two models do not have the same names, dtypes and shapes; it
+    names the first tensor that differs. Also a :class:`ValueError`.
+  - :class:`TrainerError`: a site's trainer could not be used.
+
+    - :class:`TrainerLoadError`: the trainer spec names no importable module, no attribute, not a
+      trainer, or its arguments were refused.
+    - :class:`TrainerOutputError`: a trainer returned something that is not the documented type.
+
+  - :class:`DatasetError`: a data set is missing, malformed, or cannot be split as asked. Also a
+    :class:`ValueError`.
 
 Errors from :mod:`transport` and :mod:`security` keep their own trees; the runtime lets them through
 unchanged so that callers can tell a broken connection from a bad job.
@@ -13,7 +25,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ConfigError", "FlrtError"]
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "FlrtError",
+    "IncompatibleWeightsError",
+    "ModelFileError",
+    "TrainerError",
+    "TrainerLoadError",
+    "TrainerOutputError",
+]
 
 
 class FlrtError(Exception):
@@ -39,3 +60,62 @@ class ConfigError(FlrtError, ValueError):
         if key is not None:
             where += f"{': ' if where else ''}{key}"
         super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class ModelFileError(FlrtError, ValueError):
+    """A model file or encoded model is malformed (or could not be written).
+
+    ``reason`` says what is wrong, ``path`` is the file (``None`` for bytes in memory) and ``tensor``
+    the tensor concerned (``None`` when the problem is in the framing or the header).
+    """
+
+    def __init__(
+        self, reason: str, *, path: Path | str | None = None, tensor: str | None = None
+    ) -> None:
+        self.reason = reason
+        self.path = Path(path) if path is not None else None
+        self.tensor = tensor
+        where = [str(self.path)] if self.path is not None else []
+        if tensor is not None:
+            where.append(f"tensor {tensor!r}")
+        super().__init__(f"{', '.join(where)}: {reason}" if where else reason)
+
+
+class IncompatibleWeightsError(FlrtError, ValueError):
+    """Two models differ in their names, dtypes or shapes.
+
+    ``tensor`` is the first name (in sorted order) that differs, ``expected`` and ``got`` describe it
+    on each side (``"missing"`` when one side lacks it).
+    """
+
+    def __init__(self, tensor: str, *, expected: str, got: str) -> None:
+        self.tensor = tensor
+        self.expected = expected
+        self.got = got
+        super().__init__(f"tensor {tensor!r}: expected {expected}, got {got}")
+
+
+class TrainerError(FlrtError):
+    """A site's trainer could not be used. ``spec`` is the ``module:object`` it was loaded from."""
+
+    def __init__(self, reason: str, *, spec: str | None = None) -> None:
+        self.reason = reason
+        self.spec = spec
+        super().__init__(f"trainer {spec}: {reason}" if spec is not None else reason)
+
+
+class TrainerLoadError(TrainerError):
+    """The trainer spec is malformed, its module or attribute is missing, the object is not a trainer,
+    or the trainer refused its arguments."""
+
+
+class TrainerOutputError(TrainerError):
+    """A trainer returned a value of the wrong type (``method`` names the method that did)."""
+
+    def __init__(self, reason: str, *, method: str, spec: str | None = None) -> None:
+        self.method = method
+        super().__init__(f"{method}() {reason}", spec=spec)
+
+
+class DatasetError(FlrtError, ValueError):
+    """A data set is missing or malformed, or cannot be split as asked."""
