@@ -13,6 +13,8 @@
     - :class:`TrainerLoadError`: the trainer spec names no importable module, no attribute, not a
       trainer, or its arguments were refused.
     - :class:`TrainerOutputError`: a trainer returned something that is not the documented type.
+    - :class:`TrainingAbortedError`: a trainer stopped because the site asked it to (the job was
+      aborted or the task cancelled).
 
   - :class:`DatasetError`: a data set is missing, malformed, or cannot be split as asked. Also a
     :class:`ValueError`.
@@ -34,6 +36,7 @@ __all__ = [
     "TrainerError",
     "TrainerLoadError",
     "TrainerOutputError",
+    "TrainingAbortedError",
 ]
 
 
@@ -115,6 +118,10 @@ class TrainerOutputError(TrainerError):
     def __init__(self, reason: str, *, method: str, spec: str | None = None) -> None:
         self.method = method
         super().__init__(f"{method}() {reason}", spec=spec)
+
+
+class TrainingAbortedError(TrainerError):
+    """A trainer stopped early because its site context's abort check said so."""
 
 
 class DatasetError(FlrtError, ValueError):
