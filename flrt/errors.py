@@ -4,6 +4,9 @@
 
   - :class:`ConfigError`: a configuration file (project, job, node, policy) is wrong; it names the
     file, the key and what was expected.
+
+    - :class:`JobError`: a job definition (``job.toml``) is wrong.
+
   - :class:`ModelFileError`: a model file or an encoded model (safetensors format) is malformed; it
     names the problem, the file (if any) and the tensor (if any). Also a :class:`ValueError`.
   - :class:`IncompatibleWeightsError`: two models do not have the same names, dtypes and shapes; it
@@ -18,6 +21,27 @@
 
   - :class:`DatasetError`: a data set is missing, malformed, or cannot be split as asked. Also a
     :class:`ValueError`.
+  - :class:`JobStateError`: a job was moved to a state its current state does not allow. Also a
+    :class:`RuntimeError` (a misuse of the API).
+  - :class:`AggregationError`: updates could not be aggregated (no update, zero total weight).
+
+    - :class:`UpdateError`: a site's update does not fit the global model (unknown variable, wrong
+      shape, a piece past the end); it names the site and the variable. Also a :class:`ValueError`.
+    - :class:`AggregatorStateError`: an aggregator was called out of order. Also a
+      :class:`RuntimeError`.
+
+  - :class:`WorkflowError`: a workflow could not complete.
+
+    - :class:`RoundFailedError`: a round could not reach its quorum (or timed out); it names the
+      round and the reason.
+    - :class:`QuorumError`: a round's quorum state machine was misused. Also a :class:`RuntimeError`.
+    - :class:`WorkflowStalledError`: an in-process controller found that nothing can ever happen
+      again (every site idle, nothing scheduled) while the workflow waits. Also a
+      :class:`RuntimeError`.
+
+  - :class:`CheckpointError`: a checkpoint is missing, incomplete or corrupt; it names the path.
+  - :class:`FilterError`: a task or result filter refused its input at run time; it names the
+    filter.
 
 Errors from :mod:`transport` and :mod:`security` keep their own trees; the runtime lets them through
 unchanged so that callers can tell a broken connection from a bad job.
@@ -28,15 +52,26 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AggregationError",
+    "AggregatorStateError",
+    "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "FilterError",
     "FlrtError",
     "IncompatibleWeightsError",
+    "JobError",
+    "JobStateError",
     "ModelFileError",
+    "QuorumError",
+    "RoundFailedError",
     "TrainerError",
     "TrainerLoadError",
     "TrainerOutputError",
     "TrainingAbortedError",
+    "UpdateError",
+    "WorkflowError",
+    "WorkflowStalledError",
 ]
 
 
@@ -126,3 +161,86 @@ class TrainingAbortedError(TrainerError):
 
 class DatasetError(FlrtError, ValueError):
     """A data set is missing or malformed, or cannot be split as asked."""
+
+
+# ------------------------------------------------------------------ jobs, aggregation, workflows
+
+
+class JobError(ConfigError):
+    """A job definition (``job.toml``) is wrong: ``path`` is the file, ``key`` the dotted key."""
+
+
+class JobStateError(FlrtError, RuntimeError):
+    """A job was asked to move from ``current`` to ``requested``, which the job life cycle forbids."""
+
+    def __init__(self, job_id: str, *, current: str, requested: str) -> None:
+        self.job_id = job_id
+        self.current = current
+        self.requested = requested
+        super().__init__(f"job {job_id}: cannot go from {current} to {requested}")
+
+
+class AggregationError(FlrtError):
+    """Updates could not be aggregated: ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class UpdateError(AggregationError, ValueError):
+    """A site's update does not fit the global model (the peer sent something bad).
+
+    ``site`` sent it; ``variable`` is the array concerned (``None`` when the update as a whole is
+    wrong).
+    """
+
+    def __init__(self, reason: str, *, site: str, variable: str | None = None) -> None:
+        self.site = site
+        self.variable = variable
+        where = f"site {site!r}" + (f", variable {variable!r}" if variable is not None else "")
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+
+
+class AggregatorStateError(AggregationError, RuntimeError):
+    """An aggregator was called out of order (``accept`` before ``open``, ``finish`` twice...)."""
+
+
+class WorkflowError(FlrtError):
+    """A workflow could not complete."""
+
+
+class RoundFailedError(WorkflowError):
+    """Round ``round`` could not reach its quorum, or ran out of time; ``reason`` says which."""
+
+    def __init__(self, round: int, reason: str) -> None:
+        self.round = round
+        self.reason = reason
+        super().__init__(f"round {round} failed: {reason}")
+
+
+class QuorumError(WorkflowError, RuntimeError):
+    """A round's quorum state machine was misused (for example, sites asked after it closed)."""
+
+
+class WorkflowStalledError(WorkflowError, RuntimeError):
+    """An in-process controller found that nothing can happen any more while a workflow waits."""
+
+
+class CheckpointError(FlrtError):
+    """A checkpoint is missing, incomplete or corrupt. ``path`` is the file or directory."""
+
+    def __init__(self, reason: str, *, path: Path | str | None = None) -> None:
+        self.reason = reason
+        self.path = Path(path) if path is not None else None
+        super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
+
+
+class FilterError(FlrtError):
+    """Filter ``filter`` refused a task or a result at run time."""
+
+    def __init__(self, reason: str, *, filter: str) -> None:
+        self.reason = reason
+        self.filter = filter
+        super().__init__(f"filter {filter}: {reason}")
