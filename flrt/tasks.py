@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 __all__ = [
     "EvalResult",
+    "EvalTask",
     "Metrics",
     "TaskKind",
     "TrainResult",
@@ -79,6 +80,21 @@ class TrainResult:
         for name, array in self.weights.items():
             if not isinstance(array, np.ndarray):
                 raise TypeError(f"weight {name!r} is {type(array).__name__}, not numpy.ndarray")
+
+
+@dataclass(frozen=True, slots=True)
+class EvalTask:
+    """Evaluate one model on the site's local data (a trainer's ``evaluate(task.weights, ...)``).
+
+    ``model`` says whose model it is: ``"global"`` for the server's, or a site's name in cross-site
+    evaluation. ``round`` is the training round the model comes from.
+    """
+
+    job_id: str
+    round: int
+    weights: Weights
+    model: str = "global"
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
