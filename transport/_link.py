@@ -1,0 +1,328 @@
+"""A link: the bus's connection to one peer node, driving a sans-IO session over AnyIO streams.
+
+Theory of operation
+-------------------
+
+A :class:`Link` owns one :class:`~transport.protocol.session.Session` for its whole life, across
+any number of connections. While a connection is up, two tasks run it:
+
+- the *reader* feeds received bytes to the session and handles its events: a message goes to the
+  link's inbound queue, object bytes go to their :class:`~transport.objects.IncomingObject`;
+- the *writer* writes whatever the session has to send, a little object data at a time so control
+  frames interleave, and wakes up for the session's timers (heartbeat, liveness).
+
+A third task, the *deliverer*, lives as long as the link: it hands inbound messages to the node in
+order and waits while the target mailbox is full. Only then is the message acknowledged, so a slow
+actor pushes back on its remote sender while the reader keeps reading (and heartbeats keep the
+connection alive).
+
+When a connection breaks, the link keeps its session; the client side dials again and resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgpack
+
+from transport.errors import (
+    ConnectionBrokenError,
+    ConnectionClosedError,
+    RemoteProtocolError,
+    TransportError,
+)
+from transport.objects import IncomingObject
+from transport.protocol.objects import OutgoingObject
+from transport.protocol.session import (
+    ChunkReceived,
+    ConnectionFailed,
+    MessageReceived,
+    ObjectCompleted,
+    ObjectFailed,
+    Role,
+    Session,
+    SessionConfig,
+    SessionEnded,
+    SessionOpened,
+)
+
+__all__ = ["Inbound", "Link"]
+
+RECEIVE_SIZE = 1 << 20
+
+#: A decoded message for the node: (envelope, object or None).
+Inbound = tuple[dict[str, Any], IncomingObject | None]
+
+
+class Link:
+    """The connection to one peer node; see the module docstring."""
+
+    def __init__(
+        self,
+        peer: str,
+        role: Role,
+        config: SessionConfig,
+        deliver: Callable[[Link, dict[str, Any], IncomingObject | None], Awaitable[None]],
+        on_closed: Callable[[Link, TransportError | None], None],
+    ) -> None:
+        self.peer = peer
+        self.session = Session(role, config)
+        self.peer_certificate: bytes | None = None
+        self._deliver = deliver
+        self._on_closed = on_closed
+        self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[
+            tuple[int, dict[str, Any], IncomingObject | None]
+        ](math.inf)
+        self._objects: dict[int, IncomingObject] = {}
+        self._wakeup = anyio.Event()
+        self._state_changed = anyio.Event()
+        self._connection_scope: anyio.CancelScope | None = None
+        self.closed = False
+        self.close_error: TransportError | None = None
+        self.last_error: TransportError | None = None
+        self.connections = 0
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connection_scope is not None and self.session.session_id is not None
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _changed(self) -> None:
+        self._state_changed.set()
+        self._state_changed = anyio.Event()
+
+    async def wait_changed(self) -> None:
+        await self._state_changed.wait()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def send(self, envelope: dict[str, Any], arrays: OutgoingObject | None = None) -> int:
+        """Queue a message, waiting while the peer holds a full window of undelivered messages."""
+        body: bytes = msgpack.packb(envelope, use_bin_type=True)
+        while not self.session.send_window_open:
+            if self.closed:
+                raise ConnectionClosedError(f"link to {self.peer} is closed")
+            await self.wait_changed()
+        if self.closed:
+            raise ConnectionClosedError(f"link to {self.peer} is closed")
+        seq = self.session.send_message(body, arrays)
+        self._wake()
+        return seq
+
+    # -- the deliverer ---------------------------------------------------------------------------
+
+    async def run_deliverer(self) -> None:
+        async with self._inbound_receive:
+            async for seq, envelope, obj in self._inbound_receive:
+                await self._deliver(self, envelope, obj)
+                if not self.closed:
+                    self.session.message_delivered(seq)
+                    self._wake()
+
+    # -- one connection ------------------------------------------------------------------------
+
+    async def run_connection(self, stream: anyio.abc.ByteStream, leftover: bytes = b"") -> None:
+        """Drive the session over ``stream`` until it breaks or the session ends.
+
+        Returns normally when the connection is over; the reason is in the session's events
+        (handled here). Raises only cancellation.
+        """
+        self.connections += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                self._connection_scope = tg.cancel_scope
+                self._changed()
+                tg.start_soon(self._writer, stream, tg.cancel_scope)
+                if leftover:
+                    self.session.receive_data(leftover, anyio.current_time())
+                    self._handle_events(tg.cancel_scope)
+                await self._reader(stream, tg.cancel_scope)
+        finally:
+            self._connection_scope = None
+            if not self.closed:
+                self.session.connection_lost(anyio.current_time())
+            with anyio.CancelScope(shield=True):
+                await _close_quietly(stream)
+            self._changed()
+
+    async def _reader(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> None:
+        session = self.session
+        while True:
+            try:
+                data = await stream.receive(RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                self._connection_failed(ConnectionBrokenError("peer closed the connection"), scope)
+                return
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                self._connection_failed(ConnectionBrokenError(f"connection broke: {exc!r}"), scope)
+                return
+            except Exception as exc:  # ssl.SSLError and friends: translate at the edge
+                from transport.tls import tls_failure_reason
+
+                self._connection_failed(ConnectionBrokenError(tls_failure_reason(exc)), scope)
+                return
+            session.receive_data(data, anyio.current_time())
+            self._handle_events(scope)
+
+    async def _writer(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> None:
+        session = self.session
+        while True:
+            now = anyio.current_time()
+            timer = session.get_timer()
+            if timer is not None and now >= timer:
+                session.handle_timer(now)
+                self._handle_events(scope)
+            buffers = session.data_to_send(now)
+            if buffers:
+                try:
+                    await _write_all(stream, buffers)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                    self._connection_failed(ConnectionBrokenError(f"send failed: {exc!r}"), scope)
+                    return
+                except Exception as exc:  # ssl errors: translate at the edge
+                    from transport.tls import tls_failure_reason
+
+                    self._connection_failed(ConnectionBrokenError(tls_failure_reason(exc)), scope)
+                    return
+                if session.state.value == "closed":
+                    scope.cancel()
+                    return
+                continue
+            if session.state.value == "closed":
+                scope.cancel()
+                return
+            if session.has_pending_chunks:
+                continue
+            timer = session.get_timer()
+            delay = math.inf if timer is None else max(0.0, timer - anyio.current_time())
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+
+    def _connection_failed(self, error: TransportError, scope: anyio.CancelScope) -> None:
+        self.last_error = error
+        scope.cancel()
+
+    def _handle_events(self, scope: anyio.CancelScope) -> None:
+        session = self.session
+        while events := session.events_received():
+            for event in events:
+                match event:
+                    case SessionOpened():
+                        self._changed()
+                    case MessageReceived(seq=seq, body=body, manifest=manifest):
+                        try:
+                            envelope = _decode_envelope(body)
+                        except RemoteProtocolError as exc:
+                            self.kill(exc)
+                            return
+                        obj = None
+                        if manifest is not None:
+                            obj = IncomingObject(manifest, functools.partial(self._consume, seq))
+                            if manifest.total:
+                                self._objects[seq] = obj
+                        self._inbound_send.send_nowait((seq, envelope, obj))
+                    case ChunkReceived(seq=seq, offset=offset, data=data):
+                        self._objects[seq].feed(offset, data)
+                    case ObjectCompleted(seq=seq):
+                        completed = self._objects.pop(seq, None)
+                        if completed is not None:
+                            completed.complete()
+                    case ObjectFailed(seq=seq, error=error):
+                        failed = self._objects.pop(seq, None)
+                        if failed is not None:
+                            failed.fail(error)
+                    case ConnectionFailed(error=error):
+                        self._connection_failed(error, scope)
+                    case SessionEnded(error=error):
+                        self._end(error)
+                        scope.cancel()
+        self._wake()
+        self._changed()
+
+    def _consume(self, seq: int, nbytes: int) -> None:
+        if not self.closed:
+            self.session.consume(seq, nbytes)
+            # consume() may complete the object: its event is handled on the next pass.
+            if self._connection_scope is not None:
+                self._handle_events(self._connection_scope)
+            self._wake()
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def _end(self, error: TransportError | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_error = error
+        self._inbound_send.close()
+        for obj in self._objects.values():
+            obj.fail(error or ConnectionClosedError(f"link to {self.peer} closed"))
+        self._objects.clear()
+        self._on_closed(self, error)
+        self._changed()
+
+    def close(self, reason: str = "closed") -> None:
+        """End the session for good (the peer is told if connected)."""
+        if self.closed:
+            return
+        self.session.close(reason, anyio.current_time())
+        self.session.events_received()
+        self._end(None)
+        self._wake()
+        if self._connection_scope is None:
+            return
+        # Let the writer flush the CLOSE frame; it cancels the connection once the session is closed.
+
+    async def drop_connection(self) -> None:
+        """End the current connection (if any) and wait until it is gone; the session stays."""
+        while self._connection_scope is not None:
+            self._connection_scope.cancel()
+            await self.wait_changed()
+
+    def kill(self, error: TransportError) -> None:
+        """End the link at once (used when the peer is replaced or the node stops)."""
+        self._end(error)
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
+
+def _decode_envelope(body: bytes) -> dict[str, Any]:
+    try:
+        envelope = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception:
+        raise RemoteProtocolError("message body is not valid msgpack") from None
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("t"), str):
+        raise RemoteProtocolError("message envelope is not a map with a type")
+    return envelope
+
+
+async def _write_all(stream: anyio.abc.ByteStream, buffers: list[bytes | memoryview]) -> None:
+    small: list[bytes | memoryview] = []
+    for buffer in buffers:
+        if len(buffer) >= 65536:
+            if small:
+                await stream.send(b"".join(small))
+                small = []
+            await stream.send(buffer)  # type: ignore[arg-type]  # TLS streams take any buffer
+        else:
+            small.append(buffer)
+    if small:
+        await stream.send(b"".join(small))
+
+
+async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
+    try:
+        with anyio.move_on_after(1):
+            await stream.aclose()
+    except Exception:  # closing a broken stream may raise anything; it is gone either way
+        pass

@@ -1,0 +1,674 @@
+"""The bus: a node of named actors with bounded mailboxes, linked to peer nodes over mutual TLS.
+
+Theory of operation
+-------------------
+
+A :class:`Node` is an async context manager that owns a task group. Actors registered on it are
+addressed as ``node/actor``; each has a bounded mailbox and one task that handles its messages in
+order. A full mailbox makes the sender wait (a local sender directly, a remote one through the
+session's message window); nothing is ever dropped silently.
+
+- :meth:`Node.tell` sends one way; :meth:`Node.ask` waits for the reply within a deadline;
+  :meth:`Node.ask_stream` yields streamed reply items. Any of them may carry a dict of numpy arrays,
+  which travels as a streamed object.
+- An actor that raises is reported to the node's ``on_actor_error`` callback (and to the asker as a
+  :class:`~transport.errors.RemoteActorError`); the actor and the bus keep running.
+- :meth:`Node.serve` listens for peers; :meth:`Node.connect` dials one and keeps the link up,
+  reconnecting with backoff and resuming the session. Only clients ever open connections.
+
+The server learns who a peer is from its certificate: ``authenticate(der) -> name`` is the caller's
+policy (the bus itself knows no PKI), and anything it raises refuses the connection with a reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import anyio.abc
+import numpy.typing as npt
+import structlog
+
+from transport._link import Link
+from transport.errors import (
+    AskTimeoutError,
+    ConnectionBrokenError,
+    ConnectionClosedError,
+    HandshakeError,
+    LocalProtocolError,
+    RemoteActorError,
+    RemoteProtocolError,
+    ResumeRefusedError,
+    TransportError,
+    UnknownActorError,
+)
+from transport.objects import IncomingObject, LocalObject
+from transport.protocol.objects import OutgoingObject
+from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_frame
+from transport.tls import (
+    client_handshake,
+    open_tcp,
+    peer_certificate,
+    prepare_client_context,
+    prepare_server_context,
+    server_handshake,
+)
+
+__all__ = [
+    "Actor",
+    "Authenticator",
+    "Message",
+    "Node",
+    "Reply",
+]
+
+log = structlog.get_logger("transport")
+
+Arrays = Mapping[str, npt.NDArray[Any]]
+ObjectHandle = IncomingObject | LocalObject
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What an actor receives. ``sender`` is the node it came from (this node for local sends)."""
+
+    sender: str
+    actor: str
+    body: Any
+    object: ObjectHandle | None = None
+    kind: Literal["tell", "ask", "stream"] = "tell"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A reply (or a streamed reply item) with an optional object."""
+
+    body: Any = None
+    arrays: Arrays | None = None
+    object: ObjectHandle | None = field(default=None, compare=False)
+
+
+#: An actor: an async handler. Its return value answers an ``ask`` (a :class:`Reply`, or any
+#: msgpack-able body); for ``ask_stream`` it returns an async iterator of replies.
+Actor = Callable[[Message], Awaitable[Any]]
+
+#: The server's admission policy: peer certificate (DER) -> peer node name. Raise to refuse.
+Authenticator = Callable[[bytes], str]
+
+
+@dataclass(slots=True)
+class _Mailbox:
+    send: anyio.abc.ObjectSendStream[Message | tuple[Message, _ReplyTo]]
+    receive: anyio.abc.ObjectReceiveStream[Message | tuple[Message, _ReplyTo]]
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplyTo:
+    link: Link | None  # None: the asker is on this node
+    call_id: int
+
+
+class _End:
+    """Marks the end of a streamed reply."""
+
+
+class _Pending:
+    """An outstanding ask on this node: its replies arrive here."""
+
+    def __init__(self) -> None:
+        self.send, self.receive = anyio.create_memory_object_stream[Reply | TransportError | _End](
+            math.inf
+        )
+        self.link: Link | None = None  # the link the request went out on (None: local)
+
+
+class Node:
+    """A bus node: actors, links to peers, and the tasks that run them."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: SessionConfig | None = None,
+        on_actor_error: Callable[[str, BaseException], None] | None = None,
+        session_ttl: float = 600.0,
+    ) -> None:
+        if not name or "/" in name:
+            raise LocalProtocolError(f"bad node name {name!r}")
+        self.name = name
+        self.config = config or SessionConfig()
+        self.on_actor_error = on_actor_error
+        self.session_ttl = session_ttl
+        self._actors: dict[str, _Mailbox] = {}
+        self._links: dict[str, Link] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._peers_changed = anyio.Event()
+        self.refusals: list[str] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        for link in list(self._links.values()):
+            link.close("node stopping")
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise LocalProtocolError("the node is not running (use 'async with node')")
+        return self._tg
+
+    # -- actors --------------------------------------------------------------------------------
+
+    def register(self, name: str, actor: Actor, *, mailbox_size: int = 64) -> None:
+        """Add an actor ``name`` with a mailbox of ``mailbox_size`` messages."""
+        if not name or "/" in name:
+            raise LocalProtocolError(f"bad actor name {name!r}")
+        if name in self._actors:
+            raise LocalProtocolError(f"actor {name!r} already registered")
+        send, receive = anyio.create_memory_object_stream[Message | tuple[Message, _ReplyTo]](
+            mailbox_size
+        )
+        self._actors[name] = _Mailbox(send, receive)
+        self.task_group.start_soon(self._run_actor, name, actor, receive)
+
+    async def _run_actor(
+        self,
+        name: str,
+        actor: Actor,
+        receive: anyio.abc.ObjectReceiveStream[Message | tuple[Message, _ReplyTo]],
+    ) -> None:
+        async with receive:
+            async for item in receive:
+                message, reply_to = item if isinstance(item, tuple) else (item, None)
+                try:
+                    result = await actor(message)
+                    if reply_to is not None:
+                        await self._answer(message, reply_to, result)
+                except Exception as exc:
+                    address = f"{self.name}/{name}"
+                    log.warning(
+                        "actor.failed",
+                        actor=address,
+                        error_type=type(exc).__name__,
+                        detail=str(exc),
+                    )
+                    if self.on_actor_error is not None:
+                        self.on_actor_error(address, exc)
+                    if reply_to is not None:
+                        await self._send_reply(
+                            reply_to,
+                            {"t": "err", "et": type(exc).__name__, "ed": str(exc), "a": address},
+                        )
+
+    async def _answer(self, message: Message, reply_to: _ReplyTo, result: Any) -> None:
+        if message.kind == "stream":
+            async for item in result:
+                await self._send_reply(reply_to, {"t": "item"}, item)
+            await self._send_reply(reply_to, {"t": "end"})
+        else:
+            await self._send_reply(reply_to, {"t": "reply"}, result)
+
+    async def _send_reply(
+        self, reply_to: _ReplyTo, envelope: dict[str, Any], result: Any = None
+    ) -> None:
+        reply = result if isinstance(result, Reply) else Reply(body=result)
+        envelope = envelope | {"i": reply_to.call_id, "b": reply.body}
+        if reply_to.link is None:
+            self._on_reply(
+                envelope, LocalObject(reply.arrays) if reply.arrays is not None else None
+            )
+            return
+        if reply_to.link.closed:
+            return  # the asker is gone; its ask has already failed
+        arrays = OutgoingObject(reply.arrays) if reply.arrays is not None else None
+        await reply_to.link.send(envelope, arrays)
+
+    # -- addressing ----------------------------------------------------------------------------
+
+    def _split(self, address: str) -> tuple[str, str]:
+        node, sep, actor = address.partition("/")
+        if not sep or not node or not actor or "/" in actor:
+            raise LocalProtocolError(f"bad address {address!r} (expected node/actor)")
+        return node, actor
+
+    def _link_to(self, node: str) -> Link:
+        link = self._links.get(node)
+        if link is None or link.closed:
+            raise ConnectionClosedError(f"no link to node {node!r}")
+        return link
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def tell(self, address: str, body: Any = None, *, arrays: Arrays | None = None) -> None:
+        """Send ``body`` (and ``arrays``) one way to ``node/actor``; waits while the mailbox is full."""
+        node, actor = self._split(address)
+        if node == self.name:
+            obj = LocalObject(arrays) if arrays is not None else None
+            await self._local_mailbox(actor).send.send(Message(self.name, actor, body, obj))
+            return
+        outgoing = OutgoingObject(arrays) if arrays is not None else None
+        await self._link_to(node).send({"t": "tell", "a": actor, "b": body}, outgoing)
+
+    async def ask(
+        self, address: str, body: Any = None, *, arrays: Arrays | None = None, timeout: float
+    ) -> Reply:
+        """Send a request and wait up to ``timeout`` seconds for the reply.
+
+        Raises :class:`AskTimeoutError`, :class:`UnknownActorError`, :class:`RemoteActorError`, or
+        :class:`ConnectionClosedError` if the link ends first.
+        """
+        call_id, pending = self._open_call()
+        try:
+            with anyio.fail_after(timeout):
+                await self._send_call(address, "ask", call_id, body, arrays)
+                item = await pending.receive.receive()
+        except TimeoutError:
+            raise AskTimeoutError(address, timeout) from None
+        finally:
+            self._pending.pop(call_id, None)
+        if isinstance(item, TransportError):
+            raise item
+        if isinstance(item, _End):
+            raise RemoteProtocolError(f"{address} answered an ask with a stream")
+        return item
+
+    async def ask_stream(
+        self, address: str, body: Any = None, *, arrays: Arrays | None = None, timeout: float
+    ) -> AsyncIterator[Reply]:
+        """Send a request whose actor streams replies; yield them. ``timeout`` bounds each wait."""
+        call_id, pending = self._open_call()
+        try:
+            with anyio.fail_after(timeout):
+                await self._send_call(address, "stream", call_id, body, arrays)
+            while True:
+                try:
+                    with anyio.fail_after(timeout):
+                        item = await pending.receive.receive()
+                except TimeoutError:
+                    raise AskTimeoutError(address, timeout) from None
+                if isinstance(item, TransportError):
+                    raise item
+                if isinstance(item, _End):
+                    return
+                yield item
+        finally:
+            self._pending.pop(call_id, None)
+
+    def _open_call(self) -> tuple[int, _Pending]:
+        call_id = next(self._ids)
+        pending = _Pending()
+        self._pending[call_id] = pending
+        return call_id, pending
+
+    async def _send_call(
+        self,
+        address: str,
+        kind: Literal["ask", "stream"],
+        call_id: int,
+        body: Any,
+        arrays: Arrays | None,
+    ) -> None:
+        node, actor = self._split(address)
+        if node == self.name:
+            obj = LocalObject(arrays) if arrays is not None else None
+            mailbox = self._actors.get(actor)
+            if mailbox is None:
+                raise UnknownActorError(address)
+            await mailbox.send.send(
+                (Message(self.name, actor, body, obj, kind), _ReplyTo(None, call_id))
+            )
+            return
+        outgoing = OutgoingObject(arrays) if arrays is not None else None
+        link = self._link_to(node)
+        self._pending[call_id].link = link
+        await link.send({"t": kind, "a": actor, "b": body, "i": call_id}, outgoing)
+
+    def _local_mailbox(self, actor: str) -> _Mailbox:
+        mailbox = self._actors.get(actor)
+        if mailbox is None:
+            raise UnknownActorError(f"{self.name}/{actor}")
+        return mailbox
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _deliver(
+        self, link: Link, envelope: dict[str, Any], obj: IncomingObject | None
+    ) -> None:
+        kind = envelope["t"]
+        if kind in ("reply", "item", "end", "err"):
+            self._on_reply(envelope, obj)
+            return
+        actor = envelope.get("a")
+        if kind not in ("tell", "ask", "stream") or not isinstance(actor, str):
+            link.kill(RemoteProtocolError(f"bad message envelope of type {kind!r}"))
+            return
+        mailbox = self._actors.get(actor)
+        call_id = envelope.get("i")
+        if mailbox is None:
+            address = f"{self.name}/{actor}"
+            log.warning("actor.unknown", actor=address, sender=link.peer, kind=kind)
+            if kind != "tell" and isinstance(call_id, int):
+                await link.send({"t": "err", "i": call_id, "et": "UnknownActor", "a": address})
+            return
+        message = Message(link.peer, actor, envelope.get("b"), obj, kind)
+        if kind == "tell":
+            await mailbox.send.send(message)
+        elif isinstance(call_id, int):
+            await mailbox.send.send((message, _ReplyTo(link, call_id)))
+
+    def _on_reply(self, envelope: dict[str, Any], obj: ObjectHandle | None) -> None:
+        pending = self._pending.get(envelope.get("i", -1))
+        if pending is None:
+            return  # the asker gave up (timeout); the reply is late and has no taker
+        kind = envelope["t"]
+        if kind == "err":
+            address = str(envelope.get("a", "?"))
+            if envelope.get("et") == "UnknownActor":
+                error: TransportError = UnknownActorError(address)
+            else:
+                error = RemoteActorError(
+                    address, str(envelope.get("et")), str(envelope.get("ed", ""))
+                )
+            pending.send.send_nowait(error)
+        elif kind == "end":
+            pending.send.send_nowait(_End())
+        else:
+            pending.send.send_nowait(Reply(body=envelope.get("b"), object=obj))
+
+    def _on_link_closed(self, link: Link, error: TransportError | None) -> None:
+        for pending in self._pending.values():
+            if pending.link is link:
+                pending.send.send_nowait(
+                    error or ConnectionClosedError(f"link to {link.peer} closed before the reply")
+                )
+        if self._links.get(link.peer) is link:
+            del self._links[link.peer]
+        self._notify_peers()
+
+    def _notify_peers(self) -> None:
+        self._peers_changed.set()
+        self._peers_changed = anyio.Event()
+
+    # -- peers ---------------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> dict[str, bool]:
+        """Peer node name -> connected right now."""
+        return {name: link.connected for name, link in self._links.items()}
+
+    def link(self, peer: str) -> Link:
+        """The link to ``peer``. Raises :class:`ConnectionClosedError` if there is none."""
+        return self._link_to(peer)
+
+    async def wait_peer(self, peer: str, *, connected: bool = True) -> None:
+        """Wait until ``peer`` is connected (or, with ``connected=False``, not connected)."""
+        while True:
+            link = self._links.get(peer)
+            if (link is not None and link.connected) == connected:
+                return
+            if link is not None:
+                async with anyio.create_task_group() as tg:
+
+                    async def _one(waiter: Callable[[], Awaitable[None]]) -> None:
+                        await waiter()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(_one, link.wait_changed)
+                    tg.start_soon(_one, self._peers_changed.wait)
+            else:
+                await self._peers_changed.wait()
+
+    def _new_link(self, peer: str, role: Role) -> Link:
+        link = Link(peer, role, self.config, self._deliver, self._on_link_closed)
+        self._links[peer] = link
+        self.task_group.start_soon(link.run_deliverer)
+        self._notify_peers()
+        return link
+
+    # -- server side ---------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        context: ssl.SSLContext,
+        authenticate: Authenticator,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> int:
+        """Listen on ``host:port`` for peers; returns the bound port. Runs in the node's tasks."""
+        prepare_server_context(context)
+        try:
+            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        except OSError as exc:
+            raise ConnectionBrokenError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        bound: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def handle(stream: anyio.abc.SocketStream) -> None:
+            await self._accept(stream, context, authenticate)
+
+        self.task_group.start_soon(listener.serve, handle)
+        log.info("node.listening", node=self.name, host=host, port=bound)
+        return bound
+
+    async def _accept(
+        self, raw: anyio.abc.SocketStream, context: ssl.SSLContext, authenticate: Authenticator
+    ) -> None:
+        remote = raw.extra(anyio.abc.SocketAttribute.remote_address, "?")
+        peer = "?"
+        try:
+            stream = await server_handshake(raw, context, self.config.handshake_timeout)
+            try:
+                peer = authenticate(peer_certificate(stream))
+            except TransportError:
+                raise
+            except Exception as exc:
+                await _send_quietly(stream, b"".join(refuse_frame(str(exc), "identity")))
+                raise HandshakeError(f"peer refused: {exc}") from None
+            hello, leftover = await self._read_hello(stream)
+            link = self._links.get(peer)
+            if hello.session_id is not None:
+                if link is None or link.closed or link.session.session_id != hello.session_id:
+                    reason = "unknown or expired session"
+                    await _send_quietly(stream, b"".join(refuse_frame(reason, "resume")))
+                    raise HandshakeError(f"{peer}: cannot resume: {reason}")
+                await link.drop_connection()  # a half-open old connection gives way
+            else:
+                if link is not None:
+                    link.kill(ConnectionClosedError(f"{peer} opened a new session"))
+                link = self._new_link(peer, Role.SERVER)
+            link.peer_certificate = peer_certificate(stream)
+            link.session.accept(hello, anyio.current_time())
+            log.info(
+                "peer.connected", node=self.name, peer=peer, resumed=hello.session_id is not None
+            )
+            await link.run_connection(stream, leftover)
+            log.info("peer.disconnected", node=self.name, peer=peer, error=_describe(link))
+            if not link.closed:
+                self.task_group.start_soon(self._expire, link, link.connections)
+        except TransportError as exc:
+            self.refusals.append(f"{remote}: {exc}")
+            log.warning(
+                "peer.refused", node=self.name, peer=peer, remote=str(remote), reason=str(exc)
+            )
+            await _close_quietly(raw)
+
+    async def _read_hello(self, stream: anyio.abc.ByteStream) -> tuple[Any, bytes]:
+        reader = HelloReader(self.config, anyio.current_time())
+        try:
+            with anyio.fail_after(self.config.handshake_timeout):
+                while True:
+                    data = await stream.receive(65536)
+                    hello = reader.receive_data(data)
+                    if hello is not None:
+                        return hello, reader.take_buffered()
+        except TimeoutError:
+            raise HandshakeError(f"no HELLO within {self.config.handshake_timeout:g} s") from None
+        except RemoteProtocolError as exc:
+            await _send_quietly(stream, b"".join(refuse_frame(str(exc), "protocol")))
+            raise
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            raise HandshakeError("connection closed before HELLO") from None
+        except Exception as exc:  # ssl errors
+            raise HandshakeError(f"connection failed before HELLO: {type(exc).__name__}") from None
+
+    async def _expire(self, link: Link, generation: int) -> None:
+        """Forget a disconnected server-side session that is not resumed within the TTL."""
+        await anyio.sleep(self.session_ttl)
+        if not link.closed and not link.connected and link.connections == generation:
+            link.kill(ConnectionClosedError(f"session of {link.peer} expired"))
+
+    # -- client side ---------------------------------------------------------------------------
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        server_hostname: str,
+        peer: str = "server",
+        backoff: tuple[float, float] = (0.1, 5.0),
+        first_attempt_timeout: float | None = None,
+    ) -> Link:
+        """Dial a server and keep the link up (reconnect with backoff, resume the session).
+
+        Returns once the first session is open. Raises :class:`HandshakeError` (or
+        :class:`ConnectionBrokenError`) if the first attempt fails, so that a wrong certificate or
+        address is reported at once rather than retried forever.
+        """
+        prepare_client_context(context)
+        if peer in self._links and not self._links[peer].closed:
+            raise LocalProtocolError(f"already linked to {peer!r}")
+        link = self._new_link(peer, Role.CLIENT)
+        timeout = first_attempt_timeout or self.config.handshake_timeout * 2
+        try:
+            with anyio.fail_after(timeout):
+                await self._dial_once(link, host, port, context, server_hostname, first=True)
+        except TimeoutError:
+            link.kill(HandshakeError("session not opened in time"))
+            raise HandshakeError(f"no session with {host}:{port} within {timeout:g} s") from None
+        except TransportError as exc:
+            link.kill(exc)
+            raise
+        self.task_group.start_soon(
+            self._keep_connected, link, host, port, context, server_hostname, backoff
+        )
+        return link
+
+    async def _dial_once(
+        self,
+        link: Link,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        *,
+        first: bool,
+    ) -> None:
+        """Connect, handshake, send HELLO; start the connection; return once the session is open."""
+        raw = await open_tcp(host, port, self.config.handshake_timeout)
+        try:
+            stream = await client_handshake(
+                raw, context, server_hostname, self.config.handshake_timeout
+            )
+        except TransportError:
+            await _close_quietly(raw)
+            raise
+        link.peer_certificate = peer_certificate(stream)
+        link.session.connect(anyio.current_time())
+        done = anyio.Event()
+
+        async def run() -> None:
+            try:
+                await link.run_connection(stream)
+            finally:
+                done.set()
+
+        self.task_group.start_soon(run)
+        while not link.connected or link.session.state.value != "open":
+            if done.is_set() or link.closed:
+                break
+            await link.wait_changed()
+        if link.closed and link.close_error is not None:
+            raise link.close_error
+        if link.session.state.value != "open":
+            error = link.last_error
+            raise HandshakeError(f"session refused: {error}" if error else "session not opened")
+        if not first:
+            log.info("link.resumed", node=self.name, peer=link.peer)
+
+    async def _keep_connected(
+        self,
+        link: Link,
+        host: str,
+        port: int,
+        context: ssl.SSLContext,
+        server_hostname: str,
+        backoff: tuple[float, float],
+    ) -> None:
+        delay = backoff[0]
+        while True:
+            while link.connected and not link.closed:
+                await link.wait_changed()
+            if _is_closed(link):
+                return
+            try:
+                await self._dial_once(link, host, port, context, server_hostname, first=False)
+                delay = backoff[0]
+            except ResumeRefusedError:
+                return
+            except TransportError as exc:
+                log.info("link.retry", node=self.name, peer=link.peer, error=str(exc), delay=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, backoff[1])
+
+
+def _is_closed(link: Link) -> bool:
+    return link.closed
+
+
+def _describe(link: Link) -> str | None:
+    error = link.last_error
+    return str(error) if error is not None else None
+
+
+async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
+    try:
+        with anyio.move_on_after(1):
+            await stream.send(data)
+    except Exception:  # the peer may already be gone; the refusal is logged either way
+        pass
+
+
+async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
+    try:
+        with anyio.move_on_after(1):
+            await stream.aclose()
+    except Exception:  # closing a broken stream may raise anything; it is gone either way
+        pass

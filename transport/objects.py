@@ -1,0 +1,177 @@
+"""The application's view of a received object: collect it whole, or consume it piece by piece.
+
+Theory of operation
+-------------------
+
+An object's message reaches its actor as soon as it is announced; its bytes keep arriving. Until the
+actor says how it wants them, pieces are copied into a small holding buffer, which flow control
+keeps under one object window. Then either:
+
+- :meth:`IncomingObject.arrays` preallocates every array, moves the held pieces in, and has every
+  later piece copied straight to its place: memory is the object's size plus at most one window;
+- :meth:`IncomingObject.pieces` yields ``(name, start, values)`` slices as they arrive, so a
+  streaming consumer (a running weighted sum) never holds more than one window of the object.
+
+Each byte taken by the application is reported back to the session (``consume``), which grants the
+sender more credit: a slow consumer slows its sender instead of growing anybody's memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import anyio
+import numpy as np
+import numpy.typing as npt
+
+from transport.errors import ConnectionClosedError, LocalProtocolError, TransportError
+from transport.protocol.objects import IncomingArrays, Manifest
+
+__all__ = ["IncomingObject", "LocalObject", "ObjectPiece"]
+
+#: ``(array name, index of the first element in the flattened array, the values)``.
+ObjectPiece = tuple[str, int, npt.NDArray[Any]]
+
+
+class IncomingObject:
+    """A dict of named arrays arriving from a peer."""
+
+    def __init__(self, manifest: Manifest, consume: Callable[[int], None]) -> None:
+        self.manifest = manifest
+        self._consume = consume
+        self._held: deque[tuple[int, bytes]] = deque()
+        self._held_bytes = 0
+        self._sink: IncomingArrays | None = None
+        self._streaming = False
+        self._received = 0
+        self._complete = manifest.total == 0
+        self._error: TransportError | None = None
+        self._changed = anyio.Event()
+
+    # -- fed by the link -------------------------------------------------------------------------
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        """Take bytes from the session (``data`` is only valid during this call)."""
+        self._received = offset + len(data)
+        if self._sink is not None:
+            self._sink.write(offset, data)
+            self._consume(len(data))
+        else:
+            self._held.append((offset, bytes(data)))
+            self._held_bytes += len(data)
+        self._notify()
+
+    def complete(self) -> None:
+        self._complete = True
+        self._notify()
+
+    def fail(self, error: TransportError) -> None:
+        if not self._complete:
+            self._error = error
+            self._notify()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes received and waiting for the application (bounded by the object window)."""
+        return self._held_bytes
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- for the application ---------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [info.name for info in self.manifest.arrays]
+
+    @property
+    def nbytes(self) -> int:
+        return self.manifest.total
+
+    async def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """Wait for the whole object and return it. Raises a TransportError if it fails."""
+        if self._streaming:
+            raise LocalProtocolError("object is being consumed piece by piece")
+        if self._sink is None:
+            self._sink = IncomingArrays(self.manifest)
+            while self._held:
+                offset, data = self._held.popleft()
+                self._sink.write(offset, memoryview(data))
+                self._held_bytes -= len(data)
+                self._consume(len(data))
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._changed.wait()
+        if self._error is not None:
+            raise self._error
+        return self._sink.arrays
+
+    async def pieces(self) -> AsyncIterator[ObjectPiece]:
+        """Yield slices of the arrays as they arrive, in order, each element exactly once.
+
+        Bytes may arrive split in the middle of an element (a connection can break anywhere); the
+        partial element is carried over so that every yielded slice holds whole elements.
+        """
+        if self._sink is not None or self._streaming:
+            raise LocalProtocolError("object is already being consumed")
+        self._streaming = True
+        manifest = self.manifest
+        carry = b""
+        while True:
+            while self._held:
+                offset, data = self._held.popleft()
+                self._held_bytes -= len(data)
+                if carry:
+                    offset -= len(carry)
+                    data, carry = carry + data, b""
+                while data:
+                    index, inner = manifest.locate(offset)
+                    info = manifest.arrays[index]
+                    itemsize = np.dtype(info.dtype).itemsize
+                    span = min(len(data), info.nbytes - inner)
+                    whole = span - span % itemsize
+                    if whole:
+                        values = np.frombuffer(data[:whole], dtype=np.dtype(info.dtype))
+                        yield info.name, inner // itemsize, values
+                        self._consume(whole)
+                        data = data[whole:]
+                        offset += whole
+                    if span != whole:  # a partial element: only ever at the end of the data
+                        carry, data = data, b""
+            if self._error is not None:
+                raise self._error
+            if self._complete and not self._held:
+                if carry:
+                    raise LocalProtocolError("object ended in the middle of an element")
+                return
+            await self._changed.wait()
+
+    def close(self) -> None:
+        """Give up on the object (the link is gone)."""
+        self.fail(ConnectionClosedError("connection closed before the object arrived"))
+
+
+class LocalObject:
+    """The same interface over arrays that never left this process (actor to actor on one node)."""
+
+    def __init__(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        self._arrays = dict(arrays)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._arrays)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays.values())
+
+    async def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        return self._arrays
+
+    async def pieces(self) -> AsyncIterator[ObjectPiece]:
+        for name, array in self._arrays.items():
+            yield name, 0, array.reshape(-1)

@@ -1,0 +1,180 @@
+"""Large objects: a dict of named numpy arrays, announced once and streamed as raw bytes.
+
+Theory of operation
+-------------------
+
+An object's bytes are its arrays' bytes laid end to end, in manifest order, each array C-contiguous
+and little-endian. The manifest (names, dtypes, shapes, total bytes) travels in the header of the
+message that carries the object; the bytes follow in CHUNK frames addressed by their offset in that
+concatenation. A chunk never spans two arrays, so both ends work on one array at a time:
+
+- the sender slices a view of the source array (:meth:`OutgoingObject.view`): nothing is
+  concatenated or copied before TLS encrypts it;
+- the receiver preallocates every array (:class:`IncomingArrays`) and copies each piece straight to
+  its place.
+
+The SHA-256 digest of the concatenation travels in the header of the last chunk, computed as the
+chunks are sent (so no separate pass over a gigabyte delays the first byte) and checked by the
+receiver as the bytes arrive.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from transport.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "ALLOWED_DTYPES",
+    "ArrayInfo",
+    "IncomingArrays",
+    "Manifest",
+    "OutgoingObject",
+]
+
+#: The only dtypes that may cross the wire: plain numbers and booleans, never Python objects.
+ALLOWED_DTYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
+    | {"float16", "float32", "float64", "complex64", "complex128"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What an object holds, in wire order, and where each array starts."""
+
+    arrays: tuple[ArrayInfo, ...]
+    starts: tuple[int, ...]
+    total: int
+
+    @classmethod
+    def build(cls, arrays: tuple[ArrayInfo, ...]) -> Manifest:
+        starts: list[int] = []
+        total = 0
+        for info in arrays:
+            starts.append(total)
+            total += info.nbytes
+        return cls(arrays, tuple(starts), total)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "n": [a.name for a in self.arrays],
+            "d": [a.dtype for a in self.arrays],
+            "sh": [list(a.shape) for a in self.arrays],
+            "t": self.total,
+        }
+
+    @classmethod
+    def from_wire(cls, raw: object, *, max_total: int) -> Manifest:
+        """Validate a peer's manifest. Raises :class:`RemoteProtocolError` naming the problem."""
+        if not isinstance(raw, dict):
+            raise RemoteProtocolError("object manifest is not a map")
+        names, dtypes, shapes, total = raw.get("n"), raw.get("d"), raw.get("sh"), raw.get("t")
+        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)):
+            raise RemoteProtocolError("object manifest lacks names, dtypes or shapes")
+        if not len(names) == len(dtypes) == len(shapes):
+            raise RemoteProtocolError("object manifest lists differ in length")
+        if len(set(map(str, names))) != len(names):
+            raise RemoteProtocolError("object manifest repeats an array name")
+        infos: list[ArrayInfo] = []
+        for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
+            if not isinstance(name, str):
+                raise RemoteProtocolError("object manifest: array name is not a string")
+            if dtype not in ALLOWED_DTYPES:
+                raise RemoteProtocolError(f"object manifest: dtype {dtype!r} is not allowed")
+            if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            ):
+                raise RemoteProtocolError(f"object manifest: bad shape for {name!r}")
+            count = 1
+            for dim in shape:
+                count *= dim
+            nbytes = count * np.dtype(dtype).itemsize
+            infos.append(ArrayInfo(name, dtype, tuple(shape), nbytes))
+        manifest = cls.build(tuple(infos))
+        if manifest.total != total:
+            raise RemoteProtocolError("object manifest: total does not match the arrays")
+        if manifest.total > max_total:
+            raise RemoteProtocolError(
+                f"object of {manifest.total} bytes exceeds the limit of {max_total} bytes"
+            )
+        return manifest
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """The array index holding byte ``offset`` and the offset inside that array."""
+        index = bisect.bisect_right(self.starts, offset) - 1
+        # Skip empty arrays that share a start with the next one.
+        while index + 1 < len(self.starts) and self.starts[index + 1] == offset:
+            index += 1
+        return index, offset - self.starts[index]
+
+
+def _byte_view(array: npt.NDArray[Any]) -> memoryview:
+    flat: Any = array.reshape(-1).view(np.uint8)
+    return memoryview(flat)
+
+
+class OutgoingObject:
+    """A dict of arrays ready to be streamed. The arrays must not change until it is sent."""
+
+    def __init__(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        prepared: list[npt.NDArray[Any]] = []
+        infos: list[ArrayInfo] = []
+        for name, array in arrays.items():
+            if not isinstance(array, np.ndarray):
+                raise LocalProtocolError(f"object entry {name!r} is not a numpy array")
+            dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+            if dtype.name not in ALLOWED_DTYPES:
+                raise LocalProtocolError(f"object entry {name!r} has dtype {dtype.name}")
+            contiguous = np.ascontiguousarray(array, dtype=dtype)
+            prepared.append(contiguous)
+            infos.append(ArrayInfo(name, dtype.name, tuple(contiguous.shape), contiguous.nbytes))
+        self.manifest = Manifest.build(tuple(infos))
+        self._views = [_byte_view(a) for a in prepared]
+
+    @property
+    def total(self) -> int:
+        return self.manifest.total
+
+    def view(self, offset: int, max_len: int) -> memoryview:
+        """Up to ``max_len`` bytes from ``offset``, never spanning two arrays (no copy)."""
+        index, inner = self.manifest.locate(offset)
+        view = self._views[index]
+        return view[inner : inner + max_len]
+
+
+class IncomingArrays:
+    """Preallocated arrays that an object's chunks are copied into."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.arrays: dict[str, npt.NDArray[Any]] = {
+            info.name: np.empty(info.shape, dtype=np.dtype(info.dtype)) for info in manifest.arrays
+        }
+        self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Copy ``data`` to its place; it may span arrays only if the peer ignored the rule."""
+        while len(data):
+            index, inner = self.manifest.locate(offset)
+            target = self._views[index]
+            take = min(len(data), len(target) - inner)
+            if take <= 0:
+                raise RemoteProtocolError(f"chunk at offset {offset} is past the object's end")
+            target[inner : inner + take] = data[:take]
+            data = data[take:]
+            offset += take

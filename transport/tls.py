@@ -1,0 +1,127 @@
+"""Mutual TLS for the bus: handshakes with a deadline, ALPN, and errors translated at the edge.
+
+The bus takes ready :class:`ssl.SSLContext` objects (the caller builds them from its own PKI). On the
+server the context must require a client certificate; this module checks it, adds the ALPN name of
+the wire version, and turns every ssl, OS and anyio failure into a :class:`HandshakeError` or
+:class:`ConnectionBrokenError` that says what went wrong.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import anyio
+import anyio.abc
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from transport.errors import ConnectionBrokenError, HandshakeError, LocalProtocolError
+
+__all__ = [
+    "ALPN_PROTOCOL",
+    "client_handshake",
+    "peer_certificate",
+    "prepare_client_context",
+    "prepare_server_context",
+    "server_handshake",
+    "tls_failure_reason",
+]
+
+#: The ALPN protocol name; it names the wire version so that a future peer can refuse an old one.
+ALPN_PROTOCOL = "flrt/1"
+
+
+def prepare_server_context(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Check the server context demands client certificates, and set ALPN. Returns it."""
+    if context.verify_mode is not ssl.CERT_REQUIRED:
+        raise LocalProtocolError("the server context must require client certificates")
+    if context.minimum_version < ssl.TLSVersion.TLSv1_2:
+        raise LocalProtocolError("TLS 1.2 is the lowest version the bus accepts")
+    context.set_alpn_protocols([ALPN_PROTOCOL])
+    return context
+
+
+def prepare_client_context(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Check the client context verifies the server, and set ALPN. Returns it."""
+    if context.verify_mode is not ssl.CERT_REQUIRED:
+        raise LocalProtocolError("the client context must verify the server certificate")
+    if context.minimum_version < ssl.TLSVersion.TLSv1_2:
+        raise LocalProtocolError("TLS 1.2 is the lowest version the bus accepts")
+    context.set_alpn_protocols([ALPN_PROTOCOL])
+    return context
+
+
+def tls_failure_reason(exc: BaseException) -> str:
+    """A one-line reason for a TLS failure, without secrets."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or type(exc).__name__
+        return f"TLS failure: {reason.replace('_', ' ').lower()}"
+    if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError | OSError):
+        return "connection closed during the TLS handshake"
+    return f"TLS failure: {type(exc).__name__}"
+
+
+def _check_alpn(stream: TLSStream) -> None:
+    chosen = stream.extra(TLSAttribute.alpn_protocol)
+    if chosen != ALPN_PROTOCOL:
+        raise HandshakeError(f"peer does not speak {ALPN_PROTOCOL} (ALPN: {chosen!r})")
+
+
+async def server_handshake(
+    stream: anyio.abc.ByteStream, context: ssl.SSLContext, timeout: float
+) -> TLSStream:
+    """Run the server side of the TLS handshake. Raises :class:`HandshakeError`."""
+    try:
+        with anyio.fail_after(timeout):
+            tls = await TLSStream.wrap(
+                stream, server_side=True, ssl_context=context, standard_compatible=False
+            )
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+    except (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        raise HandshakeError(tls_failure_reason(exc)) from None
+    _check_alpn(tls)
+    return tls
+
+
+async def client_handshake(
+    stream: anyio.abc.ByteStream, context: ssl.SSLContext, server_hostname: str, timeout: float
+) -> TLSStream:
+    """Run the client side of the TLS handshake. Raises :class:`HandshakeError`."""
+    try:
+        with anyio.fail_after(timeout):
+            tls = await TLSStream.wrap(
+                stream,
+                server_side=False,
+                hostname=server_hostname,
+                ssl_context=context,
+                standard_compatible=False,
+            )
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+    except (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        raise HandshakeError(tls_failure_reason(exc)) from None
+    _check_alpn(tls)
+    return tls
+
+
+def peer_certificate(stream: TLSStream) -> bytes:
+    """The peer's certificate (DER). Raises :class:`HandshakeError` if it sent none."""
+    der: bytes | None = stream.extra(TLSAttribute.peer_certificate_binary, None)
+    if not der:
+        raise HandshakeError("peer presented no certificate")
+    return der
+
+
+async def open_tcp(host: str, port: int, timeout: float) -> anyio.abc.SocketStream:
+    """Dial ``host:port``. Raises :class:`ConnectionBrokenError` naming the address."""
+    try:
+        with anyio.fail_after(timeout):
+            return await anyio.connect_tcp(host, port)
+    except TimeoutError:
+        raise ConnectionBrokenError(f"connecting to {host}:{port} timed out") from None
+    except OSError as exc:
+        raise ConnectionBrokenError(
+            f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+        ) from None
