@@ -1,0 +1,486 @@
+"""The aggregator interface: how a round's updates become the next global model.
+
+Theory of operation
+-------------------
+An aggregator lives for one round at a time::
+
+    begin(global_weights)
+        open(site, num_samples=..., kind=..., layout=...)     # the update was announced
+        accept(site, name, piece, offset=...)                 # ...as its arrays arrive, in any order
+        commit(site)                                          # verified and accepted by the quorum
+      | discard(site)                                         # failed, late, or refused
+      | add(site, result)                                     # a whole verified result at once
+    finish() -> Weights          (or finish_delta() -> the float64 mean update)
+
+**What "discard leaves no trace" means here.** Pieces of an update are *staged* (in an
+:class:`~flrt.aggregation.store.UpdateStore`, so staging spills to disk beyond its budget) and only
+folded into the aggregate by :meth:`Aggregator.commit`, which the workflow calls once the bus has
+verified the whole update (its digest) *and* the round's quorum has accepted it. A discarded update,
+or one still open when the round finishes, was therefore never folded, and the aggregate is bit for
+bit what it would have been without it. A committed update cannot be removed (subtracting it again
+would not be exact in floating point, and the quorum never takes back what it accepted). Staging
+holds only the updates *in flight*, which the bus bounds; :meth:`Aggregator.add` folds a complete
+result with no staging copy at all.
+
+**Kinds.** A :class:`~flrt.tasks.TrainResult` holds either the full new model
+(:attr:`~flrt.tasks.UpdateKind.FULL`) or its difference to the global model
+(:attr:`~flrt.tasks.UpdateKind.DIFF`). Aggregators work on differences (``full - global``), in
+float64, and :meth:`Aggregator.finish` adds the aggregated difference to the global model and casts
+each array back to the model's dtype (integers are rounded).
+
+**Missing variables.** An update may leave variables out (a site's ``exclude_variables`` filter):
+each variable is aggregated over the updates that carry it, and a variable no update carries keeps
+its global value.
+
+**Capabilities.** :attr:`Aggregator.requires` names the operations an aggregator performs on update
+values. Plaintext updates allow all of them; encrypted updates (homomorphic encryption) allow only
+:attr:`Operation.ADD`, and :func:`check_supported` refuses an aggregator that needs more, before a
+round starts. :class:`~flrt.aggregation.secure.SumOnlyAggregator` is the sum-only path.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from flrt.errors import AggregationError, AggregatorStateError, UpdateError
+from flrt.tasks import TrainResult, UpdateKind, Weights
+
+from .store import UpdateStore
+
+__all__ = [
+    "ENCRYPTED",
+    "PLAINTEXT",
+    "Aggregator",
+    "ArraySpec",
+    "Memory",
+    "Operation",
+    "Weighting",
+    "apply_delta",
+    "cast_like",
+    "check_supported",
+    "layout_of",
+]
+
+#: Elements processed at a time when converting or folding a large array (bounds temporaries).
+CHUNK_ELEMENTS = 1 << 20
+
+#: The default staging budget of an aggregator: 64 MiB in memory, then disk.
+DEFAULT_STAGING_BYTES = 64 * 1024 * 1024
+
+
+class Operation(enum.Enum):
+    """What an aggregator does with update values."""
+
+    #: Add updates together (and divide the sum by a plaintext total).
+    ADD = "add"
+    #: Multiply an update by a plaintext weight.
+    SCALE = "scale"
+    #: Compare coordinates across updates (median, trimmed mean).
+    ORDER = "order"
+    #: Measure distances between updates (Krum).
+    DISTANCE = "distance"
+
+
+#: What plaintext updates allow: everything.
+PLAINTEXT: frozenset[Operation] = frozenset(Operation)
+#: What encrypted (additively homomorphic) updates allow: sums only.
+ENCRYPTED: frozenset[Operation] = frozenset({Operation.ADD})
+
+
+class Memory(enum.Enum):
+    """How an aggregator's memory grows with the number of sites in a round."""
+
+    #: Folds each update in as it is committed: one float64 model plus the updates in flight.
+    CONSTANT = "constant"
+    #: Keeps every committed update until :meth:`Aggregator.finish` (in a store that spills to disk).
+    PER_UPDATE = "per_update"
+
+
+class Weighting(enum.Enum):
+    """How much each update counts."""
+
+    #: By the site's ``num_samples`` (FedAvg).
+    SAMPLES = "samples"
+    #: Every update counts once.
+    UNIFORM = "uniform"
+
+
+@dataclass(frozen=True, slots=True)
+class ArraySpec:
+    """An announced array: its shape and dtype."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def layout_of(weights: Mapping[str, npt.NDArray[Any]]) -> dict[str, ArraySpec]:
+    """The layout (shape and dtype per name) of a set of arrays."""
+    return {name: ArraySpec(tuple(a.shape), a.dtype) for name, a in weights.items()}
+
+
+def check_supported(
+    aggregator: Aggregator | type[Aggregator], supported: frozenset[Operation]
+) -> None:
+    """Raise :class:`~flrt.errors.AggregationError` if ``aggregator`` needs an operation that the
+    updates do not allow (for example a median over encrypted updates)."""
+    cls = aggregator if isinstance(aggregator, type) else type(aggregator)
+    missing = cls.requires - supported
+    if missing:
+        names = ", ".join(sorted(op.value for op in missing))
+        raise AggregationError(f"{cls.__name__} needs {names}, which these updates do not allow")
+
+
+def cast_like(values: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+    """Float64 values converted to a model's dtype: floats are rounded to nearest, integers to the
+    nearest integer (clipped to the type's range), booleans by ``> 0.5``."""
+    dtype = np.dtype(dtype)
+    values = np.asarray(values)  # arithmetic on 0-d arrays gives numpy scalars
+    if dtype.kind in "fc":
+        return np.asarray(values.astype(dtype))
+    if dtype.kind == "b":
+        return np.asarray(values > 0.5)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.asarray(np.clip(np.rint(values), info.min, info.max).astype(dtype))
+    raise TypeError(f"cannot cast aggregated values to {dtype}")
+
+
+def apply_delta(global_weights: Weights, delta: Mapping[str, npt.NDArray[np.float64]]) -> Weights:
+    """The global model plus an aggregated (float64) difference, in the model's dtypes.
+
+    Variables without a difference are returned as they are (the same array objects).
+    """
+    out: Weights = {}
+    for name, array in global_weights.items():
+        d = delta.get(name)
+        if d is None:
+            out[name] = array
+        else:
+            out[name] = cast_like(array.astype(np.float64) + d, array.dtype)
+    return out
+
+
+def _numeric(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind in "biuf"
+
+
+class _Phase(enum.Enum):
+    IDLE = "idle"
+    COLLECTING = "collecting"
+    FINISHED = "finished"
+
+
+class _Status(enum.Enum):
+    OPEN = "open"
+    COMMITTED = "committed"
+    DISCARDED = "discarded"
+
+
+@dataclass(slots=True)
+class _Staged:
+    num_samples: int
+    kind: UpdateKind
+    layout: dict[str, ArraySpec]
+    filled: dict[str, int]
+
+
+class Aggregator(abc.ABC):
+    """Turns one round's updates into the next global model. See the module docstring.
+
+    ``weighting`` says how much each update counts (aggregators that ignore weights say so);
+    ``staging_budget_bytes`` and ``spill_dir`` bound the memory of updates in flight (and, for
+    :attr:`Memory.PER_UPDATE` aggregators, of committed updates).
+
+    Subclasses implement :meth:`_begin`, :meth:`_take` and :meth:`_finish`.
+    """
+
+    #: The operations this aggregator performs on update values.
+    requires: ClassVar[frozenset[Operation]]
+    #: How its memory grows with the number of sites.
+    memory: ClassVar[Memory]
+
+    def __init__(
+        self,
+        *,
+        weighting: Weighting = Weighting.SAMPLES,
+        staging_budget_bytes: int = DEFAULT_STAGING_BYTES,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self.weighting = weighting
+        self._store = UpdateStore(staging_budget_bytes, spill_dir)
+        self._phase = _Phase.IDLE
+        self._global: Weights = {}
+        self._status: dict[str, _Status] = {}
+        self._staged: dict[str, _Staged] = {}
+
+    # ------------------------------------------------------------------------------ public API
+
+    @property
+    def global_weights(self) -> Weights:
+        """The global model of the current round."""
+        return self._global
+
+    @property
+    def committed(self) -> tuple[str, ...]:
+        """The sites whose updates are in the aggregate, sorted."""
+        return tuple(sorted(s for s, st in self._status.items() if st is _Status.COMMITTED))
+
+    @property
+    def store(self) -> UpdateStore:
+        """Where staged (and, for robust aggregators, committed) updates are kept."""
+        return self._store
+
+    def begin(self, global_weights: Weights) -> None:
+        """Start a round on ``global_weights`` (any earlier round is forgotten)."""
+        for name, array in global_weights.items():
+            if not isinstance(array, np.ndarray) or not _numeric(array.dtype):
+                raise TypeError(f"global weight {name!r} is not a numeric numpy array")
+        self._store.clear()
+        self._global = dict(global_weights)
+        self._status.clear()
+        self._staged.clear()
+        self._phase = _Phase.COLLECTING
+        self._begin()
+
+    def open(
+        self,
+        site: str,
+        *,
+        num_samples: int,
+        kind: UpdateKind = UpdateKind.FULL,
+        layout: Mapping[str, ArraySpec],
+    ) -> None:
+        """A site's update was announced: ``layout`` names its arrays with their shapes and dtypes.
+
+        Raises :class:`~flrt.errors.UpdateError` if the layout does not fit the global model, and
+        :class:`~flrt.errors.AggregatorStateError` outside a round or if the site is already open or
+        committed.
+        """
+        self._require_collecting("open")
+        status = self._status.get(site)
+        if status is _Status.OPEN or status is _Status.COMMITTED:
+            raise AggregatorStateError(f"site {site!r} already has an update in this round")
+        checked = self._check_layout(site, layout, num_samples)
+        self._staged[site] = _Staged(num_samples, kind, checked, dict.fromkeys(checked, 0))
+        self._status[site] = _Status.OPEN
+
+    def accept(self, site: str, name: str, data: npt.NDArray[Any], *, offset: int = 0) -> None:
+        """Stage a piece of array ``name``: ``data`` holds its elements from flat index ``offset``
+        (a whole array is a piece at offset 0). The piece is copied.
+
+        Pieces for a discarded site are ignored (the bus may still be delivering them). Raises
+        :class:`~flrt.errors.UpdateError` for an unannounced array, a dtype that differs from the
+        announcement or a piece past the end, and :class:`~flrt.errors.AggregatorStateError` if the
+        site was never opened or is already committed.
+        """
+        self._require_collecting("accept")
+        status = self._status.get(site)
+        if status is _Status.DISCARDED:
+            return
+        if status is not _Status.OPEN:
+            raise AggregatorStateError(f"site {site!r} has no open update")
+        staged = self._staged[site]
+        spec = staged.layout.get(name)
+        if spec is None:
+            raise UpdateError("array was not announced", site=site, variable=name)
+        if data.dtype != spec.dtype:
+            raise UpdateError(
+                f"piece has dtype {data.dtype}, announced {spec.dtype}", site=site, variable=name
+            )
+        flat = data.reshape(-1)
+        if offset < 0 or offset + flat.size > spec.size:
+            raise UpdateError(
+                f"piece [{offset}, {offset + flat.size}) is outside the array's {spec.size} elements",
+                site=site,
+                variable=name,
+            )
+        key = (site, name)
+        if key not in self._store:
+            self._store.allocate(key, spec.shape, spec.dtype)
+        target = self._store.get(key).reshape(-1)
+        target[offset : offset + flat.size] = flat
+        staged.filled[name] += flat.size
+
+    def commit(self, site: str) -> None:
+        """Fold a completely received, verified and accepted update into the aggregate.
+
+        Raises :class:`~flrt.errors.UpdateError` if an announced array is incomplete (or got more
+        elements than it has) or holds a non-finite value (the update is then discarded), and
+        :class:`~flrt.errors.AggregatorStateError` if the site has no open update.
+        """
+        self._require_collecting("commit")
+        if self._status.get(site) is not _Status.OPEN:
+            raise AggregatorStateError(f"site {site!r} has no open update to commit")
+        staged = self._staged[site]
+        try:
+            for name, spec in staged.layout.items():
+                if staged.filled[name] != spec.size:
+                    raise UpdateError(
+                        f"received {staged.filled[name]} of {spec.size} elements",
+                        site=site,
+                        variable=name,
+                    )
+            arrays = {name: self._store.get((site, name)) for name in staged.layout}
+            self._check_finite(site, arrays)
+        except UpdateError:
+            self.discard(site)  # it can never be committed; free its staging now
+            raise
+        kept = self._take(site, self._weight(staged.num_samples), staged.kind, arrays, owned=True)
+        if not kept:
+            for name in staged.layout:
+                self._store.delete((site, name))
+        del self._staged[site]
+        self._status[site] = _Status.COMMITTED
+
+    def add(self, site: str, result: TrainResult) -> None:
+        """Fold a whole, verified and accepted result (``open`` + ``accept`` + ``commit`` without a
+        staging copy). Raises like :meth:`open` and :meth:`commit`."""
+        self._require_collecting("add")
+        status = self._status.get(site)
+        if status is _Status.OPEN or status is _Status.COMMITTED:
+            raise AggregatorStateError(f"site {site!r} already has an update in this round")
+        self._check_layout(site, layout_of(result.weights), result.num_samples)
+        self._check_finite(site, result.weights)
+        self._take(
+            site, self._weight(result.num_samples), result.kind, dict(result.weights), owned=False
+        )
+        self._status[site] = _Status.COMMITTED
+
+    def discard(self, site: str) -> None:
+        """Drop a site's update: staged pieces are freed and later pieces ignored. Discarding a site
+        that sent nothing is allowed (it is then ignored for the rest of the round).
+
+        Raises :class:`~flrt.errors.AggregatorStateError` if the update was already committed.
+        """
+        self._require_collecting("discard")
+        status = self._status.get(site)
+        if status is _Status.COMMITTED:
+            raise AggregatorStateError(f"site {site!r} is committed and cannot be discarded")
+        if status is _Status.OPEN:
+            for name in self._staged.pop(site).layout:
+                self._store.delete((site, name))
+        self._status[site] = _Status.DISCARDED
+
+    def finish_delta(self) -> dict[str, npt.NDArray[np.float64]]:
+        """End the round and return the aggregated difference to the global model, in float64, for
+        every variable some committed update carries. Updates still open are discarded.
+
+        Raises :class:`~flrt.errors.AggregationError` if no update was committed or their total
+        weight is zero, and :class:`~flrt.errors.AggregatorStateError` outside a round.
+        """
+        self._require_collecting("finish")
+        for site, status in list(self._status.items()):
+            if status is _Status.OPEN:
+                self.discard(site)
+        if not self.committed:
+            self._phase = _Phase.FINISHED
+            self._store.clear()
+            raise AggregationError("no update was committed in this round")
+        try:
+            return self._finish()
+        finally:
+            self._phase = _Phase.FINISHED
+            self._store.clear()
+
+    def finish(self) -> Weights:
+        """End the round and return the new global model, in the model's dtypes.
+
+        Raises like :meth:`finish_delta`.
+        """
+        return apply_delta(self._global, self.finish_delta())
+
+    def close(self) -> None:
+        """Free everything, including spill files."""
+        self._store.close()
+        self._phase = _Phase.IDLE
+
+    # ------------------------------------------------------------------------------ subclasses
+
+    @abc.abstractmethod
+    def _begin(self) -> None:
+        """Reset per-round state; :attr:`global_weights` is set."""
+
+    @abc.abstractmethod
+    def _take(
+        self,
+        site: str,
+        weight: float,
+        kind: UpdateKind,
+        arrays: dict[str, npt.NDArray[Any]],
+        *,
+        owned: bool,
+    ) -> bool:
+        """Fold (or keep) one checked update. ``owned`` arrays live in :attr:`store` under
+        ``(site, name)``; return ``True`` to keep them there, ``False`` to have them freed."""
+
+    @abc.abstractmethod
+    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
+        """The aggregated difference for every variable some committed update carries."""
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _weight(self, num_samples: int) -> float:
+        return float(num_samples) if self.weighting is Weighting.SAMPLES else 1.0
+
+    def _delta_piece(
+        self, name: str, array: npt.NDArray[Any], kind: UpdateKind, lo: int, hi: int
+    ) -> npt.NDArray[np.float64]:
+        """Elements ``[lo, hi)`` of an update's difference to the global model, as a new float64
+        array."""
+        piece = array.reshape(-1)[lo:hi].astype(np.float64)
+        if kind is UpdateKind.FULL:
+            piece -= self._global[name].reshape(-1)[lo:hi]
+        return piece
+
+    def _require_collecting(self, what: str) -> None:
+        if self._phase is not _Phase.COLLECTING:
+            raise AggregatorStateError(
+                f"{what}() called with no round in progress ({self._phase.value})"
+            )
+
+    def _check_layout(
+        self, site: str, layout: Mapping[str, ArraySpec], num_samples: int
+    ) -> dict[str, ArraySpec]:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
+            raise UpdateError(
+                f"num_samples must be an integer >= 0, got {num_samples!r}", site=site
+            )
+        checked: dict[str, ArraySpec] = {}
+        for name, spec in layout.items():
+            reference = self._global.get(name)
+            if reference is None:
+                raise UpdateError("the global model has no such variable", site=site, variable=name)
+            shape = tuple(int(n) for n in spec.shape)
+            if shape != reference.shape:
+                raise UpdateError(
+                    f"shape {shape} differs from the global model's {reference.shape}",
+                    site=site,
+                    variable=name,
+                )
+            dtype = np.dtype(spec.dtype)
+            if not _numeric(dtype):
+                raise UpdateError(f"dtype {dtype} is not numeric", site=site, variable=name)
+            checked[name] = ArraySpec(shape, dtype)
+        return checked
+
+    @staticmethod
+    def _check_finite(site: str, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+        for name, array in arrays.items():
+            if array.dtype.kind != "f":
+                continue
+            flat = array.reshape(-1)
+            for lo in range(0, flat.size, CHUNK_ELEMENTS):
+                if not np.isfinite(flat[lo : lo + CHUNK_ELEMENTS]).all():
+                    raise UpdateError("holds a NaN or an infinity", site=site, variable=name)
