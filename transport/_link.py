@@ -50,6 +50,7 @@ from transport.protocol.session import (
     SessionEnded,
     SessionOpened,
 )
+from transport.tls import describe_failure
 
 __all__ = ["Inbound", "Link"]
 
@@ -162,13 +163,8 @@ class Link:
             except anyio.EndOfStream:
                 self._connection_failed(ConnectionBrokenError("peer closed the connection"), scope)
                 return
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                self._connection_failed(ConnectionBrokenError(f"connection broke: {exc!r}"), scope)
-                return
-            except Exception as exc:  # ssl.SSLError and friends: translate at the edge
-                from transport.tls import tls_failure_reason
-
-                self._connection_failed(ConnectionBrokenError(tls_failure_reason(exc)), scope)
+            except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
+                self._connection_failed(ConnectionBrokenError(describe_failure(exc)), scope)
                 return
             session.receive_data(data, anyio.current_time())
             self._handle_events(scope)
@@ -185,13 +181,8 @@ class Link:
             if buffers:
                 try:
                     await _write_all(stream, buffers)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    self._connection_failed(ConnectionBrokenError(f"send failed: {exc!r}"), scope)
-                    return
-                except Exception as exc:  # ssl errors: translate at the edge
-                    from transport.tls import tls_failure_reason
-
-                    self._connection_failed(ConnectionBrokenError(tls_failure_reason(exc)), scope)
+                except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
+                    self._connection_failed(ConnectionBrokenError(describe_failure(exc)), scope)
                     return
                 if session.state.value == "closed":
                     scope.cancel()
@@ -223,8 +214,8 @@ class Link:
                         try:
                             envelope = _decode_envelope(body)
                         except RemoteProtocolError as exc:
-                            self.kill(exc)
-                            return
+                            session.protocol_error(exc, anyio.current_time())
+                            continue
                         obj = None
                         if manifest is not None:
                             obj = IncomingObject(manifest, functools.partial(self._consume, seq))
@@ -244,8 +235,9 @@ class Link:
                     case ConnectionFailed(error=error):
                         self._connection_failed(error, scope)
                     case SessionEnded(error=error):
+                        # The writer flushes what the session still has to say (a REFUSE or
+                        # CLOSE frame), then ends the connection.
                         self._end(error)
-                        scope.cancel()
         self._wake()
         self._changed()
 

@@ -151,7 +151,11 @@ class Node:
         self._ids = itertools.count(1)
         self._tg: anyio.abc.TaskGroup | None = None
         self._peers_changed = anyio.Event()
+        self._incident = anyio.Event()
+        #: Connections turned away before a session existed, each with its reason.
         self.refusals: list[str] = []
+        #: Sessions ended by an error (protocol violation, expiry), as ``peer: reason``.
+        self.link_errors: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -399,7 +403,19 @@ class Node:
         else:
             pending.send.send_nowait(Reply(body=envelope.get("b"), object=obj))
 
+    async def wait_incident(self) -> None:
+        """Wait until the next refusal or link error is recorded."""
+        await self._incident.wait()
+
+    def _record(self, where: list[str], entry: str) -> None:
+        where.append(entry)
+        self._incident.set()
+        self._incident = anyio.Event()
+
     def _on_link_closed(self, link: Link, error: TransportError | None) -> None:
+        if error is not None:
+            log.warning("link.failed", node=self.name, peer=link.peer, reason=str(error))
+            self._record(self.link_errors, f"{link.peer}: {error}")
         for pending in self._pending.values():
             if pending.link is link:
                 pending.send.send_nowait(
@@ -512,7 +528,7 @@ class Node:
             if not link.closed:
                 self.task_group.start_soon(self._expire, link, link.connections)
         except TransportError as exc:
-            self.refusals.append(f"{remote}: {exc}")
+            self._record(self.refusals, f"{remote}: {exc}")
             log.warning(
                 "peer.refused", node=self.name, peer=peer, remote=str(remote), reason=str(exc)
             )
@@ -618,8 +634,10 @@ class Node:
         if link.closed and link.close_error is not None:
             raise link.close_error
         if link.session.state.value != "open":
-            error = link.last_error
-            raise HandshakeError(f"session refused: {error}" if error else "session not opened")
+            raise HandshakeError(
+                f"the server ended the connection before the session opened ({link.last_error});"
+                " it may have refused this node's certificate: the server's log says why"
+            )
         if not first:
             log.info("link.resumed", node=self.name, peer=link.peer)
 

@@ -19,6 +19,7 @@ from transport.errors import ConnectionBrokenError, HandshakeError, LocalProtoco
 __all__ = [
     "ALPN_PROTOCOL",
     "client_handshake",
+    "describe_failure",
     "peer_certificate",
     "prepare_client_context",
     "prepare_server_context",
@@ -62,6 +63,24 @@ def tls_failure_reason(exc: BaseException) -> str:
     return f"TLS failure: {type(exc).__name__}"
 
 
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a broken connection, looking through anyio's wrapping of ssl errors."""
+    cause = exc.__cause__ if isinstance(exc, anyio.BrokenResourceError) else None
+    if isinstance(cause, ssl.SSLError):
+        return tls_failure_reason(cause)
+    if isinstance(exc, ssl.SSLError):
+        return tls_failure_reason(exc)
+    if isinstance(exc, anyio.EndOfStream):
+        return "peer closed the connection"
+    if isinstance(exc, anyio.ClosedResourceError):
+        return "connection closed locally"
+    if isinstance(exc, OSError):
+        return f"connection broke: {exc.strerror or type(exc).__name__}"
+    if isinstance(exc, anyio.BrokenResourceError):
+        return "connection broke"
+    return f"connection failed: {type(exc).__name__}"
+
+
 def _check_alpn(stream: TLSStream) -> None:
     chosen = stream.extra(TLSAttribute.alpn_protocol)
     if chosen != ALPN_PROTOCOL:
@@ -69,7 +88,7 @@ def _check_alpn(stream: TLSStream) -> None:
 
 
 async def server_handshake(
-    stream: anyio.abc.ByteStream, context: ssl.SSLContext, timeout: float
+    stream: anyio.abc.AnyByteStream, context: ssl.SSLContext, timeout: float
 ) -> TLSStream:
     """Run the server side of the TLS handshake. Raises :class:`HandshakeError`."""
     try:
@@ -86,7 +105,7 @@ async def server_handshake(
 
 
 async def client_handshake(
-    stream: anyio.abc.ByteStream, context: ssl.SSLContext, server_hostname: str, timeout: float
+    stream: anyio.abc.AnyByteStream, context: ssl.SSLContext, server_hostname: str, timeout: float
 ) -> TLSStream:
     """Run the client side of the TLS handshake. Raises :class:`HandshakeError`."""
     try:

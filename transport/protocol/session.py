@@ -688,6 +688,12 @@ class Session:
             self._transition(_Input.CLOSE)
             self._events.append(SessionEnded(exc.reason, exc, exc.undelivered))
 
+    def protocol_error(self, exc: RemoteProtocolError, now: float) -> None:
+        """The application found the peer's input unacceptable (a bad message body): end the
+        session as for any protocol error, telling the peer why."""
+        if self.state is not SessionState.CLOSED:
+            self._fail(exc, now)
+
     def _fail(self, exc: RemoteProtocolError, now: float) -> None:
         """A protocol error kills the session: tell the peer why, then close."""
         self._out.clear()
