@@ -53,6 +53,7 @@ __all__ = [
     "certificate_from_pem",
     "create_ca",
     "identity_from_certificate",
+    "issued_by",
     "private_key_from_pem",
 ]
 
@@ -397,11 +398,16 @@ class CertificateAuthority:
 
     def issued(self, cert: x509.Certificate) -> bool:
         """True if this CA's key signed ``cert`` (signature and issuer name both match)."""
-        try:
-            cert.verify_directly_issued_by(self._certificate)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
+        return issued_by(cert, self._certificate)
+
+
+def issued_by(cert: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
+    """True if ``ca_certificate``'s key signed ``cert`` and ``cert`` names it as issuer."""
+    try:
+        cert.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def create_ca(

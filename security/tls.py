@@ -20,10 +20,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from security.errors import CertificateError
-from security.pki import Credential
+from security.errors import CertificateError, KitError
+from security.kit import Kit
+from security.pki import Credential, Role
 
-__all__ = ["client_ssl_context", "server_ssl_context"]
+__all__ = [
+    "client_ssl_context",
+    "client_ssl_context_from_kit",
+    "server_ssl_context",
+    "server_ssl_context_from_kit",
+]
 
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
@@ -100,3 +106,21 @@ def client_ssl_context(
     context = _base_context(ssl.PROTOCOL_TLS_CLIENT, credential, ca_pem, minimum_version)
     context.check_hostname = True
     return context
+
+
+def server_ssl_context_from_kit(
+    kit: Kit, *, minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+) -> ssl.SSLContext:
+    """:func:`server_ssl_context` from a verified server kit; raises :class:`KitError` for another role."""
+    if kit.identity.role is not Role.SERVER:
+        raise KitError(kit.path, f"a {kit.identity.role.value} kit cannot run the server")
+    return server_ssl_context(kit.credential, kit.ca_pem, minimum_version=minimum_version)
+
+
+def client_ssl_context_from_kit(
+    kit: Kit, *, minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+) -> ssl.SSLContext:
+    """:func:`client_ssl_context` from a verified site or admin kit; raises :class:`KitError` for the server's."""
+    if kit.identity.role is Role.SERVER:
+        raise KitError(kit.path, "the server kit cannot dial the server")
+    return client_ssl_context(kit.credential, kit.ca_pem, minimum_version=minimum_version)

@@ -1,0 +1,178 @@
+"""The human-facing files of a startup kit: start script, README and default local policies."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from security.pki import Role
+
+if TYPE_CHECKING:
+    from security.kit import NodeConfig
+
+__all__ = [
+    "default_authorization",
+    "default_privacy",
+    "readme",
+    "start_script",
+    "toml_string",
+]
+
+_COMMAND = {Role.SERVER: "flrt server start", Role.SITE: "flrt site start"}
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string for ``value`` (JSON escapes plus DEL, which TOML also forbids raw)."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def start_script(config: NodeConfig) -> bytes:
+    command = _COMMAND.get(config.role, "flrt admin")
+    what = "admin console" if config.role.is_admin else config.role.value
+    return f"""#!/bin/sh
+# Start the flrt {what} "{config.name}" of project "{config.project}" from this kit.
+# Written by `flrt provision`; part of the kit's signature, so edit ../local/ instead of this file.
+# Usage: startup/start.sh [more flrt options]
+set -eu
+KIT="$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)"
+exec {command} "$KIT" "$@"
+""".encode()
+
+
+def readme(config: NodeConfig, ca_fingerprint: str, description: str) -> bytes:
+    role = config.role
+    if role is Role.SERVER:
+        who = "the server of the project (Lead IT)"
+        start = (
+            f"Start it with `startup/start.sh`. It listens on port {config.port}"
+            + (f" (sites) and {config.admin_port} (admins)" if config.admin_port else "")
+            + ".\nOpen "
+            + ("these ports" if config.admin_port else "this port")
+            + " to the sites and admins; nothing else needs to be reachable."
+        )
+        trust = (
+            "\ntrust/ holds the participant list and the revocation list (crl.pem). Lead IT updates\n"
+            "them with `flrt provision` and `flrt provision revoke`; each carries its own CA\n"
+            "signature, so copying a new version in place needs no new kit. Restart the server\n"
+            "to load them.\n"
+        )
+    elif role is Role.SITE:
+        who = f"site {config.name!r} of organisation {config.organisation!r} (Site IT)"
+        start = (
+            "Start it with `startup/start.sh`. The site only dials out to the server, on port\n"
+            f"{config.port} of {', '.join(config.server_hosts)} (tried in this order);\n"
+            "it needs no inbound firewall opening."
+        )
+        trust = ""
+    else:
+        who = f"admin {config.name!r} ({role.value}) of organisation {config.organisation!r}"
+        start = (
+            "Start the admin console with `startup/start.sh`. It dials the server on port\n"
+            f"{config.connect_port} of {', '.join(config.server_hosts)}."
+        )
+        trust = ""
+    local = (
+        "local/ holds this site's own policies (authorization.toml, privacy.toml). They are yours:\n"
+        "edit them as your institution requires. They are not part of the signature.\n"
+        if role is not Role.SERVER and not role.is_admin
+        else (
+            "local/ holds the server's own authorization policy; edit it as the project requires.\n"
+            if role is Role.SERVER
+            else ""
+        )
+    )
+    about = f"\n{description}\n" if description else ""
+    text = f"""flrt startup kit: {config.name}
+Project: {config.project}{about}
+This kit is for {who}.
+
+Check it first:
+
+    flrt kit verify .  --ca-fingerprint {ca_fingerprint}
+
+Compare that fingerprint with the one Lead IT tells you over another channel (phone, in person).
+`flrt kit verify` checks the CA signature over every file in startup/, the certificate chain and
+its dates, and prints who this kit is for and when its certificate expires.
+
+startup/ is signed by the project CA. Do not edit, add or remove anything there: the node refuses
+to start from a kit whose signed part changed. startup/key.pem is this participant's private key:
+keep it readable by the service account only (mode 0600) and never send it anywhere.
+{local}{trust}
+{start}
+"""
+    return text.encode()
+
+
+def default_authorization(config: NodeConfig) -> bytes:
+    scope = (
+        "this site" if config.role is Role.SITE else "the whole project (enforced by the server)"
+    )
+    return f"""# Authorization policy for {scope}: "{config.name}" of project "{config.project}".
+# Outside the kit's signature: edit it as your institution requires. A site enforces its own
+# policy again for every command it receives, whatever the server allowed.
+#
+# For each admin role, a right is granted under a condition:
+#   "any"      always
+#   "own_org"  only if the admin belongs to the node's organisation
+#   "own_job"  only for jobs the admin submitted
+#   "none"     never
+# Rights: submit (a job), manage (abort, delete jobs), view (status, logs, metrics),
+#         operate (start, stop, restart nodes), download (models and results),
+#         custom_code (jobs that bring their own trainer code).
+format = 1
+
+[roles.project_admin]
+submit = "any"
+manage = "any"
+view = "any"
+operate = "any"
+download = "any"
+custom_code = "any"
+
+[roles.org_admin]
+submit = "none"
+manage = "own_org"
+view = "own_org"
+operate = "own_org"
+download = "none"
+custom_code = "none"
+
+[roles.lead]
+submit = "any"
+manage = "own_job"
+view = "any"
+operate = "none"
+download = "own_job"
+custom_code = "none"      # set to "own_job" to run trainers shipped inside jobs
+
+[roles.member]
+submit = "none"
+manage = "none"
+view = "any"
+operate = "none"
+download = "none"
+custom_code = "none"
+""".encode()
+
+
+def default_privacy(config: NodeConfig) -> bytes:
+    return f"""# Privacy policy of site "{config.name}" of project "{config.project}".
+# Outside the kit's signature: edit it as your institution requires. The filters listed here are
+# applied to every result this site sends, whatever the job asks for.
+format = 1
+
+# Refuse jobs that do not declare at least these filters themselves (names of filter kinds).
+required_job_filters = []
+
+# Filters this site always applies to its results, in order. Examples:
+#
+# [[result_filters]]
+# kind = "exclude_variables"
+# names = ["classifier.bias"]
+#
+# [[result_filters]]
+# kind = "differential_privacy"
+# mechanism = "gaussian"
+# clip_norm = 1.0
+# noise_multiplier = 1.1
+""".encode()

@@ -1,0 +1,203 @@
+"""Sealed kits: round trip, wrong password leaves nothing behind, arbitrary bytes raise only SealError."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from security.errors import KitTamperedError, SealError, SealFormatError, SealPasswordError
+from security.seal import (
+    KDF_ARGON2ID,
+    KDF_SCRYPT,
+    MAGIC,
+    KdfParams,
+    _tar_kit,
+    open_sealed_kit,
+    seal_bytes,
+    seal_kit,
+    unseal_bytes,
+)
+from tests.security.conftest import FAST_KDF
+
+PASSWORD = b"correct horse battery"
+
+
+@pytest.fixture
+def sealed(workspace: Path, tmp_path: Path) -> Path:
+    return seal_kit(
+        workspace / "kits" / "site-a", tmp_path / "site-a.flrtkit", PASSWORD, params=FAST_KDF
+    )
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_round_trip(sealed: Path, tmp_path: Path, workspace: Path) -> None:
+    assert sealed.stat().st_mode & 0o777 == 0o600
+    assert sealed.read_bytes().startswith(MAGIC)
+    kit = open_sealed_kit(sealed, tmp_path / "opened", PASSWORD)
+    assert kit.identity.name == "site-a"
+    original = workspace / "kits" / "site-a"
+    for path in original.rglob("*"):
+        copy = tmp_path / "opened" / path.relative_to(original)
+        assert copy.exists(), path
+        if path.is_file():
+            assert copy.read_bytes() == path.read_bytes()
+            assert copy.stat().st_mode & 0o777 == path.stat().st_mode & 0o777
+    assert _leftovers(tmp_path) == []
+
+
+def test_server_kit_round_trip_keeps_trust(workspace: Path, tmp_path: Path) -> None:
+    archive = seal_kit(
+        workspace / "kits" / "server", tmp_path / "s.flrtkit", PASSWORD, params=FAST_KDF
+    )
+    kit = open_sealed_kit(archive, tmp_path / "server", PASSWORD)
+    assert kit.participants is not None
+    assert "site-a" in kit.participants
+
+
+def test_wrong_password_leaves_nothing(sealed: Path, tmp_path: Path) -> None:
+    with pytest.raises(SealPasswordError, match="wrong password"):
+        open_sealed_kit(sealed, tmp_path / "opened", b"incorrect horse")
+    assert not (tmp_path / "opened").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_every_flipped_byte_is_detected(sealed: Path) -> None:
+    data = sealed.read_bytes()
+    for index in [*range(0, 52, 3), 60, len(data) // 2, len(data) - 1]:
+        damaged = bytearray(data)
+        damaged[index] ^= 0x40
+        with pytest.raises(SealError):
+            unseal_bytes(bytes(damaged), PASSWORD)
+
+
+def test_truncated_and_foreign(sealed: Path) -> None:
+    data = sealed.read_bytes()
+    with pytest.raises(SealFormatError, match="too short"):
+        unseal_bytes(data[:60], PASSWORD)
+    with pytest.raises(SealPasswordError):
+        unseal_bytes(data[:-1], PASSWORD)
+    with pytest.raises(SealFormatError, match="magic"):
+        unseal_bytes(b"PK\x03\x04" + data[4:], PASSWORD)
+    with pytest.raises(SealFormatError, match="version 2"):
+        unseal_bytes(data[:8] + b"\x02" + data[9:], PASSWORD)
+
+
+def test_destination_must_be_new(sealed: Path, tmp_path: Path) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("mine")
+    with pytest.raises(SealError, match="not an empty folder"):
+        open_sealed_kit(sealed, tmp_path / "busy", PASSWORD)
+    assert (tmp_path / "busy" / "file").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    assert open_sealed_kit(sealed, tmp_path / "empty", PASSWORD).identity.name == "site-a"
+
+
+@pytest.mark.parametrize("password", [b"", b"short", b"aaaaaaaaaaaa"])
+def test_weak_password_refused(password: bytes) -> None:
+    with pytest.raises(SealPasswordError):
+        seal_bytes(b"kit", password, params=FAST_KDF)
+
+
+def test_scrypt_archives_open_too() -> None:
+    params = KdfParams(KDF_SCRYPT, 14, 8, 1)
+    assert unseal_bytes(seal_bytes(b"payload", PASSWORD, params=params), PASSWORD) == b"payload"
+
+
+def test_kdf_cost_is_bounded() -> None:
+    heavy = seal_bytes(b"x", PASSWORD, params=KdfParams(KDF_ARGON2ID, 64 * 1024, 1, 1))
+    with pytest.raises(SealFormatError, match="more than"):
+        unseal_bytes(heavy, PASSWORD, max_kdf_memory_kib=16 * 1024)
+    absurd = bytearray(heavy)
+    struct.pack_into(">I", absurd, 12, 1 << 31)  # 2 TiB of Argon2 memory
+    with pytest.raises(SealFormatError):
+        unseal_bytes(bytes(absurd), PASSWORD)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        tarfile.TarInfo("../escape.txt"),
+        tarfile.TarInfo("/etc/escape.txt"),
+        tarfile.TarInfo("startup/../../escape.txt"),
+    ],
+)
+def test_unsafe_archive_paths_are_refused(tmp_path: Path, info: tarfile.TarInfo) -> None:
+    archive = tmp_path / "evil.flrtkit"
+    archive.write_bytes(seal_bytes(_tar([(info, b"x")]), PASSWORD, params=FAST_KDF))
+    with pytest.raises(SealFormatError, match="unsafe path"):
+        open_sealed_kit(archive, tmp_path / "out" / "kit", PASSWORD)
+    assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "out" / "kit").exists()
+
+
+def test_links_in_archive_are_refused(tmp_path: Path) -> None:
+    link = tarfile.TarInfo("startup/key.pem")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/etc/shadow"
+    archive = tmp_path / "evil.flrtkit"
+    archive.write_bytes(seal_bytes(_tar([(link, b"")]), PASSWORD, params=FAST_KDF))
+    with pytest.raises(SealFormatError, match="not a regular file"):
+        open_sealed_kit(archive, tmp_path / "kit", PASSWORD)
+    assert not (tmp_path / "kit").exists()
+
+
+def test_sealed_kit_that_does_not_verify_leaves_nothing(workspace: Path, tmp_path: Path) -> None:
+    """The password is right but the kit inside was tampered with before sealing."""
+    kit = tmp_path / "tampered"
+    shutil.copytree(workspace / "kits" / "site-a", kit)
+    (kit / "startup" / "extra").write_text("x")
+    archive = tmp_path / "t.flrtkit"
+    archive.write_bytes(seal_bytes(_tar_kit(kit), PASSWORD, params=FAST_KDF))
+    with pytest.raises(KitTamperedError):
+        open_sealed_kit(archive, tmp_path / "opened", PASSWORD)
+    assert not (tmp_path / "opened").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_seal_refuses_a_broken_kit(workspace: Path, tmp_path: Path) -> None:
+    kit = tmp_path / "k"
+    shutil.copytree(workspace / "kits" / "site-a", kit)
+    (kit / "startup" / "node.toml").write_text("x")
+    with pytest.raises(KitTamperedError):
+        seal_kit(kit, tmp_path / "k.flrtkit", PASSWORD, params=FAST_KDF)
+    assert not (tmp_path / "k.flrtkit").exists()
+
+
+_HEADERS = st.builds(
+    lambda version, kdf, cipher, p1, p2, p3, rest: (
+        MAGIC + bytes([version, kdf, cipher, 0]) + struct.pack(">III", p1, p2, p3) + rest
+    ),
+    st.sampled_from([1, 1, 1, 2, 255]),
+    st.sampled_from([KDF_ARGON2ID, KDF_SCRYPT, 0, 9]),
+    st.sampled_from([1, 1, 2]),
+    st.sampled_from([0, 1, 14, 8 * 1024, 16 * 1024, 1 << 20, 2**32 - 1]),
+    st.integers(0, 40),
+    st.integers(0, 20),
+    st.binary(max_size=200),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.one_of(st.binary(max_size=300), _HEADERS), password=st.binary(max_size=20))
+def test_arbitrary_bytes_raise_only_seal_errors(data: bytes, password: bytes) -> None:
+    with pytest.raises(SealError):
+        unseal_bytes(data, password, max_kdf_memory_kib=16 * 1024)
