@@ -26,6 +26,7 @@ same at every site; in a real study the lead researcher would fix such ranges fr
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 from pathlib import Path
@@ -144,9 +145,15 @@ def load_breast_cancer(
     be read.
     """
     if path is None:
-        resource = importlib.resources.files("flrt.datasets") / "data" / _RESOURCE
-        return _read_csv(resource.read_text(encoding="ascii"), f"flrt.datasets:data/{_RESOURCE}")
+        x, y = _shipped()
+        return x.copy(), y.copy()
     return _read_csv(Path(path).read_text(encoding="ascii"), str(path))
+
+
+@functools.cache
+def _shipped() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    resource = importlib.resources.files("flrt.datasets") / "data" / _RESOURCE
+    return _read_csv(resource.read_text(encoding="ascii"), f"flrt.datasets:data/{_RESOURCE}")
 
 
 def scale_features(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
