@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from security import _kit_texts, _signed
-from security._atomic import atomic_write
+from security._atomic import atomic_write, fsync_dir
 from security.crl import load_crl
 from security.errors import CertificateError, KitError, KitTamperedError, KitValidityError
 from security.pki import (
@@ -285,7 +285,7 @@ def write_kit(
         START_FILE: (_kit_texts.start_script(config), 0o755),
     }
     for name, (data, mode) in files.items():
-        atomic_write(startup / name, data, mode=mode)
+        atomic_write(startup / name, data, mode=mode, sync_dir=False)
     manifest = {
         "format": _MANIFEST_FORMAT,
         "version": _VERSION,
@@ -296,15 +296,22 @@ def write_kit(
         "files": {name: hashlib.sha256(data).hexdigest() for name, (data, _) in files.items()},
     }
     body = _signed.canonical_json(manifest)
-    atomic_write(startup / MANIFEST_FILE, body)
-    atomic_write(startup / SIGNATURE_FILE, _signed.sign(ca.private_key, body))
+    atomic_write(startup / MANIFEST_FILE, body, sync_dir=False)
+    atomic_write(startup / SIGNATURE_FILE, _signed.sign(ca.private_key, body), sync_dir=False)
+    folders = [startup, path]
     if config.role in (Role.SERVER, Role.SITE):
         local = path / LOCAL_DIR
-        atomic_write(local / "authorization.toml", _kit_texts.default_authorization(config))
+        folders.append(local)
+        policy = _kit_texts.default_authorization(config)
+        atomic_write(local / "authorization.toml", policy, sync_dir=False)
         if config.role is Role.SITE:
-            atomic_write(local / "privacy.toml", _kit_texts.default_privacy(config))
+            privacy = _kit_texts.default_privacy(config)
+            atomic_write(local / "privacy.toml", privacy, sync_dir=False)
     fingerprint = ca_fingerprint(ca.certificate)
-    atomic_write(path / README_FILE, _kit_texts.readme(config, fingerprint, description))
+    readme = _kit_texts.readme(config, fingerprint, description)
+    atomic_write(path / README_FILE, readme, sync_dir=False)
+    for folder in folders:
+        fsync_dir(folder)
 
 
 def participants_document(
