@@ -7,7 +7,8 @@ knows nothing of federated learning or of sockets, and imports neither :mod:`flr
 - :mod:`security.pki`: the project CA (ECDSA P-256) and identities in certificates.
 - :mod:`security.tls`: mutual-TLS contexts from a credential or a kit.
 - :mod:`security.project`: ``project.toml``, read strictly.
-- :mod:`security.provision`: the workspace, its registry, and kits for new participants; revocation.
+- :mod:`security.provision`: the workspace, its registry, and kits for new participants; revocation
+  (its functions are not re-exported here, where ``provision`` would hide the module).
 - :mod:`security.kit`: verifying a startup kit. :mod:`security.seal`: password-sealed kits.
 - :mod:`security.crl`: the CA-signed revocation list. :mod:`security.admission`: admitting a peer.
 """
@@ -38,7 +39,6 @@ from security.pki import (
     identity_from_certificate,
 )
 from security.project import Project, load_project, parse_project
-from security.provision import provision, revoke
 from security.seal import open_sealed_kit, seal_kit
 from security.tls import (
     client_ssl_context,
@@ -75,8 +75,6 @@ __all__ = [
     "load_project",
     "open_sealed_kit",
     "parse_project",
-    "provision",
-    "revoke",
     "seal_kit",
     "server_ssl_context",
     "server_ssl_context_from_kit",
