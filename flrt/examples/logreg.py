@@ -18,8 +18,8 @@ same at every site and survives the average). :func:`centralised_weights` comput
 
 FedProx (``task.params["fedprox_mu"]``) adds ``mu * (w - w_global)`` to each gradient; SCAFFOLD
 (``task.extras["scaffold_c"]``) adds ``c - c_i`` and returns ``extras["scaffold_delta"]``; the site's
-``c_i`` is kept in the job's scratch directory. ``task.params`` may also override
-``learning_rate`` and ``local_steps`` for a round.
+``c_i`` is kept in the job's scratch directory. ``task.params`` may also set ``learning_rate``,
+``local_steps`` or ``local_epochs`` for a round.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from flrt.datasets.breast_cancer import NUM_FEATURES, SplitMode
 from flrt.examples._metrics import binary_metrics, log_loss
+from flrt.examples._rounds import local_steps
 from flrt.examples._scaffold import load_control_variate, save_control_variate
 from flrt.examples._sites import SiteData, SiteDataSpec
 from flrt.model import check_compatible
@@ -139,7 +140,13 @@ class LogisticRegressionTrainer:
         data = self._site_data(context)
         x, y = data.x_train, data.y_train
         lr = float(task.params.get("learning_rate", self.learning_rate))
-        steps = int(task.params.get("local_steps", self.local_steps))
+        full = self.full_batch or self.batch_size >= len(y)
+        steps = local_steps(
+            task.params,
+            default=self.local_steps,
+            num_samples=len(y),
+            batch_size=None if full else self.batch_size,
+        )
         mu = float(task.params.get("fedprox_mu", 0.0))
         if set(task.weights) != {"weight", "bias"}:
             raise ValueError(f"expected a model of 'weight' and 'bias', got {sorted(task.weights)}")
@@ -148,16 +155,16 @@ class LogisticRegressionTrainer:
         correction: Weights | None = None
         c_local: Weights | None = None
         if c is not None:
-            check_compatible(task.weights, c)
+            check_compatible({name: task.weights[name] for name in c if name in task.weights}, c)
             c_local = load_control_variate(context.scratch, c) or {
                 name: np.zeros_like(value, dtype=np.float64) for name, value in c.items()
             }
-            correction = {name: c[name] - c_local[name] for name in start}
+            correction = {name: c[name] - c_local[name] for name in c}
 
         w = {name: value.copy() for name, value in start.items()}
         for _ in range(steps):
             context.raise_if_aborted()
-            if self.full_batch or self.batch_size >= len(y):
+            if full:
                 batch_x, batch_y = x, y
             else:
                 chosen = context.rng.choice(len(y), size=self.batch_size, replace=False)
@@ -167,14 +174,14 @@ class LogisticRegressionTrainer:
                 step = g[name]
                 if mu:
                     step = step + mu * (w[name] - start[name])
-                if correction is not None:
+                if correction is not None and name in correction:
                     step = step + correction[name]
                 w[name] = w[name] - lr * step
 
         extras: dict[str, Weights] = {}
         if c is not None and c_local is not None:
-            delta = {name: (start[name] - w[name]) / (steps * lr) - c[name] for name in start}
-            save_control_variate(context.scratch, {n: c_local[n] + delta[n] for n in start})
+            delta = {name: (start[name] - w[name]) / (steps * lr) - c[name] for name in c}
+            save_control_variate(context.scratch, {n: c_local[n] + delta[n] for n in c})
             extras["scaffold_delta"] = _like(delta, c)
         return TrainResult(
             weights=_like(w, task.weights),

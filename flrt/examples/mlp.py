@@ -5,11 +5,12 @@ SGD on the cross-entropy of its logit; names are the ``state_dict`` keys (``0.we
 ``2.weight``, ``2.bias``). Data arguments are those of :class:`flrt.examples.logreg.
 LogisticRegressionTrainer` (the same split, the same public feature scaling).
 
-Per round, ``task.params`` may set ``learning_rate`` and ``local_steps``; ``fedprox_mu > 0`` adds the
-FedProx term (:class:`flrt.pytorch.FedProxTerm`); ``task.extras["scaffold_c"]`` (the server's control
-variate, same names as the model) switches on the SCAFFOLD correction
-(:class:`flrt.pytorch.ScaffoldCorrection`): the result then carries
-``extras["scaffold_delta"] = c_i+ - c_i``, and the site keeps ``c_i`` in the job's scratch directory.
+Per round, ``task.params`` may set ``learning_rate``, ``local_steps`` or ``local_epochs``;
+``fedprox_mu > 0`` adds the FedProx term (:class:`flrt.pytorch.FedProxTerm`);
+``task.extras["scaffold_c"]`` (the server's control variate, one array per parameter) switches on
+the SCAFFOLD correction (:class:`flrt.pytorch.ScaffoldCorrection`): the result then carries
+``extras["scaffold_delta"] = c_i+ - c_i``, and the site keeps ``c_i`` in the job's scratch
+directory.
 
 PyTorch is imported when the trainer is built, not when this module is imported.
 """
@@ -24,6 +25,7 @@ import numpy as np
 
 from flrt.datasets.breast_cancer import NUM_FEATURES, SplitMode
 from flrt.examples._metrics import binary_metrics
+from flrt.examples._rounds import local_steps
 from flrt.examples._scaffold import load_control_variate, save_control_variate
 from flrt.examples._sites import SiteData, SiteDataSpec
 from flrt.pytorch import FedProxTerm, ScaffoldCorrection, state_dict_to_weights, weights_to_module
@@ -116,7 +118,12 @@ class MLPTrainer:
 
         data = self._site_data(context)
         lr = float(task.params.get("learning_rate", self.learning_rate))
-        steps = int(task.params.get("local_steps", self.local_steps))
+        steps = local_steps(
+            task.params,
+            default=self.local_steps,
+            num_samples=len(data.y_train),
+            batch_size=self.batch_size,
+        )
         mu = float(task.params.get("fedprox_mu", 0.0))
 
         network = self._network()

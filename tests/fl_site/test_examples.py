@@ -11,6 +11,7 @@ import pytest
 
 from flrt.errors import ConfigError, DatasetError, TrainingAbortedError
 from flrt.examples._metrics import log_loss
+from flrt.examples._rounds import local_steps
 from flrt.examples.logreg import (
     LogisticRegressionTrainer,
     centralised_weights,
@@ -281,3 +282,22 @@ def test_gradient_matches_finite_differences_of_the_loss() -> None:
         down[name][index] -= eps
         numeric = (loss(up) - loss(down)) / (2 * eps)
         assert analytic[name][index] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
+def test_local_steps_from_the_round_parameters() -> None:
+    assert local_steps({}, default=3, num_samples=100, batch_size=32) == 3
+    assert local_steps({"local_steps": 5}, default=3, num_samples=100, batch_size=32) == 5
+    assert local_steps({"local_epochs": 2}, default=3, num_samples=100, batch_size=32) == 8
+    assert local_steps({"local_epochs": 2}, default=3, num_samples=100, batch_size=None) == 2
+    with pytest.raises(ValueError, match="at least one"):
+        local_steps({"local_steps": 0}, default=3, num_samples=100, batch_size=None)
+
+
+def test_logreg_runs_local_epochs_as_full_batch_steps(tmp_path: Path) -> None:
+    trainer, site = one_site(tmp_path, learning_rate=0.5)
+    x, y = trainer.data.part(0).x_train, trainer.data.part(0).y_train
+    w0 = start_model()
+    result = trainer.train(TrainTask("j", 1, w0, params={"local_epochs": 2}), site)
+    w1 = step(w0, 0.5, gradient(w0, x, y))
+    w2 = step(w1, 0.5, gradient(w1, x, y))
+    np.testing.assert_allclose(result.weights["weight"], w2["weight"], rtol=1e-13)
