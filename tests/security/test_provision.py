@@ -7,6 +7,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +45,18 @@ def _digest(snapshot: dict[str, tuple[bytes, int]]) -> dict[str, str]:
     return {k: hashlib.sha256(v[0]).hexdigest() for k, v in snapshot.items()}
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Path:
-    path = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pristine") / "ws"
     provision(parse_project(SMALL_PROJECT), path, project_text=SMALL_PROJECT.encode())
+    return path
+
+
+@pytest.fixture
+def ws(pristine: Path, tmp_path: Path) -> Path:
+    """A freshly provisioned workspace of the small project (a copy: provisioning costs fsyncs)."""
+    path = tmp_path / "ws"
+    shutil.copytree(pristine, path)
     return path
 
 
@@ -289,3 +299,38 @@ def test_registry_is_plain_json(ws: Path, ca: CertificateAuthority) -> None:
     assert data["server"]["hosts"] == ["fl.example.org", "localhost", "127.0.0.1"]
     assert set(data["participants"]["site-a"]) >= {"serial", "fingerprint", "not_after"}
     assert "PRIVATE" not in (ws / "ca" / "registry.json").read_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is not installed")
+def test_openssl_agrees_on_kits_and_revocation(ws: Path) -> None:
+    """An independent implementation verifies a provisioned chain and honours our CRL."""
+    revoke(ws, "site-a")
+
+    def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["openssl", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    ca, crl = str(ws / "ca" / "ca.pem"), str(ws / "ca" / "crl.pem")
+    site_a = str(ws / "kits" / "site-a" / "startup" / "cert.pem")
+    site_b = str(ws / "kits" / "site-b" / "startup" / "cert.pem")
+    server = str(ws / "kits" / "server" / "startup" / "cert.pem")
+    text = openssl("crl", "-in", crl, "-noout", "-text")
+    assert text.returncode == 0, text.stderr
+    assert "X509v3 CRL Number" in text.stdout
+    ok = openssl(
+        "verify", "-CAfile", ca, "-CRLfile", crl, "-crl_check", "-purpose", "sslclient", site_b
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    ok = openssl(
+        "verify", "-CAfile", ca, "-CRLfile", crl, "-crl_check", "-purpose", "sslserver", server
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    revoked = openssl("verify", "-CAfile", ca, "-CRLfile", crl, "-crl_check", site_a)
+    assert revoked.returncode != 0
+    assert "certificate revoked" in revoked.stdout + revoked.stderr
+    key = openssl(
+        "pkey", "-in", str(ws / "kits" / "site-a" / "startup" / "key.pem"), "-noout", "-text"
+    )
+    assert key.returncode == 0
+    assert "prime256v1" in key.stdout
