@@ -22,6 +22,7 @@ from flrt.trainer import SiteContext
 __all__ = ["SiteData", "SiteDataSpec"]
 
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
+_TRAILING_LETTER = re.compile(r"[-_.]([A-Za-z])$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,8 @@ class SiteDataSpec:
     Otherwise the shipped data split among ``num_sites`` simulated sites (:func:`split_indices` with
     ``split``, ``seed``, ``alpha``). A site's part is found by its position in ``site_names`` if
     given, else by its explicit ``site_index`` (0-based), else by the number its name ends with,
-    counted from 1 (``site-1`` holds part 0).
+    counted from 1 (``site-1`` holds part 0), else by a single letter after a separator at the end
+    of its name (``hospital-a`` holds part 0, ``hospital-b`` part 1).
 
     Either way ``validation_fraction`` of the site's patients are held out for ``evaluate``.
     """
@@ -91,13 +93,20 @@ class SiteDataSpec:
             return list(self.site_names).index(site)
         if self.site_index is not None:
             return self.site_index
-        match = _TRAILING_NUMBER.search(site)
-        if match is None or not 1 <= int(match.group(1)) <= self.num_sites:
+        number = _TRAILING_NUMBER.search(site)
+        letter = _TRAILING_LETTER.search(site)
+        if number is not None:
+            index = int(number.group(1)) - 1
+        elif letter is not None:
+            index = ord(letter.group(1).lower()) - ord("a")
+        else:
+            index = -1
+        if not 0 <= index < self.num_sites:
             raise DatasetError(
-                f"cannot tell which of {self.num_sites} parts site {site!r} holds: give site_names, "
-                f"site_index, or name the sites ...1 to ...{self.num_sites}"
+                f"cannot tell which of {self.num_sites} parts site {site!r} holds: give site_names "
+                f"or site_index, or name the sites ...1 to ...{self.num_sites} or ...-a, ...-b"
             )
-        return int(match.group(1)) - 1
+        return index
 
     def _cut(self, x: npt.NDArray[np.float64], y: npt.NDArray[np.int64], index: int) -> SiteData:
         train, validation = train_validation_split(

@@ -186,6 +186,10 @@ def test_site_data_by_name_index_or_list(tmp_path: Path) -> None:
         )
     with pytest.raises(DatasetError, match="cannot tell"):
         by_name.data.index_of("site-4")
+    assert [by_name.data.index_of(n) for n in ("hospital-a", "Hospital_B", "h.c")] == [0, 1, 2]
+    for name in ("hospital-d", "site-0", "hospitalb"):
+        with pytest.raises(DatasetError, match="cannot tell"):
+            by_name.data.index_of(name)
 
 
 def test_site_data_from_the_sites_own_csv(tmp_path: Path) -> None:
