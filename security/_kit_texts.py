@@ -88,7 +88,7 @@ This kit is for {who}.
 
 Check it first:
 
-    flrt kit verify .  --ca-fingerprint {ca_fingerprint}
+    flrt kit verify . --ca-fingerprint {ca_fingerprint}
 
 Compare that fingerprint with the one Lead IT tells you over another channel (phone, in person).
 `flrt kit verify` checks the CA signature over every file in startup/, the certificate chain and

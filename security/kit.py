@@ -410,6 +410,10 @@ def load_kit(
     """
     kit = Path(path)
     startup = kit / STARTUP_DIR
+    if kit.is_file():
+        raise KitError(
+            kit, "is a file, not a kit folder (a sealed kit? open it with `flrt kit open`)"
+        )
     if not startup.is_dir():
         raise KitError(kit, f"not a startup kit (no {STARTUP_DIR}/ folder)")
     now = now or dt.datetime.now(dt.UTC)

@@ -183,6 +183,9 @@ def test_world_readable_key_is_refused(kit_copy: KitCopy) -> None:
 def test_not_a_kit(tmp_path: Path) -> None:
     with pytest.raises(KitError, match="not a startup kit"):
         load_kit(tmp_path)
+    (tmp_path / "site-a.flrtkit").write_bytes(b"FLRTSEAL")
+    with pytest.raises(KitError, match="flrt kit open"):
+        load_kit(tmp_path / "site-a.flrtkit")
 
 
 def test_server_trust_files_are_signed(
