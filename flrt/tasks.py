@@ -87,7 +87,8 @@ class EvalTask:
     """Evaluate one model on the site's local data (a trainer's ``evaluate(task.weights, ...)``).
 
     ``model`` says whose model it is: ``"global"`` for the server's, or a site's name in cross-site
-    evaluation. ``round`` is the training round the model comes from.
+    evaluation. ``round`` is the round the task belongs to; a result is matched to its task by round
+    and model.
     """
 
     job_id: str
