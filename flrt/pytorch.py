@@ -36,12 +36,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FedProxTerm",
     "ScaffoldCorrection",
+    "import_torch",
     "state_dict_to_weights",
     "weights_to_module",
 ]
 
 
-def _torch() -> Any:
+def import_torch() -> Any:
+    """The ``torch`` module, or :class:`ImportError` saying how to install it."""
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - the dev set-up has torch
@@ -52,7 +54,7 @@ def _torch() -> Any:
 
 
 def _to_numpy(tensor: torch.Tensor) -> npt.NDArray[Any]:
-    th = _torch()
+    th = import_torch()
     tensor = tensor.detach().cpu()
     if tensor.dtype == th.bfloat16:
         tensor = tensor.float()
@@ -75,7 +77,7 @@ def weights_to_module(module: nn.Module, weights: Weights) -> None:
     Raises :class:`~flrt.errors.IncompatibleWeightsError` naming the first tensor (in sorted order)
     that is missing, unexpected or of another shape; the module is unchanged then.
     """
-    th = _torch()
+    th = import_torch()
     state = module.state_dict()
     for name in sorted(state.keys() | weights.keys()):
         if name not in weights:
@@ -136,7 +138,7 @@ class FedProxTerm:
         Raises :class:`~flrt.errors.IncompatibleWeightsError` if a parameter is not in the global
         model or has another shape there.
         """
-        th = _torch()
+        th = import_torch()
         parameters = _parameters(module)
         _require(parameters, self._global, "the global model")
         terms: list[Any] = []
@@ -194,7 +196,7 @@ class ScaffoldCorrection:
         :class:`~flrt.errors.IncompatibleWeightsError` if a parameter is missing from ``c`` or
         ``c_local`` or has another shape.
         """
-        th = _torch()
+        th = import_torch()
         parameters = _parameters(module)
         if not self._corrections:
             _require(parameters, self.c, "c")

@@ -12,7 +12,8 @@ the SCAFFOLD correction (:class:`flrt.pytorch.ScaffoldCorrection`): the result t
 ``extras["scaffold_delta"] = c_i+ - c_i``, and the site keeps ``c_i`` in the job's scratch
 directory.
 
-PyTorch is imported when the trainer is built, not when this module is imported.
+PyTorch is imported when the trainer trains or evaluates, not when it is built, so a server
+without PyTorch can still create round 0's model with :meth:`MLPTrainer.initial_weights`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from flrt.examples._metrics import binary_metrics
 from flrt.examples._rounds import local_steps
 from flrt.examples._scaffold import load_control_variate, save_control_variate
 from flrt.examples._sites import SiteData, SiteDataSpec
-from flrt.pytorch import FedProxTerm, ScaffoldCorrection, state_dict_to_weights, weights_to_module
+from flrt.pytorch import (
+    FedProxTerm,
+    ScaffoldCorrection,
+    import_torch,
+    state_dict_to_weights,
+    weights_to_module,
+)
 from flrt.tasks import EvalResult, TrainResult, TrainTask, Weights
 from flrt.trainer import SiteContext
 
@@ -62,8 +69,6 @@ class MLPTrainer:
         data_key: str | None = None,
         validation_fraction: float = 0.2,
     ) -> None:
-        import torch  # noqa: F401  - fail at load time, with the trainer named, if torch is missing
-
         if hidden < 1 or local_steps < 1 or batch_size < 1:
             raise ValueError("hidden, local_steps and batch_size must be >= 1")
         if not learning_rate > 0:
@@ -86,11 +91,11 @@ class MLPTrainer:
         self._cache: dict[str, SiteData] = {}
 
     def _network(self) -> nn.Sequential:
-        from torch import nn
-
-        return nn.Sequential(
-            nn.Linear(NUM_FEATURES, self.hidden), nn.ReLU(), nn.Linear(self.hidden, 1)
+        layers = import_torch().nn
+        network: nn.Sequential = layers.Sequential(
+            layers.Linear(NUM_FEATURES, self.hidden), layers.ReLU(), layers.Linear(self.hidden, 1)
         )
+        return network
 
     def _site_data(self, context: SiteContext) -> SiteData:
         data = self._cache.get(context.site)
@@ -114,8 +119,7 @@ class MLPTrainer:
         return weights
 
     def train(self, task: TrainTask, context: SiteContext) -> TrainResult:
-        import torch
-
+        torch = import_torch()
         data = self._site_data(context)
         lr = float(task.params.get("learning_rate", self.learning_rate))
         steps = local_steps(
@@ -173,8 +177,7 @@ class MLPTrainer:
         )
 
     def evaluate(self, weights: Weights, context: SiteContext) -> EvalResult:
-        import torch
-
+        torch = import_torch()
         x, y = self._site_data(context).evaluation_set()
         network = self._network()
         weights_to_module(network, weights)

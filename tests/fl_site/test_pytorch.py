@@ -140,5 +140,11 @@ def test_scaffold_first_round_and_structure() -> None:
 
 
 def test_importing_the_adapter_does_not_import_torch() -> None:
-    code = "import sys, flrt.pytorch, flrt.trainer, flrt.model; assert 'torch' not in sys.modules"
+    """A server without PyTorch can load the MLP trainer and build round 0's model."""
+    code = (
+        "import sys, flrt.pytorch, flrt.trainer, flrt.model\n"
+        "t = flrt.trainer.load_trainer('flrt.examples.mlp:MLPTrainer', {})\n"
+        "assert sorted(t.initial_weights()) == ['0.bias', '0.weight', '2.bias', '2.weight']\n"
+        "assert 'torch' not in sys.modules\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
