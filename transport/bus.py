@@ -23,8 +23,8 @@ policy (the bus itself knows no PKI), and anything it raises refuses the connect
 from __future__ import annotations
 
 import itertools
-import math
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 import numpy.typing as npt
 import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from transport._link import Link
 from transport.errors import (
@@ -104,8 +105,8 @@ Authenticator = Callable[[bytes], str]
 
 @dataclass(slots=True)
 class _Mailbox:
-    send: anyio.abc.ObjectSendStream[Message | tuple[Message, _ReplyTo]]
-    receive: anyio.abc.ObjectReceiveStream[Message | tuple[Message, _ReplyTo]]
+    send: MemoryObjectSendStream[Message | tuple[Message, _ReplyTo]]
+    receive: MemoryObjectReceiveStream[Message | tuple[Message, _ReplyTo]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +120,24 @@ class _End:
 
 
 class _Pending:
-    """An outstanding ask on this node: its replies arrive here."""
+    """An outstanding ask on this node: its replies arrive here, in order."""
+
+    __slots__ = ("_arrived", "_items", "link")
 
     def __init__(self) -> None:
-        self.send, self.receive = anyio.create_memory_object_stream[Reply | TransportError | _End](
-            math.inf
-        )
+        self._items: deque[Reply | TransportError | _End] = deque()
+        self._arrived = anyio.Event()
         self.link: Link | None = None  # the link the request went out on (None: local)
+
+    def put(self, item: Reply | TransportError | _End) -> None:
+        self._items.append(item)
+        self._arrived.set()
+
+    async def get(self) -> Reply | TransportError | _End:
+        while not self._items:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+        return self._items.popleft()
 
 
 class Node:
@@ -289,7 +301,7 @@ class Node:
         try:
             with anyio.fail_after(timeout):
                 await self._send_call(address, "ask", call_id, body, arrays)
-                item = await pending.receive.receive()
+                item = await pending.get()
         except TimeoutError:
             raise AskTimeoutError(address, timeout) from None
         finally:
@@ -311,7 +323,7 @@ class Node:
             while True:
                 try:
                     with anyio.fail_after(timeout):
-                        item = await pending.receive.receive()
+                        item = await pending.get()
                 except TimeoutError:
                     raise AskTimeoutError(address, timeout) from None
                 if isinstance(item, TransportError):
@@ -384,6 +396,31 @@ class Node:
         elif isinstance(call_id, int):
             await mailbox.send.send((message, _ReplyTo(link, call_id)))
 
+    def _try_deliver(
+        self, link: Link, envelope: dict[str, Any], obj: IncomingObject | None
+    ) -> bool:
+        """Deliver without waiting if that is possible; False leaves it to :meth:`_deliver`."""
+        kind = envelope["t"]
+        if kind in ("reply", "item", "end", "err"):
+            self._on_reply(envelope, obj)
+            return True
+        actor = envelope.get("a")
+        mailbox = self._actors.get(actor) if isinstance(actor, str) else None
+        if mailbox is None or kind not in ("tell", "ask", "stream"):
+            return False  # the slow path reports it
+        message = Message(link.peer, str(actor), envelope.get("b"), obj, kind)
+        call_id = envelope.get("i")
+        try:
+            if kind == "tell":
+                mailbox.send.send_nowait(message)
+            elif isinstance(call_id, int):
+                mailbox.send.send_nowait((message, _ReplyTo(link, call_id)))
+            else:
+                return False
+        except anyio.WouldBlock:
+            return False
+        return True
+
     def _on_reply(self, envelope: dict[str, Any], obj: ObjectHandle | None) -> None:
         pending = self._pending.get(envelope.get("i", -1))
         if pending is None:
@@ -397,11 +434,11 @@ class Node:
                 error = RemoteActorError(
                     address, str(envelope.get("et")), str(envelope.get("ed", ""))
                 )
-            pending.send.send_nowait(error)
+            pending.put(error)
         elif kind == "end":
-            pending.send.send_nowait(_End())
+            pending.put(_End())
         else:
-            pending.send.send_nowait(Reply(body=envelope.get("b"), object=obj))
+            pending.put(Reply(body=envelope.get("b"), object=obj))
 
     async def wait_incident(self) -> None:
         """Wait until the next refusal or link error is recorded."""
@@ -418,7 +455,7 @@ class Node:
             self._record(self.link_errors, f"{link.peer}: {error}")
         for pending in self._pending.values():
             if pending.link is link:
-                pending.send.send_nowait(
+                pending.put(
                     error or ConnectionClosedError(f"link to {link.peer} closed before the reply")
                 )
         if self._links.get(link.peer) is link:
@@ -459,7 +496,7 @@ class Node:
                 await self._peers_changed.wait()
 
     def _new_link(self, peer: str, role: Role) -> Link:
-        link = Link(peer, role, self.config, self._deliver, self._on_link_closed)
+        link = Link(peer, role, self.config, self._deliver, self._try_deliver, self._on_link_closed)
         self._links[peer] = link
         self.task_group.start_soon(link.run_deliverer)
         self._notify_peers()

@@ -11,7 +11,9 @@ side. Each side then drops what the other already has and sends the rest, so mes
 exactly once and in order, and a partial object continues from the byte where it stopped.
 
 Messages are numbered per direction from 1. The receiver holds each until the application takes it
-(:meth:`Session.message_delivered`) and acknowledges delivery cumulatively (ACK ``s``); a sender may
+(:meth:`Session.message_delivered`) and acknowledges delivery cumulatively: piggybacked on its own
+outgoing messages (``a``), or in an ACK frame once a quarter window is due or ``ack_delay`` has
+passed, so a stream of small messages does not cost a frame each way. A sender may
 have at most the peer's ``message_window`` messages undelivered, so a slow actor pushes back on its
 remote senders while heartbeats keep flowing. A message may
 carry an object (:mod:`transport.protocol.objects`): its manifest rides in the MESSAGE header and its
@@ -93,6 +95,7 @@ class SessionConfig:
     connection_window: int = 32 * MiB
     max_object_size: int = 64 * 1024 * MiB
     message_window: int = 256
+    ack_delay: float = 0.01
     heartbeat_interval: float = 5.0
     liveness_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -370,7 +373,8 @@ class Session:
         self._conn_received = 0
         self._conn_consumed = 0
         self._conn_granted = 0
-        self._ack_due = False
+        self._ack_sent = 0  # the delivery ack the peer last heard from us
+        self._ack_due_since: float | None = None
         self._completed: list[int] = []
         # Time.
         self._last_received = 0.0
@@ -560,10 +564,17 @@ class Session:
 
     def _emit_message(self, out: _Outgoing) -> None:
         header: dict[str, Any] = {"s": out.seq}
+        if self._delivered > self._ack_sent and self.state is SessionState.OPEN:
+            header["a"] = self._ack_sent = self._delivered
         if out.obj is not None:
             header["o"] = out.obj.manifest.to_wire()
         self._out.extend(encode_frame(FrameKind.MESSAGE, header, out.body))
         out.announced = True
+
+    @property
+    def wants_write(self) -> bool:
+        """True when :meth:`data_to_send` has (or may soon have) something to write."""
+        return bool(self._out) or self.has_pending_chunks
 
     @property
     def has_pending_chunks(self) -> bool:
@@ -584,7 +595,7 @@ class Session:
         At most about ``max_chunk_bytes`` of chunk payload is included (default: one chunk), so a
         driver that writes and calls again interleaves control frames with bulk data.
         """
-        self._flush_ack()
+        self._flush_ack(now)
         budget = self.config.chunk_size if max_chunk_bytes is None else max_chunk_bytes
         while budget > 0 and self.state is SessionState.OPEN and self._streaming:
             sent = self._send_one_chunk(budget)
@@ -622,14 +633,30 @@ class Session:
             return len(data)
         return -1
 
-    def _flush_ack(self) -> None:
-        if self._ack_due and self.state is SessionState.OPEN:
-            header: dict[str, Any] = {"s": self._delivered}
-            if self._completed:
-                header["d"] = self._completed
-                self._completed = []
-            self._out.extend(encode_frame(FrameKind.ACK, header))
-            self._ack_due = False
+    def _flush_ack(self, now: float | None = None) -> None:
+        """Send an ACK frame if one is due by ``now``; ``now`` None forces it."""
+        if self.state is not SessionState.OPEN:
+            return
+        if self._delivered <= self._ack_sent and not self._completed:
+            self._ack_due_since = None
+            return
+        if now is not None and self._ack_due_since is None:
+            self._ack_due_since = now
+        urgent = (
+            now is None
+            or self._completed
+            or self._delivered - self._ack_sent >= max(1, self.config.message_window // 4)
+            or now - (self._ack_due_since or now) >= self.config.ack_delay
+        )
+        if not urgent:
+            return
+        header: dict[str, Any] = {"s": self._delivered}
+        if self._completed:
+            header["d"] = self._completed
+            self._completed = []
+        self._out.extend(encode_frame(FrameKind.ACK, header))
+        self._ack_sent = self._delivered
+        self._ack_due_since = None
 
     def _emit(self, kind: FrameKind, header: dict[str, Any], now: float) -> None:
         self._out.extend(encode_frame(kind, header))
@@ -637,13 +664,18 @@ class Session:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def message_delivered(self, seq: int) -> None:
-        """The application has taken message ``seq`` (and every one before it)."""
+    def message_delivered(self, seq: int, now: float) -> None:
+        """The application has taken message ``seq`` (and every one before it).
+
+        Its acknowledgement is due within ``ack_delay`` (see :meth:`get_timer`), unless a message
+        going the other way carries it first.
+        """
         if seq > self._received:
             raise LocalProtocolError(f"message {seq} was never received")
         if seq > self._delivered:
             self._delivered = seq
-            self._ack_due = True
+            if self._ack_due_since is None:
+                self._ack_due_since = now
 
     def consume(self, seq: int, nbytes: int) -> None:
         """The application has taken ``nbytes`` more of object ``seq``; grant the sender credit."""
@@ -761,6 +793,8 @@ class Session:
 
     def _on_message(self, header: dict[str, Any], payload: bytes | memoryview) -> None:
         seq = _positive(header, "s", "MESSAGE")
+        if "a" in header:
+            self._on_ack({"s": header["a"]})
         if seq <= self._received:
             return  # a duplicate of something already delivered
         if seq != self._received + 1:
@@ -811,7 +845,6 @@ class Session:
             if digest != inc.hasher.digest():
                 del self._incoming[seq]
                 self._completed.append(seq)
-                self._ack_due = True
                 self._events.append(ObjectFailed(seq, DigestMismatchError(seq)))
                 return
             inc.verified = True
@@ -821,7 +854,6 @@ class Session:
     def _finish_incoming(self, seq: int) -> None:
         del self._incoming[seq]
         self._completed.append(seq)
-        self._ack_due = True
         self._events.append(ObjectCompleted(seq))
 
     def _on_ack(self, header: dict[str, Any]) -> None:
@@ -832,19 +864,25 @@ class Session:
         done = header.get("d", [])
         if not isinstance(done, list):
             raise RemoteProtocolError("ACK: completed objects must be a list")
-        for seq in list(self._unacked):
-            if seq > upto:
-                break
-            out = self._unacked[seq]
-            out.delivered = True
-            if out.obj is None:
-                del self._unacked[seq]
+        self._acknowledge(upto)
         for seq in done:
             if not isinstance(seq, int) or seq >= self._next_seq:
                 raise RemoteProtocolError("ACK: completed object id was never sent")
             self._unacked.pop(seq, None)
             if seq in self._streaming:
                 self._streaming.remove(seq)
+
+    def _acknowledge(self, upto: int) -> None:
+        """The peer has taken every message up to ``upto``: forget them (objects stay until done)."""
+        for seq, out in self._unacked.items():
+            if seq > upto:
+                break
+            out.delivered = True
+        while self._unacked:
+            seq, out = next(iter(self._unacked.items()))
+            if seq > upto or out.obj is not None:
+                break
+            del self._unacked[seq]
 
     def _on_credit(self, header: dict[str, Any]) -> None:
         limit = _nonneg(header, "l", "CREDIT")
@@ -863,10 +901,13 @@ class Session:
             return self._handshake_deadline
         if self.state is not SessionState.OPEN:
             return None
-        return min(
+        timer = min(
             self._last_sent + self.config.heartbeat_interval,
             self._last_received + self.config.liveness_timeout,
         )
+        if self._ack_due_since is not None:
+            timer = min(timer, self._ack_due_since + self.config.ack_delay)
+        return timer
 
     def handle_timer(self, now: float) -> None:
         """Send a heartbeat when quiet; declare the connection dead when the peer is silent."""
