@@ -1,0 +1,1 @@
+"""Benchmarks: each script ends by printing one JSON line of figures."""
