@@ -98,6 +98,8 @@ class Link:
         self.close_error: TransportError | None = None
         self.last_error: TransportError | None = None
         self.connections = 0
+        #: The most object bytes ever held here that the application had not consumed yet.
+        self.peak_buffered_bytes = 0
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -271,6 +273,9 @@ class Link:
                             self._inbound_send.send_nowait((seq, envelope, obj))
                     case ChunkReceived(seq=seq, offset=offset, data=data):
                         self._objects[seq].feed(offset, data)
+                        buffered = session.buffered_object_bytes
+                        if buffered > self.peak_buffered_bytes:
+                            self.peak_buffered_bytes = buffered
                     case ObjectCompleted(seq=seq):
                         completed = self._objects.pop(seq, None)
                         if completed is not None:

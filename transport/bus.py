@@ -149,6 +149,7 @@ class Node:
         *,
         config: SessionConfig | None = None,
         on_actor_error: Callable[[str, BaseException], None] | None = None,
+        on_peer_lost: Callable[[str, TransportError | None], None] | None = None,
         session_ttl: float = 600.0,
     ) -> None:
         if not name or "/" in name:
@@ -156,6 +157,9 @@ class Node:
         self.name = name
         self.config = config or SessionConfig()
         self.on_actor_error = on_actor_error
+        #: Called when a peer's session ends for good: closed (``None``), refused or expired. A
+        #: :class:`ResumeRefusedError` lists the messages the peer never received.
+        self.on_peer_lost = on_peer_lost
         self.session_ttl = session_ttl
         self._actors: dict[str, _Mailbox] = {}
         self._links: dict[str, Link] = {}
@@ -460,6 +464,8 @@ class Node:
                 )
         if self._links.get(link.peer) is link:
             del self._links[link.peer]
+        if self.on_peer_lost is not None:
+            self.on_peer_lost(link.peer, error)
         self._notify_peers()
 
     def _notify_peers(self) -> None:

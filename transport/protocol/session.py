@@ -329,6 +329,7 @@ class _Outgoing:
     body: bytes
     obj: OutgoingObject | None
     sent: int = 0  # next object byte to send
+    high: int = 0  # the furthest byte ever sent (bytes below it, sent again, are re-sent)
     limit: int = 0  # may send object bytes below this offset
     hashed: int = 0  # bytes folded into the digest so far
     hasher: Any = field(default_factory=hashlib.sha256)
@@ -357,6 +358,9 @@ class Session:
         self._decoder = FrameDecoder(self.config.max_frame_size)
         self._out: list[bytes | memoryview] = []
         self._events: list[SessionEvent] = []
+        #: Object bytes written, and how many of them were written again after a resumption.
+        self.object_bytes_sent = 0
+        self.resent_object_bytes = 0
         # Sending.
         self._next_seq = 1
         self._unacked: OrderedDict[int, _Outgoing] = OrderedDict()
@@ -628,7 +632,11 @@ class Session:
                 header["h"] = out.hasher.digest()
                 self._streaming.remove(seq)
             self._out.extend(encode_frame(FrameKind.CHUNK, header, data))
+            if out.sent < out.high:
+                self.resent_object_bytes += min(end, out.high) - out.sent
+            out.high = max(out.high, end)
             out.sent = end
+            self.object_bytes_sent += len(data)
             self._conn_sent += len(data)
             return len(data)
         return -1
