@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from tests.transport.conftest import Pki, name_from_certificate
@@ -83,7 +84,7 @@ async def test_large_object_survives_ten_cuts_and_resends_at_most_a_window_per_c
     pki: Pki,
 ) -> None:
     rng = np.random.default_rng(7)
-    model = {
+    model: dict[str, npt.NDArray[Any]] = {
         "a": rng.standard_normal(6 * MiB // 4).astype(np.float32),  # 6 MiB
         "b": rng.integers(0, 1 << 30, size=58 * MiB // 8, dtype=np.int64),  # 58 MiB
     }
