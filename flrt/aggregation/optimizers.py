@@ -115,8 +115,9 @@ class _Adaptive(ServerOptimizer):
             v = self._v.get(name)
             if v is None:
                 v = np.full(array.shape, self.tau**2, dtype=np.float64)
-            m = self.beta1 * m + (1.0 - self.beta1) * d
-            v = self._second_moment(v, d * d)
+            # np.asarray: arithmetic on 0-d arrays gives numpy scalars, which are not arrays
+            m = np.asarray(self.beta1 * m + (1.0 - self.beta1) * d, dtype=np.float64)
+            v = np.asarray(self._second_moment(v, d * d), dtype=np.float64)
             self._m[name], self._v[name] = m, v
             out[name] = cast_like(x + self.server_lr * m / (np.sqrt(v) + self.tau), array.dtype)
         return out

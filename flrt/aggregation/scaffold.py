@@ -66,7 +66,7 @@ def scaffold_server_step(
     new_weights = apply_delta(weights, {k: server_lr * d for k, d in delta_model.items()})
     share = answered / population
     new_control = {
-        name: (c + share * delta_control[name]) if name in delta_control else c.copy()
+        name: np.asarray(c + share * delta_control[name]) if name in delta_control else c.copy()
         for name, c in control.items()
     }
     return new_weights, new_control
