@@ -227,6 +227,24 @@ class QuorumRound:
         }
         return {site: kinds[status] for site, status in sorted(self._sites.items())}
 
+    @property
+    def sites_needed(self) -> int:
+        """How many more sites must be asked for the quorum to be reachable (0 unless waiting)."""
+        return self._needed if self.state is RoundState.WAITING else 0
+
+    def would_accept(self, site: str, round: int) -> bool:
+        """Whether a result from ``site`` for ``round`` would be accepted now (call
+        :meth:`handle_timer` first). Lets the workflow check and fold a result before it counts;
+        if the result turns out invalid, report :meth:`site_failed` instead of
+        :meth:`result_received`."""
+        status = self._sites.get(site)
+        return (
+            round == self.round
+            and not self.closed
+            and status is not None
+            and status is not _Site.ANSWERED
+        )
+
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called, or ``None``."""
         if self.closed:

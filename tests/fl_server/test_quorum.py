@@ -435,3 +435,25 @@ def test_site_history_records_outcomes_and_round_trips() -> None:
     assert h.asked == 4
     assert SiteHistory.from_dict(h.to_dict()) == h
     assert replace(h, failed=0).reliability > h.reliability
+
+
+def test_would_accept_predicts_result_received() -> None:
+    for state, setup in SETUPS.items():
+        for site in "abcdz":
+            for round in (0, 1):
+                q = setup()
+                q.decisions()
+                predicted = q.would_accept(site, round)
+                q.result_received(site, round, now=q.started_at + 5)
+                accepted = [d for d in q.decisions() if isinstance(d, ResultAccepted)]
+                assert predicted == bool(accepted), (state, site, round)
+
+
+def test_sites_needed_is_the_deficit_while_waiting() -> None:
+    q = in_waiting()
+    assert q.sites_needed == 1
+    q.site_failed("c", "gone", now=5)
+    assert q.sites_needed == 2
+    q.sites_asked(["e", "f"], now=6)
+    assert q.sites_needed == 0
+    assert in_collecting().sites_needed == 0
