@@ -101,7 +101,7 @@ class TrainingParams:
     """Parameters shared by the training workflows.
 
     - ``evaluate_every``: evaluate the global model on the sites every this many rounds (0: never).
-    - ``local_epochs``: passed to the trainers in the task parameters, if set.
+    - ``local_epochs``, ``local_steps``: passed to the trainers in the task parameters, if set.
     - ``cross_site_eval``: after the last round, every site evaluates every site's model and the
       global one.
     - ``memory_budget_mb``: memory for updates in flight (and, for robust aggregators, for all
@@ -110,6 +110,9 @@ class TrainingParams:
 
     evaluate_every: int = dataclasses.field(default=0, metadata=_check(lambda v: v >= 0, ">= 0"))
     local_epochs: int | None = dataclasses.field(
+        default=None, metadata=_check(lambda v: v >= 1, ">= 1")
+    )
+    local_steps: int | None = dataclasses.field(
         default=None, metadata=_check(lambda v: v >= 1, ">= 1")
     )
     cross_site_eval: bool = False
@@ -443,6 +446,14 @@ def _parse_workflow(reader: _Reader) -> WorkflowSpec:
     if seed is not None and seed >= 2**63:
         raise reader.error("seed", "must be < 2**63")
     params = _parse_params(name, reader.table_at("params"))
+    if isinstance(params, FedAvgParams) and params.aggregator == "krum":
+        needed = 2 * params.byzantine + 3
+        if min_sites < needed:
+            raise reader.error(
+                "min_sites",
+                f"krum with byzantine = {params.byzantine} needs min_sites >= {needed},"
+                f" got {min_sites}",
+            )
     reader.refuse_unknown()
     return WorkflowSpec(
         name=name,

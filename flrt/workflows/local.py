@@ -44,6 +44,7 @@ from flrt.checkpoint import save_checkpoint
 from flrt.errors import UpdateError, WorkflowStalledError
 from flrt.filters import FilterChain, FilterContext, Task
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask
+from flrt.trainer import SiteContext, Trainer
 
 from .controller import (
     Reply,
@@ -83,6 +84,20 @@ class LocalSite:
     delay: float | Callable[[Task], float] = 0.0
     fail: Callable[[Task], str | None] = _no_failure
     filters: FilterChain = field(default_factory=FilterChain)
+
+    @classmethod
+    def from_trainer(cls, trainer: Trainer, context: SiteContext, **behaviour: Any) -> LocalSite:
+        """A site that runs a :class:`~flrt.trainer.Trainer` (as loaded by
+        :func:`~flrt.trainer.load_trainer`) with ``context``; ``behaviour`` sets ``delay``, ``fail``
+        or ``filters``."""
+
+        def train(task: TrainTask) -> TrainResult:
+            return trainer.train(task, context)
+
+        def evaluate(task: EvalTask) -> EvalResult:
+            return trainer.evaluate(task.weights, context)
+
+        return cls(train=train, evaluate=evaluate, **behaviour)
 
     def delay_for(self, task: Task) -> float:
         value = self.delay(task) if callable(self.delay) else self.delay

@@ -86,6 +86,8 @@ class _Strategy(abc.ABC):
         params: dict[str, Any] = {}
         if self.params.local_epochs is not None:
             params["local_epochs"] = self.params.local_epochs
+        if self.params.local_steps is not None:
+            params["local_steps"] = self.params.local_steps
         return params
 
     def task_extras(self, state: WorkflowState) -> dict[str, Weights]:

@@ -200,6 +200,7 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("workflow.params.evaluate_every", -1, "workflow.params.evaluate_every", ">= 0"),
     ("workflow.params.evaluate_every", 1.5, "workflow.params.evaluate_every", "integer"),
     ("workflow.params.local_epochs", 0, "workflow.params.local_epochs", ">= 1"),
+    ("workflow.params.local_steps", 0, "workflow.params.local_steps", ">= 1"),
     ("workflow.params.cross_site_eval", 1, "workflow.params.cross_site_eval", "true or false"),
     ("workflow.params.memory_budget_mb", 0, "workflow.params.memory_budget_mb", "> 0"),
     ("trainer", _DELETE, "trainer", "missing"),
@@ -282,6 +283,23 @@ def test_cross_field_rules() -> None:
     with pytest.raises(JobError) as info:
         parse_job(data)
     assert info.value.key == "workflow.sites_per_round"
+
+
+def test_krum_needs_enough_sites_for_its_byzantine_bound() -> None:
+    data = _with("workflow.params", {"aggregator": "krum", "byzantine": 1})
+    data["workflow"]["min_sites"] = 4
+    with pytest.raises(JobError, match="min_sites >= 5") as info:
+        parse_job(data)
+    assert info.value.key == "workflow.min_sites"
+    data["workflow"]["min_sites"] = 5
+    assert parse_job(data).workflow.params == FedAvgParams(aggregator="krum", byzantine=1)
+
+
+def test_the_example_jobs_of_the_site_side_parse() -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    for path in sorted(examples.glob("*/job.toml")):
+        job = load_job(path)
+        assert job.trainer.spec.startswith("flrt.examples.")
 
 
 def test_params_are_validated_per_workflow() -> None:

@@ -4,6 +4,8 @@ sleeps, every test has a deadline."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -12,8 +14,11 @@ import pytest
 
 from flrt.aggregation import FedAdam
 from flrt.errors import RoundFailedError, WorkflowError, WorkflowStalledError
+from flrt.examples.logreg import centralised_weights
 from flrt.filters import ExcludeVariables, FilterChain, Task
+from flrt.job import WORKFLOW_PARAMS, FedAvgParams, load_job
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask, Weights
+from flrt.trainer import SiteContext, load_trainer
 from flrt.workflows import (
     LocalController,
     LocalSite,
@@ -25,12 +30,14 @@ from flrt.workflows import (
     WorkflowState,
     run_workflow,
 )
+from flrt.workflows.run import WORKFLOWS
 
 from ._sites import LinearSite, initial_model, job
 
 pytestmark = pytest.mark.anyio
 
 DEADLINE = 20  # seconds of wall time for any one workflow
+LOGREG_JOB = Path(__file__).resolve().parents[2] / "examples" / "logreg" / "job.toml"
 
 
 def _sites(*names: str, samples: int = 20) -> dict[str, LinearSite]:
@@ -405,3 +412,85 @@ async def test_bad_starts_are_refused() -> None:
     )
     with pytest.raises(WorkflowError, match="job other"):
         await _run(ctl, job(min_sites=1), resume=state)
+
+
+# ----------------------------------------------------------------------------- the controller itself
+
+
+async def test_local_scatter_yields_replies_as_an_async_iterator_on_virtual_time() -> None:
+    def answer(value: float) -> Callable[[EvalTask], EvalResult]:
+        return lambda task: EvalResult(metrics={"v": value}, num_samples=1)
+
+    ctl = LocalController(
+        {
+            "a": LocalSite(evaluate=answer(1.0), delay=3.0),
+            "b": LocalSite(evaluate=answer(2.0), delay=1.0),
+            "c": LocalSite(evaluate=answer(3.0), delay=2.0, fail=lambda t: "refused"),
+        }
+    )
+    task = EvalTask(job_id="j", round=1, weights={})
+    arrivals = []
+    with anyio.fail_after(DEADLINE):
+        async with ctl.scatter(task, ["a", "b", "c", "ghost"]) as scatter:
+            async for reply in scatter:
+                arrivals.append((ctl.now(), type(reply).__name__, reply.site))
+    assert arrivals == [
+        (0.0, "SiteFailed", "ghost"),
+        (1.0, "ResultArrived", "b"),
+        (2.0, "SiteFailed", "c"),
+        (3.0, "ResultArrived", "a"),
+    ]
+
+
+async def test_receive_returns_none_at_the_deadline_and_time_only_moves_forward() -> None:
+    ctl = LocalController({"a": LocalSite(evaluate=lambda t: EvalResult({}, 1), delay=10.0)})
+    fired: list[float] = []
+    ctl.schedule(4.0, lambda: fired.append(ctl.now()))
+    with anyio.fail_after(DEADLINE):
+        async with ctl.scatter(EvalTask(job_id="j", round=1, weights={}), ["a"]) as scatter:
+            assert await scatter.receive(5.0) is None
+            assert ctl.now() == 5.0
+            assert fired == [4.0]
+            await scatter.cancel(["a"])
+            with pytest.raises(WorkflowStalledError):
+                await scatter.receive(None)  # a is cancelled: nothing can arrive
+            assert ctl.now() == 10.0  # a's cancelled answer was due at 10, and dropped
+        await ctl.sleep_until(2.0)
+        assert ctl.now() == 10.0
+
+
+async def test_targets_limit_the_sites_a_job_uses() -> None:
+    sites = _sites("a", "b", "c")
+    ctl = LocalController({n: s.local_site() for n, s in sites.items()})
+    base = job(rounds=2, min_sites=2)
+    spec = replace(base, targets=("a", "c"))
+    state = await _run(ctl, spec, initial_weights=initial_model())
+    assert all(r.accepted == ("a", "c") for r in state.rounds)
+    assert sites["b"].seen == []
+    assert state.population == 2
+
+
+def test_every_workflow_a_job_may_name_is_implemented() -> None:
+    assert set(WORKFLOWS) == set(WORKFLOW_PARAMS)
+
+
+async def test_the_site_sides_logreg_example_matches_centralised_gradient_descent(
+    tmp_path: Path,
+) -> None:
+    """The end-to-end contract with the site side: its example trainer, loaded from its job file,
+    run by our FedAvg, gives what gradient descent on the pooled data gives."""
+    spec = load_job(LOGREG_JOB)
+    spec = replace(spec, workflow=replace(spec.workflow, rounds=5, params=FedAvgParams()))
+    names = ["site-1", "site-2"]
+    trainers = {n: load_trainer(spec.trainer.spec, spec.trainer.args) for n in names}
+    ctl = LocalController(
+        {
+            n: LocalSite.from_trainer(t, SiteContext.create(n, scratch=tmp_path / n), delay=1.0)
+            for n, t in trainers.items()
+        }
+    )
+    initial = trainers["site-1"].initial_weights()
+    state = await _run(ctl, spec, initial_weights=initial)
+    expected = centralised_weights(spec.trainer.args, rounds=5, initial=initial)
+    for name in expected:
+        np.testing.assert_allclose(state.weights[name], expected[name], rtol=1e-10, atol=1e-12)
