@@ -278,7 +278,9 @@ def _offsets(raw: object, where: str) -> dict[int, int]:
         raise RemoteProtocolError(f"{where}: partial objects must be a map")
     result: dict[int, int] = {}
     for key, value in raw.items():
-        if not (isinstance(key, str) and key.isdigit()) or not isinstance(value, int) or value < 0:
+        # isascii(): str.isdigit() also accepts digits such as '²' that int() refuses.
+        ok_key = isinstance(key, str) and key.isascii() and key.isdigit()
+        if not ok_key or not isinstance(value, int) or value < 0:
             raise RemoteProtocolError(f"{where}: bad partial-object entry")
         result[int(key)] = value
     return result
