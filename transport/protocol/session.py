@@ -825,6 +825,8 @@ class Session:
         self._incoming[seq] = _Incoming(manifest, granted=self.config.object_window)
 
     def _on_piece(self, piece: PayloadPiece) -> None:
+        if self.state is SessionState.HANDSHAKING:  # _on_frame's check; chunks bypass it
+            raise RemoteProtocolError(f"expected WELCOME, got {piece.kind.name}")
         header = piece.header
         seq = _positive(header, "s", "CHUNK")
         inc = self._incoming.get(seq)
