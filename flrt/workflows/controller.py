@@ -32,7 +32,7 @@ What a controller must guarantee
 - **Streaming.** When a scatter is given a ``sink`` (an :class:`UpdateSink`, in practice the
   round's aggregator), the controller may stream a train result's arrays into it as they arrive
   (:meth:`UpdateSink.open`, then :meth:`UpdateSink.accept` per piece), but only for replies to the
-  scatter's own task. Once the update is complete and its digest verified, it delivers
+  scatter's own task, and at most once per site unless the site was asked again after failing. Once the update is complete and its digest verified, it delivers
   :class:`ResultArrived` with ``staged=True`` (and the result's ``weights`` empty); the workflow then
   commits or discards it. If the transfer breaks or fails verification, the controller calls
   :meth:`UpdateSink.discard` and delivers :class:`SiteFailed`. It never calls the sink after the

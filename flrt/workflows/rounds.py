@@ -151,9 +151,7 @@ class _Driver:
                     except UpdateError as exc:
                         if self.sink is not None:
                             self.sink.discard(reply.site)
-                        self.controller.report(
-                            UpdateDiscarded(reply.round, reply.site, f"invalid: {exc.reason}")
-                        )
+                        self._drop(reply.site, reply.round, f"invalid: {exc.reason}")
                         q.site_failed(reply.site, f"invalid update: {exc.reason}", now)
                     else:
                         q.result_received(reply.site, reply.round, now)
