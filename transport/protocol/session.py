@@ -696,6 +696,8 @@ class Session:
             raise LocalProtocolError("consumed more object bytes than were received")
         inc.consumed += nbytes
         self._conn_consumed += nbytes
+        if inc.verified and inc.consumed == inc.manifest.total:
+            self._finish_incoming(seq)  # in any state: no later call would finish it
         if self.state is not SessionState.OPEN:
             return
         window = self.config.object_window
@@ -706,8 +708,6 @@ class Session:
         if self._conn_consumed + cwindow - self._conn_granted >= cwindow // 2:
             self._conn_granted = self._conn_consumed + cwindow
             self._out.extend(encode_frame(FrameKind.CREDIT, {"l": self._conn_granted}))
-        if inc.verified and inc.consumed == inc.manifest.total:
-            self._finish_incoming(seq)
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         """Feed bytes from the current connection."""
