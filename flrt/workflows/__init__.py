@@ -30,6 +30,7 @@ from .controller import (
     UpdateSink,
     Workflow,
     WorkflowEvent,
+    event_fields,
 )
 from .evaluation import GLOBAL_MODEL, cross_site_eval, evaluate_global, weighted_metrics
 from .local import LocalController, LocalSite
@@ -95,6 +96,7 @@ __all__ = [
     "cross_site_eval",
     "cross_site_evaluation",
     "evaluate_global",
+    "event_fields",
     "fedavg",
     "fedopt",
     "fedprox",

@@ -41,6 +41,8 @@ What a controller must guarantee
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -73,6 +75,7 @@ __all__ = [
     "UpdateSink",
     "Workflow",
     "WorkflowEvent",
+    "event_fields",
     "task_model",
 ]
 
@@ -188,6 +191,26 @@ WorkflowEvent: TypeAlias = (
     | MetricsReported
     | CrossSiteEvaluated
 )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, CrossSiteResults):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def event_fields(event: WorkflowEvent) -> tuple[str, dict[str, Any]]:
+    """A log event name (``round_started``...) and the event's fields as plain data, for a
+    controller's structured log or metrics store."""
+    name = "".join(f"_{c.lower()}" if c.isupper() else c for c in type(event).__name__).lstrip("_")
+    fields = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+    return name, fields
 
 
 # ------------------------------------------------------------------------------- protocols

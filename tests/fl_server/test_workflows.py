@@ -26,8 +26,10 @@ from flrt.workflows import (
     RoundAborted,
     RoundCompleted,
     SiteHistory,
+    SiteOutcome,
     UpdateDiscarded,
     WorkflowState,
+    event_fields,
     run_workflow,
 )
 from flrt.workflows.run import WORKFLOWS
@@ -494,3 +496,25 @@ async def test_the_site_sides_logreg_example_matches_centralised_gradient_descen
     expected = centralised_weights(spec.trainer.args, rounds=5, initial=initial)
     for name in expected:
         np.testing.assert_allclose(state.weights[name], expected[name], rtol=1e-10, atol=1e-12)
+
+
+def test_events_turn_into_plain_log_fields() -> None:
+    completed = RoundCompleted(
+        round=2,
+        kind="train",
+        model=None,
+        accepted=("a",),
+        cancelled=("b",),
+        failed={"c": "gone"},
+        outcomes={"a": SiteOutcome.ON_TIME, "b": SiteOutcome.LATE, "c": SiteOutcome.FAILED},
+        started_at=1.0,
+        closed_at=4.0,
+    )
+    name, fields = event_fields(completed)
+    assert name == "round_completed"
+    assert fields["outcomes"] == {"a": "on_time", "b": "late", "c": "failed"}
+    assert fields["accepted"] == ["a"]
+    assert event_fields(UpdateDiscarded(1, "x", "late")) == (
+        "update_discarded",
+        {"round": 1, "site": "x", "reason": "late"},
+    )
