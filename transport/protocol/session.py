@@ -503,6 +503,8 @@ class Session:
         self._conn_received = 0
         self._conn_consumed = 0
         self._conn_granted = self.config.connection_window
+        # A delivery ack written on the old connection may have been lost with it: repeat it.
+        self._ack_sent = 0
         # The peer resumes each object at the offset we hold and may send one window past it.
         for inc in self._incoming.values():
             inc.granted = inc.received + self.config.object_window
@@ -523,7 +525,7 @@ class Session:
         self._conn_limit = conn_window
         if peer_received >= self._next_seq:
             raise RemoteProtocolError(f"peer claims message {peer_received}, never sent")
-        self._acked = max(self._acked, peer_received)
+        # Not self._acked: the peer holds these, but its application may not have taken them.
         self._streaming.clear()
         for seq in list(self._unacked):
             out = self._unacked[seq]
