@@ -505,9 +505,11 @@ class Session:
         self._conn_granted = self.config.connection_window
         # A delivery ack written on the old connection may have been lost with it: repeat it.
         self._ack_sent = 0
-        # The peer resumes each object at the offset we hold and may send one window past it.
+        # The peer resumes each object at the offset we hold and may send up to one window past
+        # what the application has taken (granted with a CREDIT in _start_resume), not past what
+        # we hold: else each reconnection would let a slow application buffer one more window.
         for inc in self._incoming.values():
-            inc.granted = inc.received + self.config.object_window
+            inc.granted = max(inc.received, inc.consumed + self.config.object_window)
         for out in self._unacked.values():
             out.announced = False
 
@@ -538,14 +540,19 @@ class Session:
                 if offset > out.obj.total:
                     raise RemoteProtocolError(f"peer claims {offset} bytes of object {seq}")
                 out.announced = True
+                limit = offset  # until the peer's CREDIT says how much more it will hold
             else:
                 out.delivered = False
                 offset = 0
+                limit = object_window  # announced again: a fresh object for the peer
                 self._emit_message(out)
             if out.obj is not None and out.obj.total:
                 out.sent = offset
-                out.limit = offset + object_window
+                out.limit = limit
                 self._streaming.append(seq)
+        for seq, inc in self._incoming.items():
+            if inc.received < inc.manifest.total:
+                self._out.extend(encode_frame(FrameKind.CREDIT, {"s": seq, "l": inc.granted}))
 
     # -- sending -------------------------------------------------------------------------------
 
