@@ -38,6 +38,9 @@ __all__ = [
     "OutgoingObject",
 ]
 
+#: numpy 1.x arrays have at most 32 dimensions (2.x: 64).
+_MAX_DIMENSIONS = 32
+
 #: The only dtypes that may cross the wire: plain numbers and booleans, never Python objects.
 ALLOWED_DTYPES = frozenset(
     {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"}
@@ -94,15 +97,23 @@ class Manifest:
         for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
             if not isinstance(name, str):
                 raise RemoteProtocolError("object manifest: array name is not a string")
+            if not isinstance(dtype, str):  # a list or map is not even hashable
+                raise RemoteProtocolError("object manifest: dtype is not a string")
             if dtype not in ALLOWED_DTYPES:
                 raise RemoteProtocolError(f"object manifest: dtype {dtype!r} is not allowed")
-            if not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+            if (
+                not isinstance(shape, list)
+                or len(shape) > _MAX_DIMENSIONS
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
             ):
                 raise RemoteProtocolError(f"object manifest: bad shape for {name!r}")
             count = 1
+            extent = np.dtype(dtype).itemsize  # numpy refuses an empty (0, 2**62) array too
             for dim in shape:
                 count *= dim
+                extent *= max(dim, 1)
+            if extent > max_total:
+                raise RemoteProtocolError(f"object manifest: shape of {name!r} is too large")
             nbytes = count * np.dtype(dtype).itemsize
             infos.append(ArrayInfo(name, dtype, tuple(shape), nbytes))
         manifest = cls.build(tuple(infos))
