@@ -151,7 +151,8 @@ class OutgoingObject:
             dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
             if dtype.name not in ALLOWED_DTYPES:
                 raise LocalProtocolError(f"object entry {name!r} has dtype {dtype.name}")
-            contiguous = np.ascontiguousarray(array, dtype=dtype)
+            # Not ascontiguousarray(): it turns a 0-d array into shape (1,).
+            contiguous = np.asarray(array, dtype=dtype, order="C")
             prepared.append(contiguous)
             infos.append(ArrayInfo(name, dtype.name, tuple(contiguous.shape), contiguous.nbytes))
         self.manifest = Manifest.build(tuple(infos))
