@@ -895,14 +895,16 @@ class Session:
 
     def _acknowledge(self, upto: int) -> None:
         """The peer has taken every message up to ``upto``: forget them (objects stay until done)."""
+        # Entries up to upto are the newly acked messages and the objects still in flight, so
+        # this walk is as short as popping from the front, which would stop at such an object.
+        forget = []
         for seq, out in self._unacked.items():
             if seq > upto:
                 break
             out.delivered = True
-        while self._unacked:
-            seq, out = next(iter(self._unacked.items()))
-            if seq > upto or out.obj is not None:
-                break
+            if out.obj is None:
+                forget.append(seq)
+        for seq in forget:
             del self._unacked[seq]
 
     def _on_credit(self, header: dict[str, Any]) -> None:
