@@ -58,7 +58,7 @@ from transport.tls import describe_failure
 
 __all__ = ["Inbound", "Link"]
 
-RECEIVE_SIZE = 1 << 16
+RECEIVE_SIZE = 1 << 20
 
 #: A decoded message for the node: (envelope, object or None).
 Inbound = tuple[dict[str, Any], IncomingObject | None]
@@ -82,7 +82,7 @@ class Link:
         self._deliver = deliver
         self._try_deliver = try_deliver
         self._queued = 0  # messages waiting in the deliverer's queue
-        self._waiters = 0  # tasks in wait_changed()
+        self._watched = False  # somebody holds state_event(): the next change must set it
         self._on_closed = on_closed
         self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[
             tuple[int, dict[str, Any], IncomingObject | None]
@@ -111,16 +111,20 @@ class Link:
         self._wakeup.set()
 
     def _changed(self) -> None:
-        if self._waiters:
+        if self._watched:
+            self._watched = False
             self._state_changed.set()
             self._state_changed = anyio.Event()
 
+    def state_event(self) -> anyio.Event:
+        """The event the next change of state sets. Take it *before* checking the state, so that
+        a change in between is not missed."""
+        self._watched = True
+        return self._state_changed
+
     async def wait_changed(self) -> None:
-        self._waiters += 1
-        try:
-            await self._state_changed.wait()
-        finally:
-            self._waiters -= 1
+        """Wait for the next change of state (connected, opened, closed, window opened)."""
+        await self.state_event().wait()
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -203,9 +207,11 @@ class Link:
 
     async def _reader(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> None:
         session = self.session
+        # A stream over a real socket drains every available TLS record in one call.
+        receive = getattr(stream, "receive_view", None) or stream.receive
         while True:
             try:
-                data = await stream.receive(RECEIVE_SIZE)
+                data = await receive(RECEIVE_SIZE)
             except anyio.EndOfStream:
                 self._connection_failed(ConnectionBrokenError("peer closed the connection"), scope)
                 return

@@ -23,6 +23,7 @@ policy (the bus itself knows no PKI), and anything it raises refuses the connect
 from __future__ import annotations
 
 import itertools
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -37,6 +38,7 @@ import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from transport._link import Link
+from transport._sslsocket import accept_socket, listen_socket
 from transport.errors import (
     AskTimeoutError,
     ConnectionBrokenError,
@@ -53,12 +55,11 @@ from transport.objects import IncomingObject, LocalObject
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_frame
 from transport.tls import (
-    client_handshake,
-    open_tcp,
+    accept_tls,
+    dial_tls,
     peer_certificate,
     prepare_client_context,
     prepare_server_context,
-    server_handshake,
 )
 
 __all__ = [
@@ -486,20 +487,23 @@ class Node:
     async def wait_peer(self, peer: str, *, connected: bool = True) -> None:
         """Wait until ``peer`` is connected (or, with ``connected=False``, not connected)."""
         while True:
+            # Take the events before looking at the state, so no change slips in between.
+            peers_changed = self._peers_changed
             link = self._links.get(peer)
+            link_changed = link.state_event() if link is not None else None
             if (link is not None and link.connected) == connected:
                 return
-            if link is not None:
-                async with anyio.create_task_group() as tg:
+            if link_changed is None:
+                await peers_changed.wait()
+                continue
+            async with anyio.create_task_group() as tg:
 
-                    async def _one(waiter: Callable[[], Awaitable[None]]) -> None:
-                        await waiter()
-                        tg.cancel_scope.cancel()
+                async def first(event: anyio.Event) -> None:
+                    await event.wait()
+                    tg.cancel_scope.cancel()
 
-                    tg.start_soon(_one, link.wait_changed)
-                    tg.start_soon(_one, self._peers_changed.wait)
-            else:
-                await self._peers_changed.wait()
+                tg.start_soon(first, link_changed)
+                tg.start_soon(first, peers_changed)
 
     def _new_link(self, peer: str, role: Role) -> Link:
         link = Link(peer, role, self.config, self._deliver, self._try_deliver, self._on_link_closed)
@@ -521,27 +525,37 @@ class Node:
         """Listen on ``host:port`` for peers; returns the bound port. Runs in the node's tasks."""
         prepare_server_context(context)
         try:
-            listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            listener = listen_socket(host, port)
         except OSError as exc:
             raise ConnectionBrokenError(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        bound: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+        bound: int = listener.getsockname()[1]
 
-        async def handle(stream: anyio.abc.SocketStream) -> None:
-            await self._accept(stream, context, authenticate)
+        async def accept_forever() -> None:
+            try:
+                while True:
+                    raw = await accept_socket(listener)
+                    self.task_group.start_soon(self._accept, raw, context, authenticate)
+            finally:
+                anyio.notify_closing(listener)
+                listener.close()
 
-        self.task_group.start_soon(listener.serve, handle)
+        self.task_group.start_soon(accept_forever)
         log.info("node.listening", node=self.name, host=host, port=bound)
         return bound
 
     async def _accept(
-        self, raw: anyio.abc.SocketStream, context: ssl.SSLContext, authenticate: Authenticator
+        self, raw: socket.socket, context: ssl.SSLContext, authenticate: Authenticator
     ) -> None:
-        remote = raw.extra(anyio.abc.SocketAttribute.remote_address, "?")
-        peer = "?"
         try:
-            stream = await server_handshake(raw, context, self.config.handshake_timeout)
+            remote: Any = raw.getpeername()
+        except OSError:
+            remote = "?"
+        peer = "?"
+        stream: anyio.abc.ByteStream | None = None
+        try:
+            stream = await accept_tls(raw, context, self.config.handshake_timeout)
             try:
                 peer = authenticate(peer_certificate(stream))
             except TransportError:
@@ -575,7 +589,8 @@ class Node:
             log.warning(
                 "peer.refused", node=self.name, peer=peer, remote=str(remote), reason=str(exc)
             )
-            await _close_quietly(raw)
+            if stream is not None:
+                await _close_quietly(stream)
 
     async def _read_hello(self, stream: anyio.abc.ByteStream) -> tuple[Any, bytes]:
         reader = HelloReader(self.config, anyio.current_time())
@@ -651,14 +666,7 @@ class Node:
         first: bool,
     ) -> None:
         """Connect, handshake, send HELLO; start the connection; return once the session is open."""
-        raw = await open_tcp(host, port, self.config.handshake_timeout)
-        try:
-            stream = await client_handshake(
-                raw, context, server_hostname, self.config.handshake_timeout
-            )
-        except TransportError:
-            await _close_quietly(raw)
-            raise
+        stream = await dial_tls(host, port, context, server_hostname, self.config.handshake_timeout)
         link.peer_certificate = peer_certificate(stream)
         link.session.connect(anyio.current_time())
         done = anyio.Event()

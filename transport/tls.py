@@ -8,18 +8,22 @@ the wire version, and turns every ssl, OS and anyio failure into a :class:`Hands
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 import anyio
 import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from transport._sslsocket import SSLSocketStream
 from transport.errors import ConnectionBrokenError, HandshakeError, LocalProtocolError
 
 __all__ = [
     "ALPN_PROTOCOL",
+    "accept_tls",
     "client_handshake",
     "describe_failure",
+    "dial_tls",
     "peer_certificate",
     "prepare_client_context",
     "prepare_server_context",
@@ -81,7 +85,7 @@ def describe_failure(exc: BaseException) -> str:
     return f"connection failed: {type(exc).__name__}"
 
 
-def _check_alpn(stream: TLSStream) -> None:
+def _check_alpn(stream: anyio.TypedAttributeProvider) -> None:
     chosen = stream.extra(TLSAttribute.alpn_protocol)
     if chosen != ALPN_PROTOCOL:
         raise HandshakeError(f"peer does not speak {ALPN_PROTOCOL} (ALPN: {chosen!r})")
@@ -125,7 +129,7 @@ async def client_handshake(
     return tls
 
 
-def peer_certificate(stream: TLSStream) -> bytes:
+def peer_certificate(stream: anyio.TypedAttributeProvider) -> bytes:
     """The peer's certificate (DER). Raises :class:`HandshakeError` if it sent none."""
     der: bytes | None = stream.extra(TLSAttribute.peer_certificate_binary, None)
     if not der:
@@ -144,3 +148,57 @@ async def open_tcp(host: str, port: int, timeout: float) -> anyio.abc.SocketStre
         raise ConnectionBrokenError(
             f"cannot connect to {host}:{port}: {exc.strerror or exc}"
         ) from None
+
+
+async def accept_tls(
+    raw: socket.socket, context: ssl.SSLContext, timeout: float
+) -> SSLSocketStream:
+    """Server side of TLS on an accepted socket, within ``timeout``. Raises :class:`HandshakeError`.
+
+    The socket is closed on failure.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            stream = await SSLSocketStream.handshake(raw, context, server_side=True)
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise HandshakeError(tls_failure_reason(exc)) from None
+    try:
+        _check_alpn(stream)
+    except HandshakeError:
+        await stream.aclose()
+        raise
+    return stream
+
+
+async def dial_tls(
+    host: str, port: int, context: ssl.SSLContext, server_hostname: str, timeout: float
+) -> SSLSocketStream:
+    """Connect to ``host:port`` and run the client side of TLS, within ``timeout`` each.
+
+    Raises :class:`ConnectionBrokenError` (cannot connect) or :class:`HandshakeError`.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            raw = await SSLSocketStream.open_tcp(host, port)
+    except TimeoutError:
+        raise ConnectionBrokenError(f"connecting to {host}:{port} timed out") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConnectionBrokenError(f"cannot connect to {host}:{port}: {reason}") from None
+    try:
+        with anyio.fail_after(timeout):
+            stream = await SSLSocketStream.handshake(
+                raw, context, server_side=False, server_hostname=server_hostname
+            )
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise HandshakeError(tls_failure_reason(exc)) from None
+    try:
+        _check_alpn(stream)
+    except HandshakeError:
+        await stream.aclose()
+        raise
+    return stream

@@ -11,7 +11,9 @@ concatenation. A chunk never spans two arrays, so both ends work on one array at
 - the sender slices a view of the source array (:meth:`OutgoingObject.view`): nothing is
   concatenated or copied before TLS encrypts it;
 - the receiver preallocates every array (:class:`IncomingArrays`) and copies each piece straight to
-  its place.
+  its place. A large object gets one anonymous mapping advised for transparent huge pages: on a
+  virtual machine, faulting in fresh 4 KiB pages one by one costs more than the network (measured
+  here: 0.3 GB/s for fresh ``numpy.empty`` memory against 4 GB/s with huge pages).
 
 The SHA-256 digest of the concatenation travels in the header of the last chunk, computed as the
 chunks are sent (so no separate pass over a gigabyte delays the first byte) and checked by the
@@ -21,6 +23,7 @@ receiver as the bytes arrive.
 from __future__ import annotations
 
 import bisect
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "IncomingArrays",
     "Manifest",
     "OutgoingObject",
+    "allocate_arrays",
 ]
 
 #: numpy 1.x arrays have at most 32 dimensions (2.x: 64).
@@ -169,14 +173,39 @@ class OutgoingObject:
         return view[inner : inner + max_len]
 
 
+#: Objects at least this large are received into one huge-page-advised anonymous mapping.
+HUGE_PAGE_THRESHOLD = 4 * 1024 * 1024
+_ALIGN = 64
+
+
+def allocate_arrays(manifest: Manifest) -> dict[str, npt.NDArray[Any]]:
+    """Uninitialised arrays for ``manifest``; large objects share one huge-page mapping."""
+    if manifest.total < HUGE_PAGE_THRESHOLD or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return {
+            info.name: np.empty(info.shape, dtype=np.dtype(info.dtype)) for info in manifest.arrays
+        }
+    offsets: list[int] = []
+    size = 0
+    for info in manifest.arrays:
+        offsets.append(size)
+        size += -(-info.nbytes // _ALIGN) * _ALIGN
+    region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(mmap.MADV_HUGEPAGE)
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    for info, offset in zip(manifest.arrays, offsets, strict=True):
+        dtype = np.dtype(info.dtype)
+        count = info.nbytes // dtype.itemsize
+        array = np.frombuffer(region, dtype=dtype, count=count, offset=offset)
+        arrays[info.name] = array.reshape(info.shape)
+    return arrays
+
+
 class IncomingArrays:
     """Preallocated arrays that an object's chunks are copied into."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        self.arrays: dict[str, npt.NDArray[Any]] = {
-            info.name: np.empty(info.shape, dtype=np.dtype(info.dtype)) for info in manifest.arrays
-        }
+        self.arrays = allocate_arrays(manifest)
         self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
 
     def write(self, offset: int, data: memoryview) -> None:
