@@ -144,7 +144,8 @@ def ssl_site(folder: Path, port: int, direction: str, mib: int) -> dict[str, flo
 
 def _send(conn: ssl.SSLSocket, model: dict[str, npt.NDArray[Any]]) -> None:
     for array in model.values():
-        conn.sendall(memoryview(array).cast("B"))
+        flat: Any = array.reshape(-1).view(np.uint8)
+        conn.sendall(memoryview(flat))
 
 
 def _receive(conn: ssl.SSLSocket, total: int) -> None:
