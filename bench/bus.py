@@ -23,11 +23,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._pki import BenchPki  # noqa: E402
-from bench._util import emit, percentile  # noqa: E402
-from flrt.logs import configure_logging  # noqa: E402
-from security.pki import identity_from_certificate  # noqa: E402
-from transport.bus import Message, Node  # noqa: E402
+from bench._pki import BenchPki
+from bench._util import emit, percentile
+from flrt.logs import configure_logging
+from security.pki import identity_from_certificate
+from transport.bus import Message, Node
 
 BACKENDS = ("trio", "asyncio")
 
@@ -61,7 +61,10 @@ async def serve(folder: Path) -> None:
 async def measure(folder: Path, port: int, asks: int, messages: int) -> dict[str, float]:
     async with Node("site-1") as node:
         await node.connect(
-            "127.0.0.1", port, BenchPki.client_context(folder, "site-1"), server_hostname="localhost"
+            "127.0.0.1",
+            port,
+            BenchPki.client_context(folder, "site-1"),
+            server_hostname="localhost",
         )
         for _ in range(200):  # warm up
             await node.ask("server/echo", b"x" * 32, timeout=10)

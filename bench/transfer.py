@@ -33,11 +33,11 @@ import numpy.typing as npt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._pki import BenchPki  # noqa: E402
-from bench._util import emit, peak_rss_mib  # noqa: E402
-from flrt.logs import configure_logging  # noqa: E402
-from security.pki import identity_from_certificate  # noqa: E402
-from transport.bus import Message, Node, Reply  # noqa: E402
+from bench._pki import BenchPki
+from bench._util import emit, peak_rss_mib
+from flrt.logs import configure_logging
+from security.pki import identity_from_certificate
+from transport.bus import Message, Node, Reply
 
 BACKENDS = ("trio", "asyncio")
 MiB = 1024 * 1024
@@ -88,7 +88,10 @@ async def flrt_site(folder: Path, port: int, direction: str, mib: int) -> dict[s
     model = make_model(mib) if direction == "up" else None
     async with Node("site-1") as node:
         await node.connect(
-            "127.0.0.1", port, BenchPki.client_context(folder, "site-1"), server_hostname="localhost"
+            "127.0.0.1",
+            port,
+            BenchPki.client_context(folder, "site-1"),
+            server_hostname="localhost",
         )
         start = time.perf_counter()
         if direction == "up":
