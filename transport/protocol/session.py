@@ -505,11 +505,6 @@ class Session:
         self._conn_granted = self.config.connection_window
         # A delivery ack written on the old connection may have been lost with it: repeat it.
         self._ack_sent = 0
-        # The peer resumes each object at the offset we hold and may send up to one window past
-        # what the application has taken (granted with a CREDIT in _start_resume), not past what
-        # we hold: else each reconnection would let a slow application buffer one more window.
-        for inc in self._incoming.values():
-            inc.granted = max(inc.received, inc.consumed + self.config.object_window)
         for out in self._unacked.values():
             out.announced = False
 
@@ -550,7 +545,12 @@ class Session:
                 out.sent = offset
                 out.limit = limit
                 self._streaming.append(seq)
+        # The peer resumes each object at the offset we hold and may send up to one window past
+        # what the application has taken, not past what we hold: else each reconnection would
+        # let a slow application buffer one more window. Computed now, not when the connection
+        # came up: consume() grants nothing during the handshake.
         for seq, inc in self._incoming.items():
+            inc.granted = max(inc.received, inc.consumed + self.config.object_window)
             if inc.received < inc.manifest.total:
                 self._out.extend(encode_frame(FrameKind.CREDIT, {"s": seq, "l": inc.granted}))
 
