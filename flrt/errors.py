@@ -42,6 +42,11 @@
   - :class:`CheckpointError`: a checkpoint is missing, incomplete or corrupt; it names the path.
   - :class:`FilterError`: a task or result filter refused its input at run time; it names the
     filter.
+  - :class:`NodeProtocolError`: a peer node sent an flrt message this node cannot accept (the peer
+    sent something bad); it names the peer and what was wrong.
+  - :class:`AdminError`: an admin command was refused or failed at the server; ``code`` says which
+    kind (``denied``, ``invalid_job``, ``unknown_job``, ``bad_state``, ``bad_request``) and
+    ``reason`` why.
 
 Errors from :mod:`transport` and :mod:`security` keep their own trees; the runtime lets them through
 unchanged so that callers can tell a broken connection from a bad job.
@@ -52,6 +57,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AdminError",
     "AggregationError",
     "AggregatorStateError",
     "CheckpointError",
@@ -63,6 +69,7 @@ __all__ = [
     "JobError",
     "JobStateError",
     "ModelFileError",
+    "NodeProtocolError",
     "QuorumError",
     "RoundFailedError",
     "TrainerError",
@@ -244,3 +251,31 @@ class FilterError(FlrtError):
         self.reason = reason
         self.filter = filter
         super().__init__(f"filter {filter}: {reason}")
+
+
+# ------------------------------------------------------------------ nodes and the admin console
+
+
+class NodeProtocolError(FlrtError):
+    """Peer ``peer`` sent an flrt message this node cannot accept; ``reason`` says what was wrong."""
+
+    def __init__(self, reason: str, *, peer: str | None = None) -> None:
+        self.reason = reason
+        self.peer = peer
+        super().__init__(f"message from {peer}: {reason}" if peer is not None else reason)
+
+
+class AdminError(FlrtError):
+    """An admin command was refused or failed at the server.
+
+    ``command`` is the command, ``code`` the kind of failure (``denied``: the role may not do this;
+    ``invalid_job``: the job file was refused, ``key`` names the dotted key; ``unknown_job``;
+    ``bad_state``: the job cannot do that now; ``bad_request``), ``reason`` the server's explanation.
+    """
+
+    def __init__(self, reason: str, *, command: str, code: str, key: str | None = None) -> None:
+        self.reason = reason
+        self.command = command
+        self.code = code
+        self.key = key
+        super().__init__(f"{command}: {reason}")
