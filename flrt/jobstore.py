@@ -1,0 +1,231 @@
+"""The server's jobs on disk: one folder per job, every durable write atomic.
+
+Layout (``<workspace>/jobs/<job-id>/``)::
+
+    job.toml           the job file as submitted (the server re-reads and re-validates it on start)
+    record.json        status, reason, times, who submitted it (rewritten atomically on each change)
+    checkpoints/       round-NNNNNN/ per completed round (:mod:`flrt.checkpoint`), newest two kept
+    metrics.jsonl      one JSON object per reported event: rounds, per-site and mean metrics,
+                       discarded updates (append-only; a torn last line after a crash is skipped)
+    cross_site.json    the cross-site validation results, once there are any
+
+A job folder appears whole or not at all: it is written under a dot-name and renamed into place.
+Every other durable file is written to a temporary file, flushed, fsynced and renamed, then the
+folder is fsynced (:func:`atomic_write`). Nothing here is ever unpickled: JSON, TOML, msgpack and
+safetensors only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flrt.checkpoint import latest_checkpoint
+from flrt.errors import CheckpointError, JobError
+from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
+from flrt.workflows.state import WorkflowState
+
+__all__ = ["JobEntry", "JobStore", "atomic_write"]
+
+JOB_FILE = "job.toml"
+RECORD_FILE = "record.json"
+CHECKPOINTS = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+CROSS_SITE_FILE = "cross_site.json"
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # platforms or file systems without directory fsync
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never a part."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class JobEntry:
+    """A stored job: its record and who submitted it."""
+
+    record: JobRecord
+    submitted_by: str
+    organisation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.record.to_dict(),
+            "submitted_by": self.submitted_by,
+            "organisation": self.organisation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobEntry:
+        return cls(
+            JobRecord.from_dict(data),
+            str(data.get("submitted_by", "")),
+            str(data.get("organisation", "")),
+        )
+
+
+class JobStore:
+    """Jobs under ``root`` (``<workspace>/jobs``). Methods block on the file system: call them from
+    a worker thread in an event loop when they may be slow (checkpoints)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".new-*"):  # a submission interrupted by a crash
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def folder(self, job_id: str) -> Path:
+        """The job's folder. Raises :class:`KeyError` for something that is not a job id."""
+        if not is_job_id(job_id):
+            raise KeyError(job_id)
+        return self.root / job_id
+
+    def __contains__(self, job_id: object) -> bool:
+        return (
+            isinstance(job_id, str)
+            and is_job_id(job_id)
+            and (self.root / job_id / RECORD_FILE).is_file()
+        )
+
+    # ------------------------------------------------------------------ submission
+
+    def create(
+        self, text: str, *, submitted_by: str, organisation: str, now: float | None = None
+    ) -> tuple[JobEntry, JobSpec]:
+        """Validate ``text`` (a ``job.toml``) and store it as a new submitted job.
+
+        Raises :class:`~flrt.errors.JobError` naming the key for a job that is refused.
+        """
+        spec = loads_job(text, path=JOB_FILE)
+        now = time.time() if now is None else now
+        job_id = new_job_id(now=now)
+        entry = JobEntry(
+            JobRecord.submitted(job_id, spec.name, now=now), submitted_by, organisation
+        )
+        staging = Path(tempfile.mkdtemp(prefix=f".new-{job_id}.", dir=self.root))
+        try:
+            atomic_write(staging / JOB_FILE, text.encode())
+            atomic_write(staging / RECORD_FILE, _json(entry.to_dict()))
+            os.replace(staging, self.root / job_id)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_directory(self.root)
+        return entry, spec
+
+    # ------------------------------------------------------------------ records
+
+    def entry(self, job_id: str) -> JobEntry:
+        """Raises :class:`KeyError` for an unknown job."""
+        try:
+            raw = (self.folder(job_id) / RECORD_FILE).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(job_id) from None
+        return JobEntry.from_dict(json.loads(raw))
+
+    def save(self, entry: JobEntry) -> None:
+        atomic_write(self.folder(entry.record.job_id) / RECORD_FILE, _json(entry.to_dict()))
+
+    def entries(self) -> list[JobEntry]:
+        """Every job, oldest first (job ids sort by creation time)."""
+        out = []
+        for folder in sorted(self.root.iterdir()):
+            if is_job_id(folder.name) and (folder / RECORD_FILE).is_file():
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    out.append(self.entry(folder.name))
+        return out
+
+    def spec(self, job_id: str) -> JobSpec:
+        """The stored job, validated again. Raises :class:`~flrt.errors.JobError`."""
+        try:
+            return load_job(self.folder(job_id) / JOB_FILE)
+        except OSError as exc:
+            raise JobError(f"cannot read the stored job: {exc.strerror or exc}") from None
+
+    def job_text(self, job_id: str) -> str:
+        return (self.folder(job_id) / JOB_FILE).read_text(encoding="utf-8")
+
+    # ------------------------------------------------------------------ state and results
+
+    def checkpoints(self, job_id: str) -> Path:
+        return self.folder(job_id) / CHECKPOINTS
+
+    def latest_state(self, job_id: str) -> WorkflowState | None:
+        """The workflow state of the newest checkpoint, or ``None`` before the first.
+
+        Raises :class:`~flrt.errors.CheckpointError` if it cannot be loaded.
+        """
+        checkpoint = latest_checkpoint(self.checkpoints(job_id))
+        if checkpoint is None:
+            return None
+        try:
+            return WorkflowState.from_checkpoint(checkpoint)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"not a workflow's checkpoint: {exc!r}", path=self.checkpoints(job_id)
+            ) from None
+
+    def append_metric(self, job_id: str, event: Mapping[str, Any]) -> None:
+        line = json.dumps(event, sort_keys=True, allow_nan=False) + "\n"
+        with (self.folder(job_id) / METRICS_FILE).open("a", encoding="utf-8") as out:
+            out.write(line)
+            out.flush()
+
+    def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """Every recorded event, in order (a torn line left by a crash is skipped)."""
+        path = self.folder(job_id) / METRICS_FILE
+        if not path.is_file():
+            return []
+        return list(_json_lines(path))
+
+    def save_cross_site(self, job_id: str, data: Mapping[str, Any]) -> None:
+        atomic_write(self.folder(job_id) / CROSS_SITE_FILE, _json(dict(data)))
+
+    def cross_site(self, job_id: str) -> dict[str, Any] | None:
+        path = self.folder(job_id) / CROSS_SITE_FILE
+        if not path.is_file():
+            return None
+        data: dict[str, Any] = json.loads(path.read_bytes())
+        return data
+
+
+def _json_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                yield value
