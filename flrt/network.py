@@ -1,0 +1,600 @@
+"""The network controller: a workflow's :class:`~flrt.workflows.Controller` over the message bus.
+
+Theory of operation
+-------------------
+A :class:`NetworkController` runs one job's workflow on the server. Its scatters send tasks to
+sites and turn what comes back into the workflow's :data:`~flrt.workflows.Reply` values:
+
+- **Sending.** A scatter joins the task's arrays into one dict once (:func:`~flrt._protocol.
+  join_arrays`, no copy) and tells every asked site ``<site>/site`` a task message with those
+  arrays; the bus streams the same arrays to every site, so a broadcast costs no copy per site.
+  Each send gets a task id (``tid``) that the site echoes; the server's ``results`` actor looks the
+  id up in the :class:`TaskTable` and hands the message to the scatter that sent it.
+- **Receiving.** A train result for the open scatter with a sink (the round's aggregator) is
+  streamed into it as its bytes arrive (``open``, then ``accept`` per piece from the bus object's
+  ``pieces()``); once the object is complete and its digest verified, the scatter delivers
+  :class:`~flrt.workflows.ResultArrived` with ``staged=True``. Only what is in flight is held, so
+  the server's memory does not grow with the number of sites. Without a sink (cross-site models)
+  the arrays are collected whole. Each receipt runs in its own task, so results from many sites
+  arrive in parallel and a slow transfer never delays the workflow's clock.
+- **Late and unwanted results** (the round closed, the site was cancelled, a duplicate, a task of a
+  server that has since restarted) are logged, reported as
+  :class:`~flrt.workflows.UpdateDiscarded`, and *drained*: their bytes are read and dropped, because
+  an unread object would hold the link's flow-control credit forever. The sink is never touched
+  after its scatter has exited.
+- **Sites coming and going.** The server tells every controller when a site's connection drops
+  (its outstanding tasks fail at once: a dropout never stalls a round that can still reach its
+  quorum), when its session ends for good, and when it connects (:class:`~flrt.workflows.
+  SiteJoined` in every open scatter). A site whose connection drops while its result is streaming
+  is not failed: the bus resumes the transfer, or fails the object if the session is lost.
+- **Cancelling** tells the site to stop (``cancel``); a trainer that honours its abort check stops,
+  and a site never sends a cancelled task's result.
+
+The clock is AnyIO's (:func:`anyio.current_time`); checkpoints are written in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from flrt._protocol import (
+    PROTOCOL_VERSION,
+    ResultMessage,
+    TaskIds,
+    TaskMessage,
+    join_arrays,
+    split_arrays,
+    split_wire_name,
+)
+from flrt.aggregation import ArraySpec
+from flrt.checkpoint import save_checkpoint
+from flrt.errors import NodeProtocolError, UpdateError
+from flrt.filters import Task
+from flrt.job import JobSpec
+from flrt.jobstore import JobEntry, JobStore
+from flrt.registry import SiteRegistry
+from flrt.tasks import EvalTask, TrainTask, Weights
+from flrt.workflows import (
+    CrossSiteEvaluated,
+    MetricsReported,
+    Reply,
+    ResultArrived,
+    RoundAborted,
+    RoundCompleted,
+    RoundStarted,
+    SiteFailed,
+    SiteHistory,
+    SiteJoined,
+    UpdateDiscarded,
+    UpdateSink,
+    WorkflowEvent,
+    WorkflowState,
+)
+from flrt.workflows.controller import task_model
+from flrt.workflows.training import job_seed
+from transport.errors import TransportError
+from transport.objects import IncomingObject, LocalObject
+
+__all__ = ["NetworkController", "TaskTable", "drain", "event_record"]
+
+log = structlog.get_logger("flrt.network")
+
+ObjectHandle = IncomingObject | LocalObject
+#: Tell ``body`` (and ``arrays``) to ``address``; raises a TransportError if it cannot be sent.
+Send = Callable[[str, dict[str, Any], Mapping[str, npt.NDArray[Any]] | None], Awaitable[None]]
+
+
+async def drain(obj: ObjectHandle | None) -> None:
+    """Read an unwanted object to the end and drop it (an unread object would hold its link's
+    flow-control credit). Never raises a transport error: a failed object is gone anyway."""
+    if obj is None or isinstance(obj, LocalObject):
+        return
+    try:
+        async for _ in obj.pieces():
+            pass
+    except TransportError:
+        pass
+
+
+# ------------------------------------------------------------------------------- task table
+
+
+@dataclass(slots=True)
+class _Sent:
+    scatter: _NetScatter
+    site: str
+
+
+class TaskTable:
+    """Every task id this server sent, with the scatter that sent it."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, _Sent] = {}
+        self.new_id = TaskIds()
+
+    def add(self, tid: str, scatter: _NetScatter, site: str) -> None:
+        self._sent[tid] = _Sent(scatter, site)
+
+    def get(self, tid: object) -> _Sent | None:
+        return self._sent.get(tid) if isinstance(tid, str) else None
+
+    def forget(self, tids: Iterable[str]) -> None:
+        for tid in tids:
+            self._sent.pop(tid, None)
+
+
+# ------------------------------------------------------------------------------- events
+
+
+def _outcomes(outcomes: Mapping[str, Any]) -> dict[str, str]:
+    return {site: getattr(o, "value", str(o)) for site, o in outcomes.items()}
+
+
+def event_record(event: WorkflowEvent) -> dict[str, Any]:
+    """A workflow event as a JSON-able map (one line of ``metrics.jsonl``)."""
+    now = time.time()
+    match event:
+        case RoundStarted():
+            return {
+                "event": "round_started",
+                "time": now,
+                "round": event.round,
+                "kind": event.kind,
+                "model": event.model,
+                "asked": list(event.asked),
+            }
+        case RoundCompleted():
+            return {
+                "event": "round_completed",
+                "time": now,
+                "round": event.round,
+                "kind": event.kind,
+                "model": event.model,
+                "accepted": list(event.accepted),
+                "cancelled": list(event.cancelled),
+                "failed": dict(event.failed),
+                "outcomes": _outcomes(event.outcomes),
+                "seconds": round(event.closed_at - event.started_at, 6),
+            }
+        case RoundAborted():
+            return {
+                "event": "round_aborted",
+                "time": now,
+                "round": event.round,
+                "kind": event.kind,
+                "model": event.model,
+                "reason": event.reason,
+                "outcomes": _outcomes(event.outcomes),
+            }
+        case MetricsReported():
+            return {
+                "event": "metrics",
+                "time": now,
+                "round": event.round,
+                "kind": event.kind,
+                "site": event.site,
+                "metrics": {k: v for k, v in event.metrics.items() if math.isfinite(v)},
+                "num_samples": event.num_samples,
+            }
+        case UpdateDiscarded():
+            return {
+                "event": "update_discarded",
+                "time": now,
+                "round": event.round,
+                "site": event.site,
+                "reason": event.reason,
+            }
+        case CrossSiteEvaluated():
+            return {"event": "cross_site", "time": now, "round": event.results.round}
+    raise TypeError(f"not a workflow event: {event!r}")  # pragma: no cover
+
+
+# ------------------------------------------------------------------------------- scatter
+
+_OUTSTANDING = "outstanding"
+_STREAMING = "streaming"
+_ANSWERED = "answered"
+_FAILED = "failed"
+_CANCELLED = "cancelled"
+
+
+class _NetScatter:
+    """One task out to some sites; see the module docstring."""
+
+    def __init__(
+        self,
+        controller: NetworkController,
+        task: Task,
+        targets: Iterable[str],
+        sink: UpdateSink | None,
+    ) -> None:
+        self._controller = controller
+        self._task = task
+        self._targets = tuple(targets)
+        self.sink = sink
+        self.kind = "train" if isinstance(task, TrainTask) else "evaluate"
+        self.model = task_model(task)
+        extras = task.extras if isinstance(task, TrainTask) else {}
+        self._arrays = join_arrays(task.weights, extras)
+        self.status: dict[str, str] = {}
+        self.tids: dict[str, str] = {}  # tid -> site
+        self._ready: deque[Reply] = deque()
+        self._wakeup = anyio.Event()
+        self.closed = False
+
+    @property
+    def task(self) -> Task:
+        return self._task
+
+    # ------------------------------------------------------------------ context
+
+    async def __aenter__(self) -> _NetScatter:
+        self._controller._scatters.append(self)
+        self._dispatch(self._targets)
+        await anyio.lowlevel.checkpoint()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pending = [s for s, st in self.status.items() if st in (_OUTSTANDING, _STREAMING)]
+        self._cancel(pending)
+        self.closed = True
+        self._controller._scatters.remove(self)
+
+    # ------------------------------------------------------------------ sending
+
+    def _message(self, tid: str) -> dict[str, Any]:
+        ctl = self._controller
+        task = self._task
+        return TaskMessage(
+            tid=tid,
+            job_id=ctl.job_id,
+            kind="train" if isinstance(task, TrainTask) else "evaluate",
+            round=task.round,
+            model=task.model if isinstance(task, EvalTask) else None,
+            seed=ctl.seed,
+            trainer_spec=ctl.job.trainer.spec,
+            trainer_args=ctl.job.trainer.args,
+            filters=tuple(f.to_dict() for f in ctl.job.filters),
+            params=dict(task.params),
+        ).to_body()
+
+    def _dispatch(self, sites: Iterable[str]) -> None:
+        ctl = self._controller
+        for site in sites:
+            if not ctl.registry.is_connected(site):
+                self._deliver(SiteFailed(site, "not connected"))
+                continue
+            tid = ctl.table.new_id()
+            self.tids[tid] = site
+            self.status[site] = _OUTSTANDING
+            ctl.table.add(tid, self, site)
+            ctl._tids.append(tid)
+            ctl.task_group.start_soon(self._send, site, tid)
+
+    async def _send(self, site: str, tid: str) -> None:
+        try:
+            await self._controller.send(f"{site}/site", self._message(tid), self._arrays)
+        except TransportError as exc:
+            if self.tids.get(tid) == site and self.status.get(site) == _OUTSTANDING:
+                self._fail(site, f"the task could not be sent: {exc}")
+
+    async def ask(self, sites: Iterable[str]) -> None:
+        self._dispatch(sites)
+        await anyio.lowlevel.checkpoint()
+
+    async def cancel(self, sites: Iterable[str]) -> None:
+        self._cancel(sites)
+        await anyio.lowlevel.checkpoint()
+
+    def _cancel(self, sites: Iterable[str]) -> None:
+        ctl = self._controller
+        for site in sites:
+            if self.status.get(site) not in (_OUTSTANDING, _STREAMING):
+                continue
+            self.status[site] = _CANCELLED
+            for tid, owner in self.tids.items():
+                if owner == site:
+                    ctl.task_group.start_soon(ctl.tell_quietly, site, {"op": "cancel", "tid": tid})
+
+    # ------------------------------------------------------------------ receiving
+
+    def _deliver(self, reply: Reply) -> None:
+        self._ready.append(reply)
+        self._wakeup.set()
+        self._wakeup = anyio.Event()
+
+    def _fail(self, site: str, reason: str) -> None:
+        self.status[site] = _FAILED
+        self._deliver(SiteFailed(site, reason))
+
+    async def receive(self, deadline: float | None) -> Reply | None:
+        while not self._ready:
+            if deadline is None:
+                await self._wakeup.wait()
+            else:
+                with anyio.CancelScope(deadline=deadline):
+                    await self._wakeup.wait()
+                if not self._ready and anyio.current_time() >= deadline:
+                    return None
+        return self._ready.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Reply]:
+        return self._replies()
+
+    async def _replies(self) -> AsyncIterator[Reply]:
+        while self._ready or any(s in (_OUTSTANDING, _STREAMING) for s in self.status.values()):
+            reply = await self.receive(None)
+            if reply is not None:
+                yield reply
+
+    # ------------------------------------------------------------------ from the server
+
+    def site_lost(self, site: str, reason: str) -> None:
+        """The site's connection dropped (or its session ended): fail its outstanding task."""
+        if not self.closed and self.status.get(site) == _OUTSTANDING:
+            self._fail(site, reason)
+
+    def site_joined(self, site: str) -> None:
+        if not self.closed:
+            self._deliver(SiteJoined(site))
+
+    def failed(self, site: str, tid: str, reason: str) -> None:
+        """The site says it could not run task ``tid``."""
+        if not self.closed and self.status.get(site) == _OUTSTANDING:
+            self._fail(site, reason)
+        else:
+            log.info(
+                "task.failed_late", job=self._controller.job_id, site=site, reason=reason[:500]
+            )
+
+    def arrived(
+        self, site: str, tid: str, body: Mapping[str, Any], obj: ObjectHandle | None
+    ) -> None:
+        """A result for task ``tid`` started to arrive (its bytes may still be on the way)."""
+        ctl = self._controller
+        try:
+            message = ResultMessage.from_body(body, site)
+            self._check_matches(message, site)
+        except NodeProtocolError as exc:
+            log.warning("result.malformed", job=ctl.job_id, site=site, reason=exc.reason)
+            ctl.task_group.start_soon(drain, obj)
+            if self.status.get(site) in (_OUTSTANDING, _FAILED) and not self.closed:
+                self._fail(site, f"malformed result: {exc.reason}")
+            return
+        status = self.status.get(site)
+        if self.closed or status not in (_OUTSTANDING, _FAILED):
+            why = "duplicate" if status in (_ANSWERED, _STREAMING) else "late: the round had closed"
+            ctl.discard(message.round, site, why, obj)
+            return
+        self.status[site] = _STREAMING
+        ctl.task_group.start_soon(self._receive, site, message, obj)
+
+    def _check_matches(self, message: ResultMessage, site: str) -> None:
+        if (message.kind, message.round, message.model) != (
+            self.kind,
+            self._task.round,
+            self.model,
+        ):
+            raise NodeProtocolError(
+                f"the result says {message.kind} round {message.round} model {message.model},"
+                f" the task was {self.kind} round {self._task.round} model {self.model}",
+                peer=site,
+            )
+
+    def _wanted(self, site: str) -> bool:
+        return not self.closed and self.status.get(site) == _STREAMING
+
+    async def _receive(self, site: str, message: ResultMessage, obj: ObjectHandle | None) -> None:
+        try:
+            if message.kind == "evaluate":
+                await drain(obj)
+                reply = ResultArrived(site, message.round, message.eval_result(), message.model)
+            elif self.sink is not None and isinstance(obj, IncomingObject) and obj.manifest.total:
+                extras = await self._stream(site, message, obj)
+                reply = ResultArrived(
+                    site,
+                    message.round,
+                    message.train_result({}, extras),
+                    message.model,
+                    staged=True,
+                )
+            else:
+                arrays = {} if obj is None else await obj.arrays()
+                weights, extras = split_arrays(arrays, peer=site)
+                reply = ResultArrived(
+                    site, message.round, message.train_result(weights, extras), message.model
+                )
+        except (TransportError, UpdateError, NodeProtocolError) as exc:
+            if isinstance(exc, TransportError):
+                reason = f"the update's transfer failed: {exc}"
+            else:
+                reason = f"invalid update: {exc}"
+                await drain(obj)
+            if self._wanted(site):
+                if self.sink is not None and message.kind == "train":
+                    self.sink.discard(site)  # allowed for a site that never opened
+                self._fail(site, reason)
+            else:
+                log.info("result.dropped", job=self._controller.job_id, site=site, reason=reason)
+            return
+        if not self._wanted(site):
+            self._controller.discard(message.round, site, "late: the round had closed", None)
+            return
+        self.status[site] = _ANSWERED
+        self._deliver(reply)
+
+    async def _stream(
+        self, site: str, message: ResultMessage, obj: IncomingObject
+    ) -> dict[str, Weights]:
+        """Stream the model's pieces into the sink; collect the extras. Returns the extras."""
+        assert self.sink is not None
+        layout: dict[str, ArraySpec] = {}
+        extras: dict[str, Weights] = {}
+        for info in obj.manifest.arrays:
+            group, variable = split_wire_name(info.name)
+            if group is None:
+                raise NodeProtocolError(f"array {info.name!r} is neither w/ nor x/", peer=site)
+            if group == "":
+                layout[variable] = ArraySpec(tuple(info.shape), np.dtype(info.dtype))
+            else:
+                extras.setdefault(group, {})[variable] = np.empty(
+                    info.shape, dtype=np.dtype(info.dtype)
+                )
+        if not self._wanted(site):
+            await drain(obj)
+            return extras
+        self.sink.open(site, num_samples=message.num_samples, kind=message.update, layout=layout)
+        async for name, start, values in obj.pieces():
+            group, variable = split_wire_name(name)
+            if group == "":
+                if self._wanted(site):
+                    self.sink.accept(site, variable, values, offset=start)
+            elif group is not None:
+                target = extras[group][variable].reshape(-1)
+                target[start : start + values.size] = values
+        return extras
+
+
+# ------------------------------------------------------------------------------- controller
+
+
+class NetworkController:
+    """The :class:`~flrt.workflows.Controller` of one job on the server (see the module docstring).
+
+    ``send`` tells a site (the server node's ``tell``); ``task_group`` runs the sends and receipts
+    (it must outlive the workflow: late results are drained in it); ``on_progress(job_id, round)``
+    is called after every checkpoint.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        job: JobSpec,
+        entry: JobEntry,
+        store: JobStore,
+        registry: SiteRegistry,
+        table: TaskTable,
+        send: Send,
+        task_group: anyio.abc.TaskGroup,
+        on_progress: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.job = job
+        self.entry = entry
+        self.store = store
+        self.registry = registry
+        self.table = table
+        self.send = send
+        self.task_group = task_group
+        self.on_progress = on_progress
+        self.seed = job_seed(job, job_id)
+        self._scatters: list[_NetScatter] = []
+        self._tids: list[str] = []
+        self.rounds_done = 0
+        self.log = log.bind(job=job_id)
+
+    # ------------------------------------------------------------------ Controller
+
+    def now(self) -> float:
+        return anyio.current_time()
+
+    async def sleep_until(self, deadline: float) -> None:
+        await anyio.sleep_until(deadline)
+
+    def available_sites(self) -> frozenset[str]:
+        return self.registry.available()
+
+    def site_history(self) -> Mapping[str, SiteHistory]:
+        return self.registry.history()
+
+    def scatter(
+        self, task: Task, targets: Iterable[str], *, sink: UpdateSink | None = None
+    ) -> _NetScatter:
+        return _NetScatter(self, task, targets, sink)
+
+    async def save_checkpoint(self, state: WorkflowState) -> None:
+        checkpoint = state.to_checkpoint(job=self.entry.to_dict())
+        await anyio.to_thread.run_sync(
+            save_checkpoint, self.store.checkpoints(self.job_id), checkpoint
+        )
+        self.rounds_done = state.round
+        self._record({"event": "checkpoint", "time": time.time(), "round": state.round})
+        if self.on_progress is not None:
+            self.on_progress(self.job_id, state.round)
+
+    def report(self, event: WorkflowEvent) -> None:
+        record = event_record(event)
+        self._record(record)
+        match event:
+            case RoundCompleted() | RoundAborted():
+                self.registry.record(event.outcomes)
+                level = "info" if isinstance(event, RoundCompleted) else "warning"
+                getattr(self.log, level)(record["event"], **_loggable(record))
+            case CrossSiteEvaluated():
+                try:
+                    self.store.save_cross_site(self.job_id, event.results.to_dict())
+                except OSError as exc:
+                    self.log.warning("cross_site.not_saved", reason=str(exc))
+            case UpdateDiscarded():
+                self.log.info("update.discarded", **_loggable(record))
+            case _:
+                self.log.debug(record["event"], **_loggable(record))
+
+    def _record(self, record: Mapping[str, Any]) -> None:
+        try:
+            self.store.append_metric(self.job_id, record)
+        except (OSError, ValueError) as exc:  # metrics are a record, never a reason to stop a job
+            self.log.warning("metrics.not_saved", reason=str(exc))
+
+    # ------------------------------------------------------------------ from the server
+
+    def discard(self, round: int, site: str, reason: str, obj: ObjectHandle | None) -> None:
+        """A result nobody wants: log it, report it, drain its bytes."""
+        self.report(UpdateDiscarded(round, site, reason))
+        if obj is not None:
+            self.task_group.start_soon(drain, obj)
+
+    def site_lost(self, site: str, reason: str) -> None:
+        for scatter in list(self._scatters):
+            scatter.site_lost(site, reason)
+
+    def site_joined(self, site: str) -> None:
+        for scatter in list(self._scatters):
+            scatter.site_joined(site)
+
+    async def tell_quietly(self, site: str, body: dict[str, Any]) -> None:
+        """Tell a site something it may miss (it is gone, or will learn it otherwise)."""
+        with contextlib.suppress(TransportError):
+            await self.send(f"{site}/site", {"v": PROTOCOL_VERSION, **body}, None)
+
+    def forget_tasks(self) -> None:
+        """Forget this job's task ids (the job is over; results still on their way are unknown)."""
+        for scatter in self._scatters:
+            scatter.closed = True
+        self.table.forget(self._tids)
+        self._tids.clear()
+
+
+def _loggable(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("event", "time")}
