@@ -1,0 +1,131 @@
+"""A site's own configuration in its kit's ``local/`` folder: privacy policy and data locations.
+
+``local/privacy.toml`` (written by ``flrt provision``, edited by the site's IT)::
+
+    format = 1
+    required_job_filters = ["exclude_variables"]   # refuse jobs that do not declare these
+    [[result_filters]]                             # applied first, to every task and result
+    kind = "exclude_variables"                     # ("type" is accepted too)
+    names = ["classifier.bias"]
+
+``local/data.toml`` (optional): named data locations a trainer asks for with
+``context.data_path(key)``; a relative path is relative to ``local/``::
+
+    format = 1
+    [data]
+    breast_cancer = "/data/wdbc.csv"
+
+Every key is checked; a wrong one is a :class:`~flrt.errors.ConfigError` naming the file and the
+key, raised when the site starts (a site never runs with a policy it could not read).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flrt.errors import ConfigError
+from flrt.filters import FILTERS, Filter, FilterSpec, build_filters, parse_filter_spec
+
+__all__ = ["SitePolicy", "load_data_locations", "load_policy"]
+
+PRIVACY_FILE = "privacy.toml"
+DATA_FILE = "data.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class SitePolicy:
+    """The site's privacy policy: filters it always applies, and filters a job must declare."""
+
+    result_filters: tuple[FilterSpec, ...] = ()
+    required_job_filters: tuple[str, ...] = ()
+
+    def mandatory_filters(self) -> list[Filter]:
+        """Fresh instances of the site's mandatory filters (one set per job)."""
+        return build_filters(self.result_filters, key="result_filters")
+
+    def missing_job_filters(self, job_filters: list[Mapping[str, Any]]) -> list[str]:
+        """The required filter kinds that ``job_filters`` do not declare."""
+        declared = {f.get("type") for f in job_filters}
+        return [kind for kind in self.required_job_filters if kind not in declared]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot be read: {exc.strerror or exc}", path=path) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from None
+
+
+def _format(doc: Mapping[str, Any], path: Path) -> None:
+    if doc.get("format") != 1:
+        raise ConfigError(
+            f"unsupported format {doc.get('format')!r} (expected 1)", path=path, key="format"
+        )
+
+
+def load_policy(path: Path) -> SitePolicy:
+    """Read ``privacy.toml``. A missing file is an empty policy. Raises
+    :class:`~flrt.errors.ConfigError` naming the key."""
+    if not path.is_file():
+        return SitePolicy()
+    doc = _read(path)
+    _format(doc, path)
+    unknown = sorted(set(doc) - {"format", "required_job_filters", "result_filters"})
+    if unknown:
+        raise ConfigError("unknown key", path=path, key=unknown[0])
+    required = doc.get("required_job_filters", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise ConfigError("must be a list of filter kinds", path=path, key="required_job_filters")
+    for i, kind in enumerate(required):
+        if kind not in FILTERS:
+            known = ", ".join(sorted(FILTERS))
+            raise ConfigError(
+                f"unknown filter kind {kind!r} (known: {known})",
+                path=path,
+                key=f"required_job_filters[{i}]",
+            )
+    tables = doc.get("result_filters", [])
+    if not isinstance(tables, list):
+        raise ConfigError(
+            "must be an array of tables ([[result_filters]])", path=path, key="result_filters"
+        )
+    specs = []
+    for i, table in enumerate(tables):
+        key = f"result_filters[{i}]"
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", path=path, key=key)
+        table = dict(table)
+        if "kind" in table:
+            if "type" in table:
+                raise ConfigError("give kind or type, not both", path=path, key=f"{key}.kind")
+            table["type"] = table.pop("kind")
+        specs.append(parse_filter_spec(table, path=path, key=key))
+    return SitePolicy(tuple(specs), tuple(required))
+
+
+def load_data_locations(path: Path) -> dict[str, Path]:
+    """Read ``data.toml``: key -> path (relative paths are relative to its folder). A missing file
+    names no locations. Raises :class:`~flrt.errors.ConfigError` naming the key."""
+    if not path.is_file():
+        return {}
+    doc = _read(path)
+    _format(doc, path)
+    unknown = sorted(set(doc) - {"format", "data"})
+    if unknown:
+        raise ConfigError("unknown key", path=path, key=unknown[0])
+    table = doc.get("data", {})
+    if not isinstance(table, dict):
+        raise ConfigError("must be a table", path=path, key="data")
+    locations: dict[str, Path] = {}
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError("must be a path", path=path, key=f"data.{key}")
+        location = Path(value).expanduser()
+        locations[key] = location if location.is_absolute() else path.parent / location
+    return locations

@@ -1,0 +1,534 @@
+"""The server node: admits sites and admins, keeps the site registry, stores and runs jobs.
+
+Theory of operation
+-------------------
+:class:`ServerNode` is an async context manager that any AnyIO program (trio or asyncio) can run::
+
+    async with ServerNode("kits/server", workspace) as server:
+        await anyio.sleep_forever()        # or run other things; leaving stops it cleanly
+
+On entry it verifies its startup kit (a tampered or expired kit raises before anything listens),
+builds the TLS context, and serves the port of ``node.toml`` (and the admin port, if the project has
+one). Every peer is admitted by :func:`security.admission.admit_peer` against the project CA, the
+revocation list and the participant list of ``trust/``; a refusal is logged with its reason and the
+peer is told why.
+
+Inside is a :class:`ServerCore`, which the simulator also runs over in-memory links:
+
+- **actors**: ``results`` (sites' answers, routed to the scatter that sent the task, see
+  :mod:`flrt.network`) and ``admin`` (the admin console's commands, see :mod:`flrt._admin_service`);
+- **registry** (:class:`~flrt.registry.SiteRegistry`): one watcher task per site follows the bus's
+  view of its connection; a dropped connection fails the site's outstanding tasks at once, a
+  connection makes it available to every open round;
+- **jobs** (:class:`~flrt.jobstore.JobStore`): a submitted job runs in its own task (at most
+  ``max_jobs`` at a time) through a :class:`~flrt.network.NetworkController`. It first waits for its
+  sites (all targets, or, after ``site_wait`` seconds, at least ``min_sites``), then starts from the
+  trainer's ``initial_weights()`` or resumes from its newest checkpoint. A server that stops leaves
+  running jobs ``running`` on disk; the next start resumes them from their last completed round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import numpy.typing as npt
+import structlog
+
+from flrt import _admin_service
+from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
+from flrt.errors import FlrtError, NodeProtocolError
+from flrt.job import JobSpec, JobStatus
+from flrt.jobstore import JobEntry, JobStore
+from flrt.network import NetworkController, TaskTable, drain
+from flrt.registry import SiteRegistry
+from flrt.tasks import Weights
+from flrt.trainer import load_trainer
+from flrt.workflows import UpdateDiscarded, WorkflowState, run_workflow
+from security.admission import admit_peer
+from security.errors import AdmissionError, KitError
+from security.kit import Kit, load_kit
+from security.pki import ADMIN_ROLES, Identity, Role
+from security.tls import server_ssl_context_from_kit
+from transport.bus import Message, Node
+from transport.errors import TransportError
+from transport.protocol.session import SessionConfig
+
+__all__ = ["ServerCore", "ServerNode"]
+
+log = structlog.get_logger("flrt.server")
+
+#: Called to learn who a peer is (``None``: not known).
+IdentityOf = Callable[[str], Identity | None]
+
+
+async def _first(*waiters: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of ``waiters`` returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def one(waiter: Callable[[], Awaitable[object]]) -> None:
+            await waiter()
+            tg.cancel_scope.cancel()
+
+        for waiter in waiters:
+            tg.start_soon(one, waiter)
+
+
+def initial_weights(job: JobSpec) -> Weights:
+    """Round 0's model from the job's trainer (blocking: imports and builds the trainer).
+
+    Raises :class:`~flrt.errors.TrainerLoadError` or :class:`~flrt.errors.TrainerOutputError`.
+    """
+    return load_trainer(job.trainer.spec, job.trainer.args).initial_weights()
+
+
+@dataclass(slots=True)
+class _RunningJob:
+    scope: anyio.CancelScope
+    controller: NetworkController | None = None
+    detail: str = ""
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class ServerCore:
+    """The server's actors, registry and jobs on a bus node that the caller runs and links.
+
+    ``sites`` maps every site of the project to its organisation; ``identity_of`` names a peer's
+    identity (admission fills it); ``site_wait`` is how long a starting job waits for all its sites
+    before it starts with ``min_sites``; ``max_jobs`` bounds the jobs running at once.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        workspace: Path,
+        *,
+        sites: Mapping[str, str],
+        identity_of: IdentityOf,
+        site_wait: float = 30.0,
+        max_jobs: int = 4,
+    ) -> None:
+        self.node = node
+        self.workspace = workspace
+        self.identity_of = identity_of
+        self.site_wait = site_wait
+        self.store = JobStore(workspace / "jobs")
+        self.registry = SiteRegistry(sites, workspace / "registry.json")
+        self.table = TaskTable()
+        self.jobs: dict[str, _RunningJob] = {}
+        self.admin = _admin_service.AdminService(self)
+        self._limiter = anyio.CapacityLimiter(max_jobs)
+        self._pokes: dict[str, anyio.Event] = {site: anyio.Event() for site in sites}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self.node.register(RESULTS_ACTOR, self._on_result, mailbox_size=1024)
+        self.node.register(ADMIN_ACTOR, self.admin.handle, mailbox_size=256)
+        for site in self.registry.sites:
+            self._tg.start_soon(self._watch_site, site)
+        for entry in self.store.entries():
+            if not entry.record.status.terminal:
+                self.start_job(entry.record.job_id)
+        log.info("server.started", sites=len(self.registry.sites), workspace=str(self.workspace))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+            log.info("server.stopped")
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        if self._tg is None:
+            raise RuntimeError("the server is not running (use 'async with')")
+        return self._tg
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(
+        self, address: str, body: dict[str, Any], arrays: Mapping[str, npt.NDArray[Any]] | None
+    ) -> None:
+        await self.node.tell(address, body, arrays=arrays)
+
+    async def tell_quietly(self, address: str, body: dict[str, Any]) -> bool:
+        try:
+            await self.node.tell(address, {"v": PROTOCOL_VERSION, **body})
+        except TransportError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ sites
+
+    async def _watch_site(self, site: str) -> None:
+        """Follow one site's connection (see the module docstring)."""
+        while True:
+            connected = bool(self.node.peers.get(site, False))
+            if connected and self.registry.connected(site):
+                log.info("site.connected", site=site)
+                for job in self.jobs.values():
+                    if job.controller is not None:
+                        job.controller.site_joined(site)
+            elif not connected and self.registry.disconnected(site):
+                log.info("site.disconnected", site=site)
+                self._site_lost(site, "disconnected")
+            poke = self._pokes[site] = anyio.Event()
+
+            async def changed(site: str = site, connected: bool = connected) -> None:
+                await self.node.wait_peer(site, connected=not connected)
+
+            await _first(changed, poke.wait)
+
+    def _site_lost(self, site: str, reason: str) -> None:
+        for job in self.jobs.values():
+            if job.controller is not None:
+                job.controller.site_lost(site, reason)
+
+    def peer_lost(self, peer: str, error: TransportError | None) -> None:
+        """The bus ended ``peer``'s session (closed, replaced, expired or refused)."""
+        if peer in self.registry:
+            reason = f"session ended: {error}" if error is not None else "session closed"
+            if self.registry.disconnected(peer):
+                log.info("site.disconnected", site=peer, reason=reason)
+            self._site_lost(peer, reason)
+            poke = self._pokes.get(peer)
+            if poke is not None:
+                poke.set()
+        else:
+            self.admin.forget(peer)
+
+    # ------------------------------------------------------------------ results
+
+    async def _on_result(self, message: Message) -> None:
+        site = message.sender
+        if site not in self.registry:
+            log.warning("result.refused", peer=site, reason="the peer is not a site")
+            self.task_group.start_soon(drain, message.object)
+            return
+        self.registry.heard_from(site)
+        try:
+            body = check_version(message.body, site)
+        except NodeProtocolError as exc:
+            log.warning("result.malformed", site=site, reason=exc.reason)
+            self.task_group.start_soon(drain, message.object)
+            return
+        op, tid = body.get("op"), body.get("tid")
+        sent = self.table.get(tid)
+        if sent is None or sent.site != site:
+            log.info("result.unknown_task", site=site, op=op, tid=str(tid)[:40])
+            self.task_group.start_soon(drain, message.object)
+            return
+        scatter = sent.scatter
+        if op == "result":
+            scatter.arrived(site, str(tid), body, message.object)
+            return
+        self.task_group.start_soon(drain, message.object)
+        reason = str(body.get("reason", "no reason given"))[:2000]
+        if op == "failed":
+            scatter.failed(site, str(tid), reason)
+        elif op == "withheld":
+            scatter._controller.report(
+                UpdateDiscarded(scatter.task.round, site, f"late: withheld by the site ({reason})")
+            )
+        else:
+            log.warning("result.unknown_op", site=site, op=str(op)[:40])
+
+    # ------------------------------------------------------------------ jobs
+
+    def start_job(self, job_id: str) -> None:
+        """Run a stored job (in the background) unless it runs already."""
+        if job_id not in self.jobs:
+            self.jobs[job_id] = _RunningJob(anyio.CancelScope())
+            self.task_group.start_soon(self._run_job, job_id)
+
+    def job_detail(self, job_id: str) -> tuple[str, int | None]:
+        """What a job is doing now, and the last round it completed (``None``: not running)."""
+        running = self.jobs.get(job_id)
+        if running is None:
+            return "", None
+        rounds = running.controller.rounds_done if running.controller is not None else None
+        return running.detail, rounds
+
+    def _advance(self, job_id: str, status: JobStatus, reason: str | None = None) -> JobEntry:
+        entry = self.store.entry(job_id)
+        record = entry.record.advance(status, now=time.time(), reason=reason)
+        entry = JobEntry(record, entry.submitted_by, entry.organisation)
+        self.store.save(entry)
+        level = "info" if status is not JobStatus.FAILED else "warning"
+        getattr(log, level)("job." + status.value, job=job_id, reason=reason)
+        self.admin.publish(job_id)
+        return entry
+
+    async def _run_job(self, job_id: str) -> None:
+        running = self.jobs[job_id]
+        try:
+            with running.scope:
+                running.detail = "queued"
+                async with self._limiter:
+                    await self._run_workflow(job_id, running)
+        finally:
+            if running.controller is not None:
+                running.controller.forget_tasks()
+            del self.jobs[job_id]
+            running.done.set()
+
+    async def _run_workflow(self, job_id: str, running: _RunningJob) -> None:
+        entry = self.store.entry(job_id)
+        if entry.record.status.terminal:
+            return
+        try:
+            spec = self.store.spec(job_id)
+        except FlrtError as exc:
+            self._advance(job_id, JobStatus.FAILED, f"the stored job cannot be read: {exc}")
+            return
+        if entry.record.status is JobStatus.SUBMITTED:
+            entry = self._advance(job_id, JobStatus.RUNNING)
+        controller = NetworkController(
+            job_id=job_id,
+            job=spec,
+            entry=entry,
+            store=self.store,
+            registry=self.registry,
+            table=self.table,
+            send=self.send,
+            task_group=self.task_group,
+            on_progress=self._progress,
+        )
+        running.controller = controller
+        try:
+            await self._wait_for_sites(spec, running)
+            running.detail = "loading"
+            resume = await anyio.to_thread.run_sync(self.store.latest_state, job_id)
+            if resume is not None:
+                controller.rounds_done = resume.round
+                log.info("job.resumed", job=job_id, round=resume.round)
+                running.detail = "running"
+                state = await run_workflow(controller, spec, job_id=job_id, resume=resume)
+            else:
+                weights = await anyio.to_thread.run_sync(initial_weights, spec)
+                running.detail = "running"
+                state = await run_workflow(controller, spec, job_id=job_id, initial_weights=weights)
+        except FlrtError as exc:
+            self._advance(job_id, JobStatus.FAILED, str(exc))
+            await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
+            return
+        except Exception as exc:  # a bug must fail the job with its reason, not kill the server
+            log.exception("job.crashed", job=job_id)
+            self._advance(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        self._advance(job_id, JobStatus.FINISHED, _finished_reason(state))
+        await self._tell_sites(spec, {"op": "end", "job": job_id})
+
+    async def _tell_sites(self, spec: JobSpec, body: dict[str, Any]) -> None:
+        for site in spec.targets or self.registry.sites:
+            if self.registry.is_connected(site):
+                await self.tell_quietly(f"{site}/site", body)
+
+    async def _wait_for_sites(self, spec: JobSpec, running: _RunningJob) -> None:
+        wanted = frozenset(spec.targets) or frozenset(self.registry.sites)
+        deadline = anyio.current_time() + self.site_wait
+        while True:
+            connected = self.registry.available() & wanted
+            if connected >= wanted:
+                return
+            if len(connected) >= spec.workflow.min_sites and anyio.current_time() >= deadline:
+                return
+            running.detail = (
+                f"waiting for sites: {len(connected)} of {len(wanted)} connected"
+                f" ({spec.workflow.min_sites} needed)"
+            )
+            with anyio.CancelScope(deadline=deadline if anyio.current_time() < deadline else 1e18):
+                await self.registry.wait_changed()
+
+    def _progress(self, job_id: str, round: int) -> None:
+        self.admin.publish(job_id)
+
+    async def abort_job(self, job_id: str, reason: str) -> JobEntry:
+        """Abort a submitted or running job. Raises :class:`~flrt.errors.JobStateError` if it is
+        over, :class:`KeyError` if there is no such job."""
+        entry = self._advance(job_id, JobStatus.ABORTED, reason)
+        running = self.jobs.get(job_id)
+        if running is not None:
+            running.scope.cancel()
+            with anyio.move_on_after(10):
+                await running.done.wait()
+        spec = self.store.spec(job_id)
+        await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": reason})
+        return entry
+
+
+def _finished_reason(state: WorkflowState) -> str:
+    if state.workflow == "cross_site_eval":
+        return "cross-site evaluation complete"
+    return f"completed {state.round} rounds"
+
+
+# ------------------------------------------------------------------------------- the node
+
+
+class ServerNode:
+    """The server of a project, from its startup kit (see the module docstring).
+
+    ``workspace`` holds ``jobs/``, ``registry.json`` (the kit's folder by default); ``host`` is the
+    address to listen on; ``port``/``admin_port`` override the kit's (0 picks a free port, tests use
+    it). After entry, :attr:`port` and :attr:`admin_port` are the bound ports and :attr:`refusals`
+    lists every peer refused by admission, with the reason.
+
+    Raises, on entry: :class:`~security.errors.KitError` (and its subclasses for a tampered or
+    expired kit) and :class:`~transport.errors.ConnectionBrokenError` when the port is taken.
+    """
+
+    def __init__(
+        self,
+        kit: Path | str,
+        workspace: Path | str | None = None,
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        admin_port: int | None = None,
+        site_wait: float = 30.0,
+        max_jobs: int = 4,
+        session_config: SessionConfig | None = None,
+    ) -> None:
+        self.kit_path = Path(kit)
+        self.workspace = Path(workspace) if workspace is not None else self.kit_path
+        self.host = host
+        self._port = port
+        self._admin_port = admin_port
+        self.site_wait = site_wait
+        self.max_jobs = max_jobs
+        self.session_config = session_config
+        self.identities: dict[str, Identity] = {}
+        self.refusals: list[str] = []
+        self.port = 0
+        self.admin_port: int | None = None
+        self._stack: AsyncExitStack | None = None
+        self._core: ServerCore | None = None
+        self._node: Node | None = None
+        self.kit: Kit | None = None
+
+    @property
+    def core(self) -> ServerCore:
+        if self._core is None:
+            raise RuntimeError("the server is not running (use 'async with')")
+        return self._core
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError("the server is not running (use 'async with')")
+        return self._node
+
+    async def __aenter__(self) -> Self:
+        kit = load_kit(self.kit_path)
+        if kit.identity.role is not Role.SERVER:
+            raise KitError(self.kit_path, f"a {kit.identity.role.value} kit cannot run the server")
+        self.kit = kit
+        context = server_ssl_context_from_kit(kit)
+        participants = kit.participants or {}
+        sites = {n: i.organisation for n, i in participants.items() if i.role is Role.SITE}
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(
+                Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
+            )
+            self._node = node
+            self._core = await stack.enter_async_context(
+                ServerCore(
+                    node,
+                    self.workspace,
+                    sites=sites,
+                    identity_of=self.identities.get,
+                    site_wait=self.site_wait,
+                    max_jobs=self.max_jobs,
+                )
+            )
+            admin_port = self._admin_port if self._admin_port is not None else kit.config.admin_port
+            roles = {Role.SITE} if admin_port is not None else {Role.SITE, *ADMIN_ROLES}
+            self.port = await node.serve(
+                context,
+                self._authenticator(kit, roles),
+                host=self.host,
+                port=self._port if self._port is not None else kit.config.port,
+            )
+            if admin_port is not None:
+                self.admin_port = await node.serve(
+                    context, self._authenticator(kit, ADMIN_ROLES), host=self.host, port=admin_port
+                )
+            log.info(
+                "server.listening",
+                project=kit.config.project,
+                host=self.host,
+                port=self.port,
+                admin_port=self.admin_port,
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+            self._core = None
+            self._node = None
+
+    def _peer_lost(self, peer: str, error: TransportError | None) -> None:
+        if self._core is not None:
+            self._core.peer_lost(peer, error)
+
+    def _authenticator(
+        self, kit: Kit, roles: set[Role] | frozenset[Role]
+    ) -> Callable[[bytes], str]:
+        participants = kit.participants or {}
+
+        def authenticate(cert_der: bytes) -> str:
+            try:
+                identity = admit_peer(
+                    cert_der,
+                    ca=kit.ca_certificate,
+                    crl=kit.crl,
+                    participants=participants,
+                    now=dt.datetime.now(dt.UTC),
+                    expected_roles=roles,
+                )
+            except AdmissionError as exc:
+                self.refusals.append(str(exc))
+                log.warning(
+                    "admission.refused",
+                    reason=exc.reason.value,
+                    detail=exc.detail,
+                    subject=exc.subject,
+                )
+                raise
+            self.identities[identity.name] = identity
+            return identity.name
+
+        return authenticate

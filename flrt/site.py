@@ -1,0 +1,423 @@
+"""The site node: dials the server, runs the tasks it sends through the site's trainer, and applies
+the site's own privacy filters first, always.
+
+Theory of operation
+-------------------
+:class:`SiteNode` is an async context manager that any AnyIO program (trio or asyncio) can run::
+
+    async with SiteNode("kits/hospital-a", workspace, data={"breast_cancer": csv}) as site:
+        await anyio.sleep_forever()
+
+On entry it verifies its startup kit, reads ``local/privacy.toml`` and ``local/data.toml`` (see
+:mod:`flrt._site_config`; a policy it cannot read stops it from starting) and dials the server. The
+site only ever dials out. It keeps the connection forever: the bus reconnects and resumes the
+session after a break; when the server has lost the session (it restarted), the resume is refused
+and the site opens a new session, backing off while the server is unreachable.
+
+Inside is a :class:`SiteCore` (the simulator runs it over in-memory links). Its ``site`` actor takes
+the server's messages and never blocks: each task runs in its own task, which
+
+1. collects the task's arrays (the global model) from the bus;
+2. loads the job's trainer the first time (``load_trainer(spec, args)`` in a worker thread) and
+   keeps it for the job's later tasks, with the job's filter chain: the site's mandatory filters
+   first, then the job's;
+3. runs ``filter_task``, the trainer's ``train`` or ``evaluate``, and ``filter_result`` in a worker
+   thread, one task of a job at a time. The trainer gets a :class:`~flrt.trainer.SiteContext` whose
+   ``abort()`` turns true when the server cancels the task or aborts the job;
+4. sends the result (its arrays streamed by the bus) or, if the trainer or a filter raised, a
+   ``failed`` message with the reason. A cancelled task's result is never sent: the site tells the
+   server it withheld it.
+
+Data locations come only from the site's configuration: a job can name a key, never a path.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import numpy as np
+import structlog
+
+from flrt._protocol import (
+    RESULTS_ACTOR,
+    SITE_ACTOR,
+    ResultMessage,
+    TaskMessage,
+    check_version,
+    failure_body,
+)
+from flrt._site_config import (
+    DATA_FILE,
+    PRIVACY_FILE,
+    SitePolicy,
+    load_data_locations,
+    load_policy,
+)
+from flrt.errors import ConfigError, NodeProtocolError, TrainingAbortedError
+from flrt.filters import FilterChain, FilterContext, Result, Task, build_filters
+from flrt.tasks import TrainTask
+from flrt.trainer import CheckedTrainer, SiteContext, load_trainer
+from security.errors import KitError
+from security.kit import LOCAL_DIR, Kit, load_kit
+from security.pki import Role
+from security.tls import client_ssl_context_from_kit
+from transport.bus import Message, Node
+from transport.errors import TransportError
+from transport.objects import IncomingObject, LocalObject
+from transport.protocol.session import SessionConfig
+
+__all__ = ["SiteCore", "SiteNode", "SitePolicy"]
+
+log = structlog.get_logger("flrt.site")
+
+SERVER = "server"
+
+
+@dataclass(slots=True)
+class _Job:
+    """A job as this site knows it: its trainer and filter chain, loaded once."""
+
+    key: tuple[str, str]
+    trainer: CheckedTrainer
+    chain: FilterChain
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    running: dict[str, threading.Event] = field(default_factory=dict)
+
+
+class SiteCore:
+    """A site's ``site`` actor and task runner on a bus node that the caller runs and links.
+
+    ``name`` is the site's name (from its certificate), ``workspace`` holds ``jobs/<id>/`` scratch
+    folders, ``data`` the site's data locations, ``policy`` its privacy policy, ``server`` the peer
+    name the server is linked under.
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        workspace: Path,
+        *,
+        data: Mapping[str, Path] | None = None,
+        policy: SitePolicy | None = None,
+        server: str = SERVER,
+    ) -> None:
+        self.node = node
+        self.name = name
+        self.workspace = workspace
+        self.data = dict(data or {})
+        self.policy = policy or SitePolicy()
+        self.server = server
+        self._jobs: dict[str, _Job] = {}
+        self._loading: dict[str, anyio.Lock] = {}
+        self._aborts: dict[str, threading.Event] = {}  # tid -> abort flag, every task in flight
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.log = log.bind(site=name)
+        #: Tasks that finished (sent, failed or withheld), for tests and the console.
+        self.completed = 0
+
+    async def __aenter__(self) -> Self:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self.node.register(SITE_ACTOR, self._on_message, mailbox_size=1024)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        for flag in self._aborts.values():
+            flag.set()
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self._tg = None
+
+    # ------------------------------------------------------------------ the actor
+
+    async def _on_message(self, message: Message) -> None:
+        if message.sender != self.server:
+            self.log.warning("message.refused", peer=message.sender, reason="not the server")
+            return
+        try:
+            body = check_version(message.body, message.sender)
+            op = body.get("op")
+            if op == "task":
+                task = TaskMessage.from_body(body, message.sender)
+                self._aborts[task.tid] = threading.Event()
+                assert self._tg is not None
+                self._tg.start_soon(self._run, task, message.object)
+            elif op == "cancel":
+                flag = self._aborts.get(str(body.get("tid")))
+                if flag is not None:
+                    self.log.info("task.cancel", tid=body.get("tid"))
+                    flag.set()
+            elif op in ("abort", "end"):
+                job_id = str(body.get("job"))
+                job = self._jobs.pop(job_id, None)
+                if job is not None:
+                    for flag in job.running.values():
+                        flag.set()
+                    self.log.info("job." + ("aborted" if op == "abort" else "ended"), job=job_id)
+            else:
+                raise NodeProtocolError(f"unknown operation {str(op)[:40]!r}", peer=message.sender)
+        except NodeProtocolError as exc:
+            self.log.warning("message.malformed", reason=exc.reason)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _run(self, task: TaskMessage, obj: IncomingObject | LocalObject | None) -> None:
+        abort = self._aborts[task.tid]
+        log = self.log.bind(job=task.job_id, round=task.round, task=task.kind, tid=task.tid)
+        try:
+            arrays = {} if obj is None else await obj.arrays()
+            job = await self._job(task)
+            job.running[task.tid] = abort
+            try:
+                async with job.lock:  # one task of a job at a time: a trainer is not reentrant
+                    if abort.is_set():
+                        log.info("task.cancelled_before_start")
+                        return
+                    result = await anyio.to_thread.run_sync(
+                        self._compute, job, task, task.task(arrays), abort, abandon_on_cancel=True
+                    )
+            finally:
+                job.running.pop(task.tid, None)
+        except TrainingAbortedError:
+            log.info("task.aborted")
+            return
+        except (TransportError, NodeProtocolError) as exc:
+            log.warning("task.not_received", reason=str(exc))
+            await self._send(failure_body("failed", task.tid, task, f"task not received: {exc}"))
+            return
+        except Exception as exc:  # the trainer's or a filter's failure is the site's answer
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("task.failed", reason=reason)
+            await self._send(failure_body("failed", task.tid, task, reason))
+            return
+        finally:
+            self._aborts.pop(task.tid, None)
+            self.completed += 1
+        if abort.is_set():
+            log.info("task.withheld", reason="cancelled by the server while training")
+            await self._send(failure_body("withheld", task.tid, task, "cancelled while training"))
+            return
+        message, result_arrays = ResultMessage.of(task.tid, task, result)
+        log.info("task.done", samples=result.num_samples)
+        await self._send(message.to_body(), result_arrays)
+
+    async def _send(self, body: dict[str, Any], arrays: Mapping[str, Any] | None = None) -> None:
+        try:
+            await self.node.tell(f"{self.server}/{RESULTS_ACTOR}", body, arrays=arrays)
+        except TransportError as exc:
+            self.log.warning("result.not_sent", tid=body.get("tid"), reason=str(exc))
+
+    async def _job(self, task: TaskMessage) -> _Job:
+        """The job's trainer and filters, loaded on its first task (in a worker thread)."""
+        key = (task.trainer_spec, repr(sorted(task.trainer_args.items())))
+        lock = self._loading.setdefault(task.job_id, anyio.Lock())
+        async with lock:
+            job = self._jobs.get(task.job_id)
+            if job is not None and job.key == key:
+                return job
+            missing = self.policy.missing_job_filters(list(task.filters))
+            if missing:
+                raise ConfigError(
+                    f"this site's privacy policy requires the job to declare the filters"
+                    f" {', '.join(missing)}",
+                    key="required_job_filters",
+                )
+            trainer = await anyio.to_thread.run_sync(
+                load_trainer, task.trainer_spec, task.trainer_args
+            )
+            chain = FilterChain(self.policy.mandatory_filters(), build_filters(task.filters))
+            job = _Job(key, trainer, chain)
+            self._jobs[task.job_id] = job
+            self.log.info("job.loaded", job=task.job_id, trainer=task.trainer_spec)
+            return job
+
+    def _compute(
+        self, job: _Job, message: TaskMessage, task: Task, abort: threading.Event
+    ) -> Result:
+        """Filters, trainer, filters (runs in a worker thread)."""
+        filters = FilterContext(site=self.name, job_id=message.job_id, round=message.round)
+        seen = job.chain.filter_task(task, filters)
+        scratch = self.workspace / "jobs" / message.job_id
+        scratch.mkdir(parents=True, exist_ok=True)
+        context = SiteContext(
+            site=self.name,
+            data=self.data,
+            scratch=scratch,
+            rng=np.random.default_rng(
+                [
+                    message.seed,
+                    message.round,
+                    zlib.crc32(self.name.encode()),
+                    int(message.kind == "train"),
+                ]
+            ),
+            abort=abort.is_set,
+        )
+        result: Result
+        if isinstance(seen, TrainTask):
+            result = job.trainer.train(seen, context)
+        else:
+            result = job.trainer.evaluate(seen.weights, context)
+        return job.chain.filter_result(result, seen, filters)
+
+
+# ------------------------------------------------------------------------------- the node
+
+
+class SiteNode:
+    """A site of a project, from its startup kit (see the module docstring).
+
+    ``workspace`` holds ``jobs/<id>/`` scratch folders (the kit's folder by default); ``data`` adds
+    or overrides data locations of ``local/data.toml``; ``backoff`` is the first and the longest
+    wait between attempts to reach the server; ``server`` (host, port) replaces the addresses of
+    the kit (tests run servers on free ports).
+
+    Raises, on entry: :class:`~security.errors.KitError` (and subclasses) for a kit it cannot use and
+    :class:`~flrt.errors.ConfigError` for a local policy it cannot read. It does not wait for the
+    server: use :meth:`wait_connected`.
+    """
+
+    def __init__(
+        self,
+        kit: Path | str,
+        workspace: Path | str | None = None,
+        *,
+        data: Mapping[str, Path | str] | None = None,
+        backoff: tuple[float, float] = (0.2, 5.0),
+        session_config: SessionConfig | None = None,
+        server: tuple[str, int] | None = None,
+    ) -> None:
+        self.kit_path = Path(kit)
+        self.server_address = server
+        self.workspace = Path(workspace) if workspace is not None else self.kit_path
+        self.data_overrides = {k: Path(v) for k, v in (data or {}).items()}
+        self.backoff = backoff
+        self.session_config = session_config
+        self.kit: Kit | None = None
+        #: Every reason a connection attempt failed, newest last (bounded).
+        self.connect_errors: list[str] = []
+        self._stack: AsyncExitStack | None = None
+        self._node: Node | None = None
+        self._core: SiteCore | None = None
+        self._lost = anyio.Event()
+        self._sessions = 0
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError("the site is not running (use 'async with')")
+        return self._node
+
+    @property
+    def core(self) -> SiteCore:
+        if self._core is None:
+            raise RuntimeError("the site is not running (use 'async with')")
+        return self._core
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._node is not None and self._node.peers.get(SERVER, False))
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions with the server were opened (a new one after a server restart)."""
+        return self._sessions
+
+    async def wait_connected(self) -> None:
+        await self.node.wait_peer(SERVER)
+
+    async def __aenter__(self) -> Self:
+        kit = load_kit(self.kit_path)
+        if kit.identity.role is not Role.SITE:
+            raise KitError(self.kit_path, f"a {kit.identity.role.value} kit cannot run a site")
+        self.kit = kit
+        local = self.kit_path / LOCAL_DIR
+        policy = load_policy(local / PRIVACY_FILE)
+        data = {**load_data_locations(local / DATA_FILE), **self.data_overrides}
+        context = client_ssl_context_from_kit(kit)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(
+                Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
+            )
+            self._node = node
+            self._core = await stack.enter_async_context(
+                SiteCore(node, kit.config.name, self.workspace, data=data, policy=policy)
+            )
+            node.task_group.start_soon(self._stay_connected, kit, context)
+            log.info(
+                "site.started",
+                site=kit.config.name,
+                project=kit.config.project,
+                mandatory_filters=[f.type for f in policy.result_filters],
+                data=sorted(data),
+            )
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+            self._node = self._core = None
+
+    def _peer_lost(self, peer: str, error: TransportError | None) -> None:
+        if peer == SERVER:
+            self._lost.set()
+
+    async def _stay_connected(self, kit: Kit, context: Any) -> None:
+        """Open a session with the server, and a new one whenever the old one is lost."""
+        node = self.node
+        delay = self.backoff[0]
+        addresses = [self.server_address] if self.server_address else kit.config.server_addresses
+        while True:
+            for host, port in addresses:
+                self._lost = anyio.Event()
+                try:
+                    await node.connect(
+                        host,
+                        port,
+                        context,
+                        server_hostname=host,
+                        peer=SERVER,
+                        backoff=self.backoff,
+                    )
+                except TransportError as exc:
+                    self.connect_errors = [*self.connect_errors[-49:], str(exc)]
+                    log.warning("site.connect_failed", host=host, port=port, reason=str(exc))
+                    continue
+                self._sessions += 1
+                log.info("site.connected", host=host, port=port, session=self._sessions)
+                delay = self.backoff[0]
+                await self._lost.wait()
+                log.info("site.session_lost", host=host, port=port)
+                break
+            else:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
