@@ -1,0 +1,337 @@
+"""The server's side of the admin console: the ``admin`` actor, authorization by role, job events.
+
+Every command is an ``ask`` to ``<server>/admin`` with a map ``{"cmd": ..., ...}``; the answer is
+``{"ok": true, ...}`` or ``{"ok": false, "code": ..., "error": ..., "key": ...}`` (see
+:class:`~flrt.errors.AdminError` for the codes). ``watch`` subscribes the admin to a job: every
+change of its status and every completed round is then told to ``<admin>/events``, so a client
+waits for a job without polling.
+
+Authorization is by the role in the admin's certificate (a later issue adds the full policies of
+``local/authorization.toml``): ``project_admin`` may do everything; ``lead`` may submit, view, and
+abort or download the jobs it submitted; ``org_admin`` and ``member`` may view. Sites and the server
+itself may not use the console at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import structlog
+
+from flrt._protocol import EVENTS_ACTOR, PROTOCOL_VERSION
+from flrt.checkpoint import checkpoint_rounds
+from flrt.errors import AdminError, CheckpointError, JobError, JobStateError, TrainerError
+from flrt.job import JobSpec, loads_job
+from flrt.jobstore import JobEntry
+from flrt.trainer import load_trainer
+from security.pki import Identity, Role
+from transport.bus import Message, Reply
+from transport.errors import TransportError
+
+if TYPE_CHECKING:
+    from flrt.server import ServerCore
+
+__all__ = ["AdminService", "round_table"]
+
+log = structlog.get_logger("flrt.admin")
+
+_ANY, _OWN_JOB = "any", "own_job"
+
+#: Right -> condition, per admin role.
+RIGHTS: Mapping[Role, Mapping[str, str]] = {
+    Role.PROJECT_ADMIN: {"view": _ANY, "submit": _ANY, "manage": _ANY, "download": _ANY},
+    Role.LEAD: {"view": _ANY, "submit": _ANY, "manage": _OWN_JOB, "download": _OWN_JOB},
+    Role.ORG_ADMIN: {"view": _ANY},
+    Role.MEMBER: {"view": _ANY},
+}
+
+#: The right each command needs.
+COMMANDS: Mapping[str, str] = {
+    "submit": "submit",
+    "jobs": "view",
+    "status": "view",
+    "job": "view",
+    "watch": "view",
+    "abort": "manage",
+    "download": "download",
+}
+
+_MAX_JOB_FILE = 1024 * 1024
+
+
+def round_table(events: list[dict[str, Any]], rounds: int | None = None) -> list[dict[str, Any]]:
+    """One row per completed training round (up to ``rounds``) from a job's ``metrics.jsonl``
+    events: who was accepted, cancelled or failed, how long the round took, and the mean train and
+    evaluation metrics. (Cross-site evaluation collects the sites' models in round ``rounds + 1``.)"""
+    rows: dict[int, dict[str, Any]] = {}
+    for event in events:
+        kind, round_ = event.get("kind"), event.get("round")
+        if not isinstance(round_, int) or (rounds is not None and round_ > rounds):
+            continue
+        if event.get("event") == "round_completed" and kind == "train":
+            rows[round_] = {
+                "round": round_,
+                "accepted": event.get("accepted", []),
+                "cancelled": event.get("cancelled", []),
+                "failed": event.get("failed", {}),
+                "seconds": event.get("seconds"),
+                "train": {},
+                "evaluate": {},
+            }
+        elif (
+            event.get("event") == "metrics"
+            and event.get("site") is None
+            and round_ in rows
+            and kind in ("train", "evaluate")
+        ):
+            rows[round_][str(kind)] = event.get("metrics", {})
+    return [rows[r] for r in sorted(rows)]
+
+
+class AdminService:
+    """The ``admin`` actor of a :class:`~flrt.server.ServerCore`."""
+
+    def __init__(self, core: ServerCore) -> None:
+        self.core = core
+        self._watchers: dict[str, set[str]] = {}  # job id -> admins
+
+    # ------------------------------------------------------------------ events
+
+    def publish(self, job_id: str) -> None:
+        """Tell every admin watching ``job_id`` its current state (never blocks)."""
+        watchers = self._watchers.get(job_id)
+        if not watchers:
+            return
+        try:
+            view = self.view(self.core.store.entry(job_id))
+        except (KeyError, OSError, ValueError):
+            return
+        body = {"v": PROTOCOL_VERSION, "op": "job", "job": view}
+        for admin in list(watchers):
+            self.core.task_group.start_soon(self._tell, admin, body)
+
+    async def _tell(self, admin: str, body: dict[str, Any]) -> None:
+        try:
+            await self.core.node.tell(f"{admin}/{EVENTS_ACTOR}", body)
+        except TransportError:
+            self.forget(admin)
+
+    def forget(self, admin: str) -> None:
+        """``admin`` is gone: stop telling it about jobs."""
+        for watchers in self._watchers.values():
+            watchers.discard(admin)
+
+    # ------------------------------------------------------------------ views
+
+    def view(self, entry: JobEntry) -> dict[str, Any]:
+        """A job as the console shows it."""
+        job_id = entry.record.job_id
+        detail, rounds_done = self.core.job_detail(job_id)
+        if rounds_done is None:
+            done = checkpoint_rounds(self.core.store.checkpoints(job_id))
+            rounds_done = done[-1] if done else 0
+        try:
+            total: int | None = self.core.store.spec(job_id).workflow.rounds
+        except JobError:
+            total = None
+        if entry.record.status.terminal:
+            detail = ""
+        return {**entry.to_dict(), "round": rounds_done, "rounds": total, "detail": detail}
+
+    # ------------------------------------------------------------------ the actor
+
+    async def handle(self, message: Message) -> Any:
+        body = message.body if isinstance(message.body, dict) else {}
+        command = body.get("cmd")
+        admin = message.sender
+        name = str(command)[:40]
+        try:
+            if not isinstance(command, str) or command not in COMMANDS:
+                raise AdminError(f"unknown command {name!r}", command=name, code="bad_request")
+            identity = self._authorize(admin, command)
+            result = await getattr(self, f"_cmd_{command}")(identity, body)
+        except AdminError as exc:
+            log.warning(
+                "admin.refused", admin=admin, command=name, code=exc.code, reason=exc.reason
+            )
+            return {"ok": False, "code": exc.code, "error": exc.reason, "key": exc.key}
+        log.info("admin.command", admin=admin, command=name, job=body.get("job_id"))
+        return result
+
+    def _authorize(self, admin: str, command: str) -> Identity:
+        identity = self.core.identity_of(admin)
+        if identity is None or not identity.role.is_admin:
+            role = identity.role.value if identity is not None else "unknown"
+            raise AdminError(
+                f"only admins may use the admin console; {admin} is a {role}",
+                command=command,
+                code="denied",
+            )
+        if COMMANDS[command] not in RIGHTS.get(identity.role, {}):
+            raise AdminError(
+                f"role {identity.role.value} may not {command}", command=command, code="denied"
+            )
+        return identity
+
+    def _entry(self, identity: Identity, body: Mapping[str, Any], command: str) -> JobEntry:
+        job_id = body.get("job_id")
+        try:
+            if not isinstance(job_id, str):
+                raise KeyError(job_id)
+            entry = self.core.store.entry(job_id)
+        except KeyError:
+            raise AdminError(
+                f"no job {str(job_id)[:80]!r}", command=command, code="unknown_job"
+            ) from None
+        condition = RIGHTS[identity.role].get(COMMANDS[command])
+        if condition == _OWN_JOB and entry.submitted_by != identity.name:
+            raise AdminError(
+                f"role {identity.role.value} may only {command} its own jobs;"
+                f" {entry.record.job_id} was submitted by {entry.submitted_by}",
+                command=command,
+                code="denied",
+            )
+        return entry
+
+    # ------------------------------------------------------------------ commands
+
+    async def _cmd_submit(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        text = body.get("job_toml")
+        source = str(body.get("source") or "job.toml")[:500]
+        if not isinstance(text, str) or len(text) > _MAX_JOB_FILE:
+            raise AdminError(
+                "job_toml must be the text of a job.toml", command="submit", code="bad_request"
+            )
+        try:
+            spec = loads_job(text, path=source)
+        except JobError as exc:
+            raise AdminError(str(exc), command="submit", code="invalid_job", key=exc.key) from None
+        self._check_targets(spec, source)
+        await anyio.to_thread.run_sync(self._check_trainer, spec, source)
+        entry, _ = await anyio.to_thread.run_sync(
+            lambda: self.core.store.create(
+                text, submitted_by=identity.name, organisation=identity.organisation
+            )
+        )
+        job_id = entry.record.job_id
+        log.info("job.submitted", job=job_id, name=spec.name, admin=identity.name)
+        self.core.start_job(job_id)
+        return {"ok": True, "job_id": job_id, "job": self.view(entry)}
+
+    def _check_targets(self, spec: JobSpec, source: str) -> None:
+        known = set(self.core.registry.sites)
+        for i, site in enumerate(spec.targets):
+            if site not in known:
+                raise AdminError(
+                    f"{source}: targets.sites[{i}]: {site!r} is not a site of this project"
+                    f" (sites: {', '.join(sorted(known)) or 'none'})",
+                    command="submit",
+                    code="invalid_job",
+                    key=f"targets.sites[{i}]",
+                )
+        if not spec.targets and spec.workflow.min_sites > len(known):
+            raise AdminError(
+                f"{source}: workflow.min_sites: the project has {len(known)} sites,"
+                f" fewer than {spec.workflow.min_sites}",
+                command="submit",
+                code="invalid_job",
+                key="workflow.min_sites",
+            )
+
+    @staticmethod
+    def _check_trainer(spec: JobSpec, source: str) -> None:
+        """The server builds round 0's model from the trainer: it must load here and have
+        ``initial_weights()``."""
+        try:
+            trainer = load_trainer(spec.trainer.spec, spec.trainer.args)
+        except TrainerError as exc:
+            raise AdminError(
+                f"{source}: trainer.spec: {exc}",
+                command="submit",
+                code="invalid_job",
+                key="trainer.spec",
+            ) from None
+        if not trainer.has_initial_weights:
+            raise AdminError(
+                f"{source}: trainer.spec: {spec.trainer.spec} has no initial_weights(), which the"
+                " server needs to create round 0's model",
+                command="submit",
+                code="invalid_job",
+                key="trainer.spec",
+            )
+
+    async def _cmd_jobs(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        entries = await anyio.to_thread.run_sync(self.core.store.entries)
+        return {"ok": True, "jobs": [self.view(e) for e in entries]}
+
+    async def _cmd_status(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        entries = await anyio.to_thread.run_sync(self.core.store.entries)
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry.record.status.value] = counts.get(entry.record.status.value, 0) + 1
+        return {
+            "ok": True,
+            "server": self.core.node.name,
+            "time": time.time(),
+            "sites": self.core.registry.snapshot(),
+            "jobs": counts,
+            "running": sorted(self.core.jobs),
+        }
+
+    async def _cmd_job(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        entry = self._entry(identity, body, "job")
+        job_id = entry.record.job_id
+        events = await anyio.to_thread.run_sync(self.core.store.metrics, job_id)
+        view = self.view(entry)
+        return {
+            "ok": True,
+            "job": view,
+            "rounds": round_table(events, view["rounds"]),
+            "cross_site": self.core.store.cross_site(job_id),
+        }
+
+    async def _cmd_watch(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        entry = self._entry(identity, body, "watch")
+        self._watchers.setdefault(entry.record.job_id, set()).add(identity.name)
+        return {"ok": True, "job": self.view(entry)}
+
+    async def _cmd_abort(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+        entry = self._entry(identity, body, "abort")
+        try:
+            entry = await self.core.abort_job(entry.record.job_id, f"aborted by {identity.name}")
+        except JobStateError:
+            raise AdminError(
+                f"job {entry.record.job_id} is {entry.record.status.value}: it cannot be aborted",
+                command="abort",
+                code="bad_state",
+            ) from None
+        return {"ok": True, "job": self.view(entry)}
+
+    async def _cmd_download(self, identity: Identity, body: Mapping[str, Any]) -> Reply:
+        entry = self._entry(identity, body, "download")
+        job_id = entry.record.job_id
+        try:
+            state = await anyio.to_thread.run_sync(self.core.store.latest_state, job_id)
+        except CheckpointError as exc:
+            raise AdminError(str(exc), command="download", code="bad_state") from None
+        if state is None:
+            raise AdminError(
+                f"job {job_id} has no model yet (no round completed)",
+                command="download",
+                code="bad_state",
+            )
+        events = await anyio.to_thread.run_sync(self.core.store.metrics, job_id)
+        summary = {
+            "ok": True,
+            "job": self.view(entry),
+            "round": state.round,
+            "finished": state.finished,
+            "rounds": [r.to_dict() for r in state.rounds],
+            "cross_site": None if state.cross_site is None else state.cross_site.to_dict(),
+            "metrics": events,
+            "job_toml": self.core.store.job_text(job_id),
+        }
+        return Reply(summary, arrays=state.weights)

@@ -1,0 +1,289 @@
+"""The admin console's Python API: operate a project's server with an admin kit.
+
+::
+
+    async with AdminClient("kits/lead@example.org") as admin:
+        job_id = await admin.submit("examples/logreg")
+        job = await admin.wait(job_id, timeout=600)
+        await admin.download(job_id, "results/")
+
+The client dials the server like a site does (mutual TLS, the kit's certificate; the admin port if
+the project has one) and sends each command as an ``ask`` to ``<server>/admin`` (see
+:mod:`flrt._admin_service` for what each role may do). Refusals come back as
+:class:`~flrt.errors.AdminError` with the server's reason; a job file the server refuses names the
+key (``AdminError.key``). :meth:`AdminClient.wait` subscribes to the job and waits for the server
+to say it is over: no polling. If the server restarts meanwhile, the client opens a new session and
+subscribes again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import structlog
+
+from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
+from flrt.errors import AdminError
+from flrt.jobstore import atomic_write
+from flrt.model import save_weights
+from security.errors import KitError
+from security.kit import Kit, load_kit
+from security.tls import client_ssl_context_from_kit
+from transport.bus import Message, Node, Reply
+from transport.errors import ConnectionClosedError, TransportError
+from transport.protocol.session import SessionConfig
+
+__all__ = ["TERMINAL", "AdminClient"]
+
+log = structlog.get_logger("flrt.admin")
+
+SERVER = "server"
+
+#: Job states after which nothing more happens.
+TERMINAL = frozenset({"finished", "failed", "aborted"})
+
+
+class AdminClient:
+    """An admin's connection to the server (see the module docstring).
+
+    ``timeout`` bounds each command; ``connect_timeout`` how long to keep trying to reach the server;
+    ``server`` (host, port) replaces the addresses of the kit.
+
+    Raises, on entry: :class:`~security.errors.KitError` for a kit that is not an admin's or cannot
+    be used, and a :class:`~transport.errors.TransportError` when the server cannot be reached in
+    ``connect_timeout`` seconds (the last reason).
+    """
+
+    def __init__(
+        self,
+        kit: Path | str,
+        *,
+        timeout: float = 60.0,
+        connect_timeout: float = 30.0,
+        session_config: SessionConfig | None = None,
+        server: tuple[str, int] | None = None,
+    ) -> None:
+        self.kit_path = Path(kit)
+        self.server_address = server
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.session_config = session_config
+        self.kit: Kit | None = None
+        self._node: Node | None = None
+        self._stack: AsyncExitStack | None = None
+        self._context: Any = None
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._watched: set[str] = set()
+        self._changed = anyio.Event()
+        self._lost = anyio.Event()
+
+    @property
+    def node(self) -> Node:
+        if self._node is None:
+            raise RuntimeError("the admin client is not open (use 'async with')")
+        return self._node
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        kit = load_kit(self.kit_path)
+        if not kit.identity.role.is_admin:
+            raise KitError(
+                self.kit_path, f"a {kit.identity.role.value} kit cannot use the admin console"
+            )
+        self.kit = kit
+        self._context = client_ssl_context_from_kit(kit)
+        async with AsyncExitStack() as stack:
+            node = await stack.enter_async_context(
+                Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
+            )
+            self._node = node
+            node.register(EVENTS_ACTOR, self._on_event, mailbox_size=256)
+            await self._connect()
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._stack is not None
+        try:
+            return await self._stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._stack = None
+            self._node = None
+
+    def _peer_lost(self, peer: str, error: TransportError | None) -> None:
+        if peer == SERVER:
+            self._lost.set()
+            self._wake()
+
+    async def _connect(self) -> None:
+        """Open a session with the server, trying each of its addresses until the deadline."""
+        assert self.kit is not None
+        last: TransportError | None = None
+        delay = 0.1
+        with anyio.move_on_after(self.connect_timeout):
+            addresses = (
+                [self.server_address] if self.server_address else self.kit.config.server_addresses
+            )
+            while True:
+                for host, port in addresses:
+                    self._lost = anyio.Event()
+                    try:
+                        await self.node.connect(
+                            host, port, self._context, server_hostname=host, peer=SERVER
+                        )
+                    except TransportError as exc:
+                        last = exc
+                        continue
+                    for job_id in sorted(self._watched):  # a new session: subscribe again
+                        self._store(await self._command("watch", job_id=job_id))
+                    return
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise last or ConnectionClosedError("the server could not be reached")
+
+    # ------------------------------------------------------------------ commands
+
+    async def _command(self, cmd: str, **args: Any) -> Any:
+        reply = await self._ask(cmd, **args)
+        return reply.body
+
+    async def _ask(self, cmd: str, **args: Any) -> Reply:
+        if self._lost.is_set() or SERVER not in self.node.peers:
+            await self._connect()
+        reply = await self.node.ask(
+            f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
+        )
+        body = reply.body
+        if not isinstance(body, dict):
+            raise AdminError("the server's answer is not a map", command=cmd, code="bad_request")
+        if not body.get("ok"):
+            raise AdminError(
+                str(body.get("error", "refused")),
+                command=cmd,
+                code=str(body.get("code", "bad_request")),
+                key=body.get("key") if isinstance(body.get("key"), str) else None,
+            )
+        return reply
+
+    async def submit(self, job: Path | str) -> str:
+        """Submit a job folder (or its ``job.toml``); returns the job id.
+
+        Raises :class:`~flrt.errors.AdminError` (``code="invalid_job"``, ``key`` the dotted key) for
+        a job the server refuses, and :class:`OSError` if the file cannot be read.
+        """
+        path = _job_file(Path(job))
+        text = await anyio.to_thread.run_sync(lambda: path.read_text(encoding="utf-8"))
+        body = await self._command("submit", job_toml=text, source=str(path))
+        self._store(body)
+        return str(body["job_id"])
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        """Every job on the server, oldest first."""
+        body = await self._command("jobs")
+        return list(body["jobs"])
+
+    async def status(self) -> dict[str, Any]:
+        """The server: its sites (connected, last seen, history) and how many jobs are in each
+        state."""
+        body: dict[str, Any] = await self._command("status")
+        return body
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        """One job: its record, one row per completed round, and cross-site results."""
+        body: dict[str, Any] = await self._command("job", job_id=job_id)
+        self._store(body)
+        return body
+
+    async def abort(self, job_id: str) -> dict[str, Any]:
+        body = await self._command("abort", job_id=job_id)
+        self._store(body)
+        return dict(body["job"])
+
+    async def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield the job each time the server says it changed (status, a completed round), until it
+        is over."""
+        self._watched.add(job_id)
+        self._store(await self._command("watch", job_id=job_id))
+        seen: dict[str, Any] | None = None
+        while True:
+            current = self._jobs[job_id]
+            if current != seen:
+                seen = current
+                yield current
+                if current.get("status") in TERMINAL:
+                    return
+            changed = self._changed
+            if self._lost.is_set():
+                await self._connect()
+                continue
+            await changed.wait()
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the job is finished, failed or aborted; returns it.
+
+        Raises :class:`TimeoutError` after ``timeout`` seconds.
+        """
+        with anyio.fail_after(timeout if timeout is not None else float("inf")):
+            async for job in self.watch(job_id):
+                if job.get("status") in TERMINAL:
+                    return job
+        raise AdminError("the watch ended early", command="wait", code="bad_state")
+
+    async def download(self, job_id: str, directory: Path | str) -> Path:
+        """Write the job's model (``model.safetensors``), ``job.json`` (record, per-round summaries),
+        ``metrics.jsonl``, ``cross_site.json`` (if any) and ``job.toml`` into ``directory``."""
+        reply = await self._ask("download", job_id=job_id)
+        if reply.object is None:
+            raise AdminError("the server sent no model", command="download", code="bad_state")
+        weights = await reply.object.arrays()
+        target = Path(directory)
+        await anyio.to_thread.run_sync(_write_download, target, reply.body, dict(weights))
+        return target
+
+    # ------------------------------------------------------------------ events
+
+    def _store(self, body: Mapping[str, Any]) -> None:
+        job = body.get("job")
+        if isinstance(job, dict) and isinstance(job.get("job_id"), str):
+            self._jobs[job["job_id"]] = job
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _on_event(self, message: Message) -> None:
+        if message.sender == SERVER and isinstance(message.body, dict):
+            self._store(message.body)
+
+
+def _job_file(path: Path) -> Path:
+    return path / "job.toml" if path.is_dir() else path
+
+
+def _write_download(target: Path, body: Mapping[str, Any], weights: dict[str, Any]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    save_weights(target / "model.safetensors", weights)
+    summary = {k: body[k] for k in ("job", "round", "finished", "rounds")}
+    atomic_write(target / "job.json", _json(summary))
+    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in body.get("metrics", []))
+    atomic_write(target / "metrics.jsonl", lines.encode())
+    if body.get("cross_site") is not None:
+        atomic_write(target / "cross_site.json", _json(body["cross_site"]))
+    atomic_write(target / "job.toml", str(body.get("job_toml", "")).encode())
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
