@@ -27,8 +27,12 @@ pytest: setup
 
 test: lint typecheck pytest
 
+# Each benchmark ends with one JSON line of figures.
 bench: setup
 	$(BIN)/python bench/bus.py
+	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/resume.py
+	$(BIN)/python bench/provision.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
