@@ -59,6 +59,7 @@ from transport.tls import describe_failure
 __all__ = ["Inbound", "Link"]
 
 RECEIVE_SIZE = 1 << 20
+HEADER_PEEK = 256
 
 #: A decoded message for the node: (envelope, object or None).
 Inbound = tuple[dict[str, Any], IncomingObject | None]
@@ -207,11 +208,23 @@ class Link:
 
     async def _reader(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> None:
         session = self.session
-        # A stream over a real socket drains every available TLS record in one call.
+        # A stream over a real socket drains every available TLS record in one call, and can
+        # decrypt object bytes straight into the arrays they belong to.
         receive = getattr(stream, "receive_view", None) or stream.receive
+        receive_into = getattr(stream, "receive_into", None)
+        size = RECEIVE_SIZE
         while True:
             try:
-                data = await receive(RECEIVE_SIZE)
+                if receive_into is not None and (place := self._placement()) is not None:
+                    n = await receive_into(place)
+                    session.receive_in_place(place[:n], anyio.current_time())
+                    self._handle_events(scope)
+                    # Mid-transfer, the next frame is most likely another chunk: read little
+                    # more than its header, so that its payload too lands in place.
+                    size = HEADER_PEEK
+                    continue
+                data = await receive(size)
+                size = RECEIVE_SIZE
             except anyio.EndOfStream:
                 self._connection_failed(ConnectionBrokenError("peer closed the connection"), scope)
                 return
@@ -250,6 +263,15 @@ class Link:
         if sleep is not None and timer is not None and timer < sleep.deadline:
             sleep.deadline = timer
 
+    def _placement(self) -> memoryview | None:
+        """The memory the next object bytes can be received into directly, if any."""
+        target = self.session.receive_target()
+        if target is None:
+            return None
+        seq, offset, nbytes = target
+        obj = self._objects.get(seq)
+        return obj.destination(offset, nbytes) if obj is not None else None
+
     def _connection_failed(self, error: TransportError, scope: anyio.CancelScope) -> None:
         self.last_error = error
         scope.cancel()
@@ -277,8 +299,11 @@ class Link:
                         else:
                             self._queued += 1
                             self._inbound_send.send_nowait((seq, envelope, obj))
-                    case ChunkReceived(seq=seq, offset=offset, data=data):
-                        self._objects[seq].feed(offset, data)
+                    case ChunkReceived(seq=seq, offset=offset, data=data, placed=placed):
+                        if placed:
+                            self._objects[seq].placed(offset, len(data))
+                        else:
+                            self._objects[seq].feed(offset, data)
                         buffered = session.buffered_object_bytes
                         if buffered > self.peak_buffered_bytes:
                             self.peak_buffered_bytes = buffered

@@ -111,9 +111,14 @@ class SSLSocketStream(anyio.abc.ByteStream):
 
         The view points into a buffer reused by the next call: use or copy it before then.
         """
+        got = await self.receive_into(self._view[: min(max_bytes, _BUFFER)])
+        return self._view[:got]
+
+    async def receive_into(self, view: memoryview) -> int:
+        """Decrypt every byte already available straight into ``view``, waiting for the first;
+        returns how many. Raises :class:`anyio.EndOfStream` at the end."""
         if self._eof:
             raise anyio.EndOfStream
-        view = self._view[: min(max_bytes, _BUFFER)]
         sock = self._sock
         got = 0
         waited = False
@@ -144,7 +149,7 @@ class SSLSocketStream(anyio.abc.ByteStream):
             got += n
         if not waited:
             await anyio.lowlevel.checkpoint()
-        return view[:got]
+        return got
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:
         view = memoryview(item).cast("B") if not isinstance(item, bytes) else memoryview(item)

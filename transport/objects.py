@@ -63,6 +63,19 @@ class IncomingObject:
             self._held_bytes += len(data)
         self._notify()
 
+    def destination(self, offset: int, nbytes: int) -> memoryview | None:
+        """Where up to ``nbytes`` bytes at ``offset`` may be received in place, if the arrays
+        are allocated already (the application called :meth:`arrays`); else None."""
+        if self._sink is None:
+            return None
+        return self._sink.destination(offset, nbytes)
+
+    def placed(self, offset: int, nbytes: int) -> None:
+        """``nbytes`` bytes at ``offset`` were received straight into the arrays."""
+        self._received = offset + nbytes
+        self._consume(nbytes)
+        self._notify()
+
     def complete(self) -> None:
         self._complete = True
         self._notify()

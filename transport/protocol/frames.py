@@ -174,6 +174,36 @@ class FrameDecoder:
             self._failed = exc
             raise
 
+    def payload_target(self) -> tuple[dict[str, Any], int, int] | None:
+        """Inside a streamed payload with nothing buffered: ``(header, done, remaining)``.
+
+        The caller may then read up to ``remaining`` payload bytes straight to where they belong
+        and report them with :meth:`payload_received_in_place`, skipping this decoder's buffer.
+        """
+        if self._kind not in STREAMED_KINDS or self._header is None or self._failed:
+            return None
+        if self._pos != len(self._buf):
+            return None
+        remaining = self._payload_len - self._payload_done
+        if remaining <= 0:
+            return None
+        return self._header, self._payload_done, remaining
+
+    def payload_received_in_place(self, data: memoryview) -> PayloadPiece:
+        """``data`` (already in its final place) continues the current streamed payload."""
+        target = self.payload_target()
+        if target is None or len(data) > target[2]:
+            raise RuntimeError("no streamed payload is waiting for these bytes")
+        assert self._kind is not None
+        assert self._header is not None
+        offset = self._payload_done
+        self._payload_done += len(data)
+        last = self._payload_done == self._payload_len
+        piece = PayloadPiece(self._kind, self._header, offset, data, last)
+        if last:
+            self._kind = None
+        return piece
+
     def _next_event(self) -> Frame | PayloadPiece | None:
         available = len(self._buf) - self._pos
         if self._kind is None:

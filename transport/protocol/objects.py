@@ -208,6 +208,11 @@ class IncomingArrays:
         self.arrays = allocate_arrays(manifest)
         self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
 
+    def destination(self, offset: int, nbytes: int) -> memoryview:
+        """The bytes of the array holding ``offset``, from there, at most ``nbytes`` long."""
+        index, inner = self.manifest.locate(offset)
+        return self._views[index][inner : inner + nbytes]
+
     def write(self, offset: int, data: memoryview) -> None:
         """Copy ``data`` to its place; it may span arrays only if the peer ignored the rule."""
         while len(data):

@@ -169,11 +169,16 @@ class MessageReceived:
 
 @dataclass(frozen=True, slots=True)
 class ChunkReceived:
-    """Object bytes at ``offset``; ``data`` is valid until the next call into the session."""
+    """Object bytes at ``offset``; ``data`` is valid until the next call into the session.
+
+    ``placed`` is true when the bytes were received straight into their final place (see
+    :meth:`Session.receive_target`): there is nothing to copy.
+    """
 
     seq: int
     offset: int
     data: memoryview
+    placed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -833,7 +838,40 @@ class Session:
             return
         self._incoming[seq] = _Incoming(manifest, granted=self.config.object_window)
 
-    def _on_piece(self, piece: PayloadPiece) -> None:
+    def receive_target(self) -> tuple[int, int, int] | None:
+        """Where the next bytes from the peer go, if they can be received in place.
+
+        While the current frame is an object chunk and nothing is buffered, returns
+        ``(object id, offset in the object, at most this many bytes)``: the driver may read those
+        bytes straight into the object's memory and report them with :meth:`receive_in_place`.
+        Otherwise None, and bytes go through :meth:`receive_data` as usual.
+        """
+        if self.state is not SessionState.OPEN:
+            return None
+        target = self._decoder.payload_target()
+        if target is None:
+            return None
+        header, done, remaining = target
+        seq, base = header.get("s"), header.get("o")
+        if not isinstance(seq, int) or not isinstance(base, int):
+            return None  # let receive_data() report the bad header
+        inc = self._incoming.get(seq)
+        if inc is None or base + done != inc.received:
+            return None  # unknown object or a duplicate: the ordinary path sorts it out
+        return seq, base + done, remaining
+
+    def receive_in_place(self, data: memoryview, now: float) -> None:
+        """``data`` holds the next bytes of the chunk :meth:`receive_target` named, already in
+        their final place."""
+        if self.state is not SessionState.OPEN:
+            return
+        self._last_received = now
+        try:
+            self._on_piece(self._decoder.payload_received_in_place(data), placed=True)
+        except RemoteProtocolError as exc:
+            self._fail(exc, now)
+
+    def _on_piece(self, piece: PayloadPiece, *, placed: bool = False) -> None:
         if self.state is SessionState.HANDSHAKING:  # _on_frame's check; chunks bypass it
             raise RemoteProtocolError(f"expected WELCOME, got {piece.kind.name}")
         header = piece.header
@@ -858,7 +896,7 @@ class Session:
         if len(data):
             inc.hasher.update(data)
             inc.received += len(data)
-            self._events.append(ChunkReceived(seq, offset, data))
+            self._events.append(ChunkReceived(seq, offset, data, placed))
         if piece.last and inc.received == inc.manifest.total and not inc.verified:
             digest = header.get("h")
             if digest is None:
