@@ -25,6 +25,7 @@ When a connection breaks, the link keeps its session; the client side dials agai
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import msgpack
+import sniffio
 
 from transport.errors import (
     ConnectionBrokenError,
@@ -56,7 +58,21 @@ from transport.protocol.session import (
 )
 from transport.tls import describe_failure
 
-__all__ = ["Inbound", "Link"]
+__all__ = ["Inbound", "Link", "event_loop_clock"]
+
+
+def event_loop_clock() -> Callable[[], float]:
+    """The running event loop's clock, found once: ``anyio.current_time()`` finds the backend on
+    every call, which costs more than the rest of a small message's bookkeeping."""
+    library = sniffio.current_async_library()
+    if library == "trio":
+        import trio  # only where trio is running: asyncio users need not import it
+
+        return trio.current_time
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    return anyio.current_time  # pragma: no cover - another AnyIO backend
+
 
 RECEIVE_SIZE = 1 << 20
 HEADER_PEEK = 256
@@ -79,6 +95,7 @@ class Link:
     ) -> None:
         self.peer = peer
         self.session = Session(role, config)
+        self._now: Callable[[], float] = anyio.current_time
         self.peer_certificate: bytes | None = None
         self._deliver = deliver
         self._try_deliver = try_deliver
@@ -93,7 +110,7 @@ class Link:
         self._state_changed = anyio.Event()
         self._connection_scope: anyio.CancelScope | None = None
         self._stream: anyio.abc.ByteStream | None = None
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
         self._writer_sleep: anyio.CancelScope | None = None
         self.closed = False
         self.close_error: TransportError | None = None
@@ -155,7 +172,7 @@ class Link:
     async def _write_pending(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> bool:
         """Write one batch from the session; False when the connection is over."""
         async with self._write_lock:
-            buffers = self.session.data_to_send(anyio.current_time())
+            buffers = self.session.data_to_send(self._now())
             if buffers:
                 try:
                     await _write_all(stream, buffers)
@@ -175,7 +192,7 @@ class Link:
                 await self._deliver(self, envelope, obj)
                 self._queued -= 1
                 if not self.closed:
-                    self.session.message_delivered(seq, anyio.current_time())
+                    self.session.message_delivered(seq, self._now())
                     self._timers_changed()
 
     # -- one connection ------------------------------------------------------------------------
@@ -187,6 +204,7 @@ class Link:
         (handled here). Raises only cancellation.
         """
         self.connections += 1
+        self._now = event_loop_clock()
         try:
             async with anyio.create_task_group() as tg:
                 self._connection_scope = tg.cancel_scope
@@ -194,14 +212,14 @@ class Link:
                 self._changed()
                 tg.start_soon(self._writer, stream, tg.cancel_scope)
                 if leftover:
-                    self.session.receive_data(leftover, anyio.current_time())
+                    self.session.receive_data(leftover, self._now())
                     self._handle_events(tg.cancel_scope)
                 await self._reader(stream, tg.cancel_scope)
         finally:
             self._connection_scope = None
             self._stream = None
             if not self.closed:
-                self.session.connection_lost(anyio.current_time())
+                self.session.connection_lost(self._now())
             with anyio.CancelScope(shield=True):
                 await _close_quietly(stream)
             self._changed()
@@ -217,7 +235,7 @@ class Link:
             try:
                 if receive_into is not None and (place := self._placement()) is not None:
                     n = await receive_into(place)
-                    session.receive_in_place(place[:n], anyio.current_time())
+                    session.receive_in_place(place[:n], self._now())
                     self._handle_events(scope)
                     # Mid-transfer, the next frame is most likely another chunk: read little
                     # more than its header, so that its payload too lands in place.
@@ -231,13 +249,13 @@ class Link:
             except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
                 self._connection_failed(ConnectionBrokenError(describe_failure(exc)), scope)
                 return
-            session.receive_data(data, anyio.current_time())
+            session.receive_data(data, self._now())
             self._handle_events(scope)
 
     async def _writer(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> None:
         session = self.session
         while True:
-            now = anyio.current_time()
+            now = self._now()
             timer = session.get_timer()
             if timer is not None and now >= timer:
                 session.handle_timer(now)
@@ -287,7 +305,7 @@ class Link:
                         try:
                             envelope = _decode_envelope(body)
                         except RemoteProtocolError as exc:
-                            session.protocol_error(exc, anyio.current_time())
+                            session.protocol_error(exc, self._now())
                             continue
                         obj = None
                         if manifest is not None:
@@ -295,7 +313,7 @@ class Link:
                             if manifest.total:
                                 self._objects[seq] = obj
                         if not self._queued and self._try_deliver(self, envelope, obj):
-                            session.message_delivered(seq, anyio.current_time())
+                            session.message_delivered(seq, self._now())
                         else:
                             self._queued += 1
                             self._inbound_send.send_nowait((seq, envelope, obj))
@@ -354,7 +372,7 @@ class Link:
         """End the session for good (the peer is told if connected)."""
         if self.closed:
             return
-        self.session.close(reason, anyio.current_time())
+        self.session.close(reason, self._now())
         self.session.events_received()
         self._end(None)
         self._wake()
