@@ -97,6 +97,7 @@ class AdminService:
     def __init__(self, core: ServerCore) -> None:
         self.core = core
         self._watchers: dict[str, set[str]] = {}  # job id -> admins
+        self._seq = 0
 
     # ------------------------------------------------------------------ events
 
@@ -139,7 +140,14 @@ class AdminService:
             total = None
         if entry.record.status.terminal:
             detail = ""
-        return {**entry.to_dict(), "round": rounds_done, "rounds": total, "detail": detail}
+        self._seq += 1  # events travel in separate tasks: the client keeps the newest view
+        return {
+            **entry.to_dict(),
+            "round": rounds_done,
+            "rounds": total,
+            "detail": detail,
+            "seq": self._seq,
+        }
 
     # ------------------------------------------------------------------ the actor
 

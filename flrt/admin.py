@@ -257,6 +257,9 @@ class AdminClient:
     def _store(self, body: Mapping[str, Any]) -> None:
         job = body.get("job")
         if isinstance(job, dict) and isinstance(job.get("job_id"), str):
+            known = self._jobs.get(job["job_id"])
+            if known is not None and known.get("seq", 0) > job.get("seq", 0):
+                return  # an older view overtaken by a newer one
             self._jobs[job["job_id"]] = job
             self._wake()
 

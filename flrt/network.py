@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -121,21 +121,27 @@ class _Sent:
 
 
 class TaskTable:
-    """Every task id this server sent, with the scatter that sent it."""
+    """Every task id this server sent (the newest ``capacity``), with the scatter that sent it.
 
-    def __init__(self) -> None:
-        self._sent: dict[str, _Sent] = {}
+    Ids outlive their job, so that a result arriving after its job ended is still recognised (and
+    recorded in that job's metrics) as late rather than unknown.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._sent: OrderedDict[str, _Sent] = OrderedDict()
+        self.capacity = capacity
         self.new_id = TaskIds()
 
     def add(self, tid: str, scatter: _NetScatter, site: str) -> None:
         self._sent[tid] = _Sent(scatter, site)
+        while len(self._sent) > self.capacity:
+            self._sent.popitem(last=False)
 
     def get(self, tid: object) -> _Sent | None:
         return self._sent.get(tid) if isinstance(tid, str) else None
 
-    def forget(self, tids: Iterable[str]) -> None:
-        for tid in tids:
-            self._sent.pop(tid, None)
+    def __len__(self) -> int:
+        return len(self._sent)
 
 
 # ------------------------------------------------------------------------------- events
@@ -288,7 +294,6 @@ class _NetScatter:
             self.tids[tid] = site
             self.status[site] = _OUTSTANDING
             ctl.table.add(tid, self, site)
-            ctl._tids.append(tid)
             ctl.task_group.start_soon(self._send, site, tid)
 
     async def _send(self, site: str, tid: str) -> None:
@@ -510,7 +515,6 @@ class NetworkController:
         self.on_progress = on_progress
         self.seed = job_seed(job, job_id)
         self._scatters: list[_NetScatter] = []
-        self._tids: list[str] = []
         self.rounds_done = 0
         self.log = log.bind(job=job_id)
 
@@ -588,12 +592,10 @@ class NetworkController:
         with contextlib.suppress(TransportError):
             await self.send(f"{site}/site", {"v": PROTOCOL_VERSION, **body}, None)
 
-    def forget_tasks(self) -> None:
-        """Forget this job's task ids (the job is over; results still on their way are unknown)."""
-        for scatter in self._scatters:
+    def close(self) -> None:
+        """The job is over: close what is still open (results still on their way are late)."""
+        for scatter in list(self._scatters):
             scatter.closed = True
-        self.table.forget(self._tids)
-        self._tids.clear()
 
 
 def _loggable(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -289,7 +289,7 @@ class ServerCore:
                     await self._run_workflow(job_id, running)
         finally:
             if running.controller is not None:
-                running.controller.forget_tasks()
+                running.controller.close()
             del self.jobs[job_id]
             running.done.set()
 

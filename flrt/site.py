@@ -125,6 +125,7 @@ class SiteCore:
         self.log = log.bind(site=name)
         #: Tasks that finished (sent, failed or withheld), for tests and the console.
         self.completed = 0
+        self._task_arrived = anyio.Event()
 
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
@@ -147,6 +148,16 @@ class SiteCore:
         finally:
             self._tg = None
 
+    @property
+    def busy(self) -> bool:
+        """Whether a task is in flight here."""
+        return bool(self._aborts)
+
+    async def wait_busy(self) -> None:
+        """Wait until a task is in flight (for tests and the console)."""
+        while not self._aborts:
+            await self._task_arrived.wait()
+
     # ------------------------------------------------------------------ the actor
 
     async def _on_message(self, message: Message) -> None:
@@ -159,6 +170,8 @@ class SiteCore:
             if op == "task":
                 task = TaskMessage.from_body(body, message.sender)
                 self._aborts[task.tid] = threading.Event()
+                self._task_arrived.set()
+                self._task_arrived = anyio.Event()
                 assert self._tg is not None
                 self._tg.start_soon(self._run, task, message.object)
             elif op == "cancel":
