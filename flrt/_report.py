@@ -1,0 +1,100 @@
+"""Plain-text tables for people: jobs, sites, rounds and the cross-site validation matrix."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["cross_site_table", "jobs_table", "rounds_table", "sites_table"]
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    cells = [list(header), *[list(r) for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _when(stamp: Any) -> str:
+    if not isinstance(stamp, int | float):
+        return "-"
+    return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> str:
+    rows = []
+    for job in jobs:
+        progress = f"{job.get('round', 0)}/{job.get('rounds') or '?'}"
+        note = job.get("reason") or job.get("detail") or ""
+        rows.append(
+            [
+                job["job_id"],
+                str(job["name"]),
+                str(job["status"]),
+                progress,
+                str(job.get("submitted_by", "")),
+                str(note),
+            ]
+        )
+    return _table(["job", "name", "status", "round", "submitted by", "reason"], rows)
+
+
+def sites_table(sites: Iterable[Mapping[str, Any]]) -> str:
+    rows = []
+    for site in sites:
+        history = site.get("history", {})
+        rows.append(
+            [
+                str(site["name"]),
+                str(site.get("organisation", "")),
+                "yes" if site.get("connected") else "no",
+                _when(site.get("last_seen")),
+                f"{history.get('on_time', 0)}/{history.get('late', 0)}/{history.get('failed', 0)}",
+            ]
+        )
+    return _table(
+        ["site", "organisation", "connected", "last seen (UTC)", "on time/late/failed"], rows
+    )
+
+
+def rounds_table(rounds: Iterable[Mapping[str, Any]]) -> str:
+    """One line per training round: who answered, time, mean train loss and evaluation metrics."""
+    rows = list(rounds)
+    metric_names = sorted({k for r in rows for k in r.get("evaluate", {})})
+    header = ["round", "accepted", "failed/late", "seconds", "train loss", *metric_names]
+    lines = []
+    for r in rows:
+        missing = sorted([*r.get("failed", {}), *r.get("cancelled", [])])
+        lines.append(
+            [
+                str(r["round"]),
+                str(len(r.get("accepted", []))),
+                ",".join(missing) or "-",
+                _number(r.get("seconds")),
+                _number(r.get("train", {}).get("loss")),
+                *(_number(r.get("evaluate", {}).get(m)) for m in metric_names),
+            ]
+        )
+    return _table(header, lines)
+
+
+def cross_site_table(cross: Mapping[str, Any], metric: str) -> str:
+    """Rows: the site that evaluated; columns: whose model (``global`` first)."""
+    models = list(cross.get("models", []))
+    cells: dict[tuple[str, str], float] = {}
+    for evaluator, model, metrics, _n in cross.get("results", []):
+        if metric in metrics:
+            cells[(evaluator, model)] = metrics[metric]
+    rows = [
+        [evaluator, *(_number(cells.get((evaluator, m))) for m in models)]
+        for evaluator in cross.get("evaluators", [])
+    ]
+    return _table([f"{metric}: site \\ model", *models], rows)

@@ -1,0 +1,65 @@
+"""What the long-running commands share: logging set-up, the event loop, and a clean stop on
+SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from flrt.logs import configure_logging
+
+__all__ = ["add_common_options", "parse_address", "run_node", "until_signal"]
+
+log = structlog.get_logger("flrt.cli")
+
+BACKENDS = ("trio", "asyncio")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default="trio", help="the event loop (default: trio)"
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="log to the JSON file only, not to the terminal"
+    )
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8443`` for IPv6) as a pair. Raises :class:`argparse.ArgumentTypeError`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def until_signal() -> int:
+    """Wait for SIGINT or SIGTERM; returns the signal's number."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for received in signals:
+            log.info("node.stopping", signal=signal.Signals(received).name)
+            return int(received)
+    return 0  # pragma: no cover - the receiver never ends by itself
+
+
+def run_node(
+    main: Callable[..., Awaitable[Any]],
+    *args: Any,
+    workspace: Path,
+    log_name: str,
+    quiet: bool,
+    backend: str,
+) -> int:
+    """Log JSON lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless
+    ``quiet``), then run ``main(*args)`` on ``backend`` until it returns."""
+    configure_logging(
+        json_file=workspace / "logs" / f"{log_name}.jsonl", console=None if quiet else sys.stderr
+    )
+    anyio.run(main, *args, backend=backend)
+    return 0
