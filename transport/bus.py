@@ -561,14 +561,14 @@ class Node:
             except TransportError:
                 raise
             except Exception as exc:
-                await _send_quietly(stream, b"".join(refuse_frame(str(exc), "identity")))
+                await _send_refusal(stream, b"".join(refuse_frame(str(exc), "identity")))
                 raise HandshakeError(f"peer refused: {exc}") from None
             hello, leftover = await self._read_hello(stream)
             link = self._links.get(peer)
             if hello.session_id is not None:
                 if link is None or link.closed or link.session.session_id != hello.session_id:
                     reason = "unknown or expired session"
-                    await _send_quietly(stream, b"".join(refuse_frame(reason, "resume")))
+                    await _send_refusal(stream, b"".join(refuse_frame(reason, "resume")))
                     raise HandshakeError(f"{peer}: cannot resume: {reason}")
                 await link.drop_connection()  # a half-open old connection gives way
             else:
@@ -604,7 +604,7 @@ class Node:
         except TimeoutError:
             raise HandshakeError(f"no HELLO within {self.config.handshake_timeout:g} s") from None
         except RemoteProtocolError as exc:
-            await _send_quietly(stream, b"".join(refuse_frame(str(exc), "protocol")))
+            await _send_refusal(stream, b"".join(refuse_frame(str(exc), "protocol")))
             raise
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
             raise HandshakeError("connection closed before HELLO") from None
@@ -727,12 +727,20 @@ def _describe(link: Link) -> str | None:
     return str(error) if error is not None else None
 
 
-async def _send_quietly(stream: anyio.abc.ByteStream, data: bytes) -> None:
-    try:
-        with anyio.move_on_after(1):
+async def _send_refusal(stream: anyio.abc.ByteStream, data: bytes) -> None:
+    """Tell a peer why it is turned away, then let it read that before the connection closes.
+
+    Closing a socket with unread bytes in it (the peer's HELLO) sends a reset, and a reset makes
+    the peer's kernel drop what it had not read yet: the refusal itself. So after sending, read and
+    discard until the peer hangs up (it does once it has read the refusal), for at most a second.
+    """
+    with anyio.move_on_after(1):
+        try:
             await stream.send(data)
-    except Exception:  # the peer may already be gone; the refusal is logged either way
-        pass
+            while True:
+                await stream.receive()
+        except Exception:  # the peer hung up or broke: either way it is gone
+            pass
 
 
 async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
