@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 import anyio.abc
@@ -91,42 +93,54 @@ def _check_alpn(stream: anyio.TypedAttributeProvider) -> None:
         raise HandshakeError(f"peer does not speak {ALPN_PROTOCOL} (ALPN: {chosen!r})")
 
 
+_HANDSHAKE_FAILURES = (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError)
+_S = TypeVar("_S", bound=anyio.abc.ByteStream)
+
+
+async def _handshake(start: Callable[[], Awaitable[_S]], timeout: float) -> _S:
+    """Run a TLS handshake within ``timeout``, translate its failures, and check ALPN."""
+    try:
+        with anyio.fail_after(timeout):
+            stream = await start()
+    except TimeoutError:
+        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+    except _HANDSHAKE_FAILURES as exc:
+        raise HandshakeError(tls_failure_reason(exc)) from None
+    try:
+        _check_alpn(stream)
+    except HandshakeError:
+        await stream.aclose()
+        raise
+    return stream
+
+
 async def server_handshake(
     stream: anyio.abc.AnyByteStream, context: ssl.SSLContext, timeout: float
 ) -> TLSStream:
-    """Run the server side of the TLS handshake. Raises :class:`HandshakeError`."""
-    try:
-        with anyio.fail_after(timeout):
-            tls = await TLSStream.wrap(
-                stream, server_side=True, ssl_context=context, standard_compatible=False
-            )
-    except TimeoutError:
-        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
-    except (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-        raise HandshakeError(tls_failure_reason(exc)) from None
-    _check_alpn(tls)
-    return tls
+    """Server side of TLS over any byte stream (memory streams in tests). Raises
+    :class:`HandshakeError`."""
+    return await _handshake(
+        lambda: TLSStream.wrap(
+            stream, server_side=True, ssl_context=context, standard_compatible=False
+        ),
+        timeout,
+    )
 
 
 async def client_handshake(
     stream: anyio.abc.AnyByteStream, context: ssl.SSLContext, server_hostname: str, timeout: float
 ) -> TLSStream:
-    """Run the client side of the TLS handshake. Raises :class:`HandshakeError`."""
-    try:
-        with anyio.fail_after(timeout):
-            tls = await TLSStream.wrap(
-                stream,
-                server_side=False,
-                hostname=server_hostname,
-                ssl_context=context,
-                standard_compatible=False,
-            )
-    except TimeoutError:
-        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
-    except (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-        raise HandshakeError(tls_failure_reason(exc)) from None
-    _check_alpn(tls)
-    return tls
+    """Client side of TLS over any byte stream. Raises :class:`HandshakeError`."""
+    return await _handshake(
+        lambda: TLSStream.wrap(
+            stream,
+            server_side=False,
+            hostname=server_hostname,
+            ssl_context=context,
+            standard_compatible=False,
+        ),
+        timeout,
+    )
 
 
 def peer_certificate(stream: anyio.TypedAttributeProvider) -> bytes:
@@ -137,19 +151,6 @@ def peer_certificate(stream: anyio.TypedAttributeProvider) -> bytes:
     return der
 
 
-async def open_tcp(host: str, port: int, timeout: float) -> anyio.abc.SocketStream:
-    """Dial ``host:port``. Raises :class:`ConnectionBrokenError` naming the address."""
-    try:
-        with anyio.fail_after(timeout):
-            return await anyio.connect_tcp(host, port)
-    except TimeoutError:
-        raise ConnectionBrokenError(f"connecting to {host}:{port} timed out") from None
-    except OSError as exc:
-        raise ConnectionBrokenError(
-            f"cannot connect to {host}:{port}: {exc.strerror or exc}"
-        ) from None
-
-
 async def accept_tls(
     raw: socket.socket, context: ssl.SSLContext, timeout: float
 ) -> SSLSocketStream:
@@ -157,19 +158,9 @@ async def accept_tls(
 
     The socket is closed on failure.
     """
-    try:
-        with anyio.fail_after(timeout):
-            stream = await SSLSocketStream.handshake(raw, context, server_side=True)
-    except TimeoutError:
-        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise HandshakeError(tls_failure_reason(exc)) from None
-    try:
-        _check_alpn(stream)
-    except HandshakeError:
-        await stream.aclose()
-        raise
-    return stream
+    return await _handshake(
+        lambda: SSLSocketStream.handshake(raw, context, server_side=True), timeout
+    )
 
 
 async def dial_tls(
@@ -187,18 +178,9 @@ async def dial_tls(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConnectionBrokenError(f"cannot connect to {host}:{port}: {reason}") from None
-    try:
-        with anyio.fail_after(timeout):
-            stream = await SSLSocketStream.handshake(
-                raw, context, server_side=False, server_hostname=server_hostname
-            )
-    except TimeoutError:
-        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
-    except (ssl.SSLError, OSError) as exc:
-        raise HandshakeError(tls_failure_reason(exc)) from None
-    try:
-        _check_alpn(stream)
-    except HandshakeError:
-        await stream.aclose()
-        raise
-    return stream
+    return await _handshake(
+        lambda: SSLSocketStream.handshake(
+            raw, context, server_side=False, server_hostname=server_hostname
+        ),
+        timeout,
+    )
