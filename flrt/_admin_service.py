@@ -257,7 +257,8 @@ class AdminService:
             trainer = load_trainer(spec.trainer.spec, spec.trainer.args)
         except TrainerError as exc:
             raise AdminError(
-                f"{source}: trainer.spec: {exc}",
+                f"{source}: trainer.spec: the server builds round 0's model from the trainer and"
+                f" cannot load it: {exc}",
                 command="submit",
                 code="invalid_job",
                 key="trainer.spec",

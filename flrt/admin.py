@@ -28,6 +28,7 @@ from typing import Any, Self
 import anyio
 import structlog
 
+from flrt._groups import unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
 from flrt.errors import AdminError
 from flrt.jobstore import atomic_write
@@ -36,7 +37,7 @@ from security.errors import KitError
 from security.kit import Kit, load_kit
 from security.tls import client_ssl_context_from_kit
 from transport.bus import Message, Node, Reply
-from transport.errors import ConnectionClosedError, TransportError
+from transport.errors import ConnectionClosedError, ResumeRefusedError, TransportError
 from transport.protocol.session import SessionConfig
 
 __all__ = ["TERMINAL", "AdminClient"]
@@ -44,6 +45,9 @@ __all__ = ["TERMINAL", "AdminClient"]
 log = structlog.get_logger("flrt.admin")
 
 SERVER = "server"
+
+#: Commands that are safe to send again when a session is lost before their answer.
+_RETRYABLE = frozenset({"jobs", "status", "job", "watch", "download"})
 
 #: Job states after which nothing more happens.
 TERMINAL = frozenset({"finished", "failed", "aborted"})
@@ -118,6 +122,11 @@ class AdminClient:
         assert self._stack is not None
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            error = unwrapped(group, exc)
+            if error is group:
+                raise
+            raise error from None
         finally:
             self._stack = None
             self._node = None
@@ -160,11 +169,19 @@ class AdminClient:
         return reply.body
 
     async def _ask(self, cmd: str, **args: Any) -> Reply:
-        if self._lost.is_set() or SERVER not in self.node.peers:
-            await self._connect()
-        reply = await self.node.ask(
-            f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
-        )
+        for attempt in (1, 2):
+            if self._lost.is_set() or SERVER not in self.node.peers:
+                await self._connect()
+            try:
+                reply = await self.node.ask(
+                    f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
+                )
+                break
+            except (ConnectionClosedError, ResumeRefusedError):
+                # The session ended (the server restarted): commands that change nothing are
+                # asked again on a new one; submit and abort are not, as they may have arrived.
+                if attempt == 2 or cmd not in _RETRYABLE:
+                    raise
         body = reply.body
         if not isinstance(body, dict):
             raise AdminError("the server's answer is not a map", command=cmd, code="bad_request")

@@ -45,6 +45,7 @@ import numpy.typing as npt
 import structlog
 
 from flrt import _admin_service
+from flrt._groups import unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
 from flrt.errors import FlrtError, NodeProtocolError
 from flrt.job import JobSpec, JobStatus
@@ -495,6 +496,11 @@ class ServerNode:
         assert self._stack is not None
         try:
             return await self._stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            error = unwrapped(group, exc)
+            if error is group:
+                raise
+            raise error from None
         finally:
             self._stack = None
             self._core = None

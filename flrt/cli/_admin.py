@@ -18,7 +18,7 @@ import anyio
 
 from flrt._report import cross_site_table, jobs_table, rounds_table, sites_table
 from flrt.admin import AdminClient
-from flrt.cli._run import parse_address
+from flrt.cli._run import parse_address, run
 from flrt.logs import configure_logging
 
 __all__ = ["register"]
@@ -122,7 +122,7 @@ async def _run(args: argparse.Namespace) -> int:
 def _handle(args: argparse.Namespace) -> int:
     configure_logging(console=sys.stderr if args.verbose else None)
     try:
-        code: int = anyio.run(_run, args, backend="trio")
+        code: int = run(_run, args, backend="trio")
     except TimeoutError:
         print("flrt: error: timed out", file=sys.stderr)
         return 1

@@ -8,14 +8,17 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
 
+from flrt._groups import only_exception
 from flrt.logs import configure_logging
 
-__all__ = ["add_common_options", "parse_address", "run_node", "until_signal"]
+T = TypeVar("T")
+
+__all__ = ["add_common_options", "parse_address", "run", "run_node", "until_signal"]
 
 log = structlog.get_logger("flrt.cli")
 
@@ -61,5 +64,17 @@ def run_node(
     configure_logging(
         json_file=workspace / "logs" / f"{log_name}.jsonl", console=None if quiet else sys.stderr
     )
-    anyio.run(main, *args, backend=backend)
+    run(main, *args, backend=backend)
     return 0
+
+
+def run(main: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:
+    """``anyio.run``, re-raising a lone exception out of its exception groups, so that the
+    command line prints it as one line."""
+    try:
+        return anyio.run(main, *args, backend=backend)
+    except BaseExceptionGroup as group:
+        error = only_exception(group)
+        if error is group:
+            raise
+        raise error from None
