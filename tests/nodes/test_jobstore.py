@@ -1,0 +1,89 @@
+"""Jobs on disk: whole or absent, atomic records, refused job files, metrics that survive a torn
+line, and the registry's histories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flrt.errors import JobError
+from flrt.job import JobStatus
+from flrt.jobstore import JobEntry, JobStore
+from flrt.registry import SiteRegistry
+from flrt.workflows import SiteOutcome
+
+JOB = """\
+name = "study"
+[workflow]
+name = "fedavg"
+rounds = 2
+min_sites = 1
+[trainer]
+spec = "flrt.examples.noise:NoiseTrainer"
+"""
+
+
+def test_a_job_is_stored_whole_and_its_record_advances(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    entry, spec = store.create(JOB, submitted_by="lead", organisation="Lead", now=1000.0)
+    job_id = entry.record.job_id
+    assert spec.name == "study"
+    assert job_id in store
+    assert store.job_text(job_id) == JOB
+    assert store.spec(job_id) == spec
+    running = JobEntry(entry.record.advance(JobStatus.RUNNING, now=1001.0), "lead", "Lead")
+    store.save(running)
+    assert store.entry(job_id) == running
+    assert [e.record.job_id for e in store.entries()] == [job_id]
+    assert not list((tmp_path / "jobs").glob(".*"))  # no temporary leftovers
+
+
+def test_a_refused_job_leaves_nothing(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    with pytest.raises(JobError, match=r"workflow\.rounds"):
+        store.create(JOB.replace("rounds = 2", "rounds = 0"), submitted_by="x", organisation="y")
+    assert store.entries() == []
+    assert list((tmp_path / "jobs").iterdir()) == []
+
+
+def test_an_interrupted_submission_is_cleaned_and_ids_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "jobs" / ".new-x.123").mkdir(parents=True)
+    store = JobStore(tmp_path / "jobs")
+    assert not (tmp_path / "jobs" / ".new-x.123").exists()
+    with pytest.raises(KeyError):
+        store.entry("../../etc")
+    assert "../../etc" not in store
+
+
+def test_metrics_skip_a_torn_last_line(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs")
+    entry, _ = store.create(JOB, submitted_by="lead", organisation="Lead")
+    job_id = entry.record.job_id
+    store.append_metric(job_id, {"event": "a"})
+    with (store.folder(job_id) / "metrics.jsonl").open("a") as out:
+        out.write('{"event": "b", "tor')
+    assert store.metrics(job_id) == [{"event": "a"}]
+    assert store.latest_state(job_id) is None
+    store.save_cross_site(job_id, {"round": 3})
+    assert store.cross_site(job_id) == {"round": 3}
+
+
+def test_the_registry_keeps_connections_and_histories(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    registry = SiteRegistry({"a": "Org A", "b": "Org B"}, path)
+    assert registry.available() == frozenset()
+    assert registry.connected("a", now=10.0)
+    assert not registry.connected("a", now=11.0)  # no news
+    assert not registry.connected("stranger")
+    assert registry.available() == frozenset({"a"})
+    registry.record({"a": SiteOutcome.ON_TIME, "b": SiteOutcome.FAILED, "zz": SiteOutcome.LATE})
+    assert registry.disconnected("a", now=12.0)
+    record = registry.get("a")
+    assert (record.connected, record.last_seen, record.connections) == (False, 12.0, 1)
+    again = SiteRegistry({"a": "Org A", "b": "Org B"}, path)
+    assert again.history()["a"].on_time == 1
+    assert again.history()["b"].failed == 1
+    assert json.loads(path.read_text())["sites"]["a"]["history"]["on_time"] == 1
+    assert [s["name"] for s in again.snapshot()] == ["a", "b"]
