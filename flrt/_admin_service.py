@@ -213,6 +213,12 @@ class AdminService:
             raise AdminError(
                 "job_toml must be the text of a job.toml", command="submit", code="bad_request"
             )
+        entry = await self.submit(identity, text, source)
+        return {"ok": True, "job_id": entry.record.job_id, "job": self.view(entry)}
+
+    async def submit(self, identity: Identity, text: str, source: str = "job.toml") -> JobEntry:
+        """Validate, store and start a job submitted by ``identity`` (the simulator calls this
+        directly). Raises :class:`~flrt.errors.AdminError` (``invalid_job``, with the key)."""
         try:
             spec = loads_job(text, path=source)
         except JobError as exc:
@@ -227,7 +233,7 @@ class AdminService:
         job_id = entry.record.job_id
         log.info("job.submitted", job=job_id, name=spec.name, admin=identity.name)
         self.core.start_job(job_id)
-        return {"ok": True, "job_id": job_id, "job": self.view(entry)}
+        return entry
 
     def _check_targets(self, spec: JobSpec, source: str) -> None:
         known = set(self.core.registry.sites)

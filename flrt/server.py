@@ -263,6 +263,13 @@ class ServerCore:
             self.jobs[job_id] = _RunningJob(anyio.CancelScope())
             self.task_group.start_soon(self._run_job, job_id)
 
+    async def wait_job(self, job_id: str) -> JobEntry:
+        """Wait until ``job_id`` is no longer running here; returns its entry."""
+        running = self.jobs.get(job_id)
+        if running is not None:
+            await running.done.wait()
+        return self.store.entry(job_id)
+
     def job_detail(self, job_id: str) -> tuple[str, int | None]:
         """What a job is doing now, and the last round it completed (``None``: not running)."""
         running = self.jobs.get(job_id)

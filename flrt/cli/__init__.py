@@ -20,7 +20,7 @@ from transport.errors import TransportError
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Modules under :mod:`flrt.cli` that each add one top-level command.
-COMMANDS: tuple[str, ...] = ("provision", "kit", "server", "site", "admin")
+COMMANDS: tuple[str, ...] = ("provision", "kit", "server", "site", "admin", "simulate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from flrt.logs import configure_logging
 
 T = TypeVar("T")
 
-__all__ = ["add_common_options", "parse_address", "run", "run_node", "until_signal"]
+__all__ = ["BACKENDS", "add_common_options", "parse_address", "run", "run_node", "until_signal"]
 
 log = structlog.get_logger("flrt.cli")
 
@@ -68,11 +69,11 @@ def run_node(
     return 0
 
 
-def run(main: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:
-    """``anyio.run``, re-raising a lone exception out of its exception groups, so that the
-    command line prints it as one line."""
+def run(main: Callable[..., Awaitable[T]], *args: Any, backend: str, **kwargs: Any) -> T:
+    """``anyio.run`` (keyword arguments are passed to ``main``), re-raising a lone exception out of
+    its exception groups, so that the command line prints it as one line."""
     try:
-        return anyio.run(main, *args, backend=backend)
+        return anyio.run(functools.partial(main, *args, **kwargs), backend=backend)
     except BaseExceptionGroup as group:
         error = only_exception(group)
         if error is group:

@@ -1,0 +1,112 @@
+"""The simulator: the real actors and workflows over in-memory links, a hundred sites at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from flrt.cli import main
+from flrt.errors import AdminError
+from flrt.examples.logreg import centralised_weights
+from flrt.simulator import memory_pipe, simulate
+
+pytestmark = pytest.mark.anyio
+
+LOGREG = """\
+name = "logreg"
+[workflow]
+name = "fedavg"
+rounds = 5
+sites_per_round = 4
+min_sites = 4
+[workflow.params]
+cross_site_eval = true
+[trainer]
+spec = "flrt.examples.logreg:LogisticRegressionTrainer"
+[trainer.args]
+learning_rate = 2.0
+num_sites = 4
+split = "skewed"
+"""
+
+HUNDRED = """\
+name = "hundred"
+[workflow]
+name = "fedavg"
+rounds = 2
+sites_per_round = 100
+min_sites = 95
+grace_seconds = 2.0
+[workflow.params]
+evaluate_every = 2
+[trainer]
+spec = "flrt.examples.noise:NoiseTrainer"
+[trainer.args]
+size_mib = 0.05
+"""
+
+
+def job(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "job.toml").write_text(text)
+    return folder
+
+
+async def test_memory_pipes_carry_bytes_both_ways() -> None:
+    a, b = memory_pipe()
+    with anyio.fail_after(5):
+        await a.send(b"x" * 100_000)
+        got = b""
+        while len(got) < 100_000:
+            got += await b.receive(65536)
+        await b.send(b"back")
+        assert await a.receive() == b"back"
+        await a.send_eof()
+        with pytest.raises(anyio.EndOfStream):
+            await b.receive()
+    assert got == b"x" * 100_000
+
+
+async def test_a_simulated_study_equals_centralised_gradient_descent(tmp_path: Path) -> None:
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path, LOGREG), sites=4, workspace=tmp_path / "ws")
+    assert result.status == "finished", result.reason
+    assert result.weights is not None
+    expected = centralised_weights(
+        {"learning_rate": 2.0, "num_sites": 4, "split": "skewed"}, rounds=5
+    )
+    for name, value in expected.items():
+        np.testing.assert_allclose(result.weights[name], value, rtol=0, atol=1e-6)
+    assert [r["round"] for r in result.rounds] == [1, 2, 3, 4, 5]
+    assert result.cross_site is not None
+    assert len(result.cross_site["results"]) == 4 * 5
+
+
+async def test_a_hundred_sites(tmp_path: Path) -> None:
+    with anyio.fail_after(90):
+        result = await simulate(job(tmp_path, HUNDRED), sites=100, workspace=tmp_path / "ws")
+    assert result.status == "finished", result.reason
+    assert [len(r["accepted"]) for r in result.rounds] == [100, 100]
+    assert "rms" in result.rounds[1]["evaluate"]
+
+
+async def test_a_refused_job_is_refused_as_a_server_would(tmp_path: Path) -> None:
+    with anyio.fail_after(30), pytest.raises(AdminError) as caught:
+        await simulate(job(tmp_path, LOGREG.replace("min_sites = 4", "min_sites = 9")), sites=4)
+    assert caught.value.key == "workflow.min_sites"
+
+
+def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    two = LOGREG.replace("= 4", "= 2")
+    assert two.count("= 2") == 3
+    folder = job(tmp_path, two)
+    code = main(["simulate", str(folder), "--sites", "2", "--workspace", str(tmp_path / "ws")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "completed 5 rounds" in out
+    assert "accuracy: site \\ model" in out
+    assert (tmp_path / "ws" / "model.safetensors").is_file()
