@@ -102,7 +102,6 @@ async def test_a_refused_job_is_refused_as_a_server_would(tmp_path: Path) -> Non
 
 def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     two = LOGREG.replace("= 4", "= 2")
-    assert two.count("= 2") == 3
     folder = job(tmp_path, two)
     code = main(["simulate", str(folder), "--sites", "2", "--workspace", str(tmp_path / "ws")])
     out = capsys.readouterr().out
