@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,7 @@ class SiteRegistry:
                 for name, r in self._sites.items()
             }
         }
-        with contextlib.suppress(OSError):  # history is advisory: never stop a job for it
-            atomic_write(self.path, (json.dumps(data, sort_keys=True) + "\n").encode())
-
-    def forget_unknown(self, names: Iterable[str]) -> list[str]:
-        """The names that are not sites of this project."""
-        return [n for n in names if n not in self._sites]
+        with contextlib.suppress(OSError):  # advisory: never stop a job for it, nor fsync per round
+            atomic_write(
+                self.path, (json.dumps(data, sort_keys=True) + "\n").encode(), durable=False
+            )

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +61,7 @@ from security.kit import Kit, load_kit
 from security.pki import ADMIN_ROLES, Identity, Role
 from security.tls import server_ssl_context_from_kit
 from transport.bus import Message, Node
-from transport.errors import TransportError
+from transport.errors import ConnectionClosedError, TransportError
 from transport.protocol.session import SessionConfig
 
 __all__ = ["ServerCore", "ServerNode"]
@@ -70,18 +70,6 @@ log = structlog.get_logger("flrt.server")
 
 #: Called to learn who a peer is (``None``: not known).
 IdentityOf = Callable[[str], Identity | None]
-
-
-async def _first(*waiters: Callable[[], Awaitable[object]]) -> None:
-    """Return as soon as one of ``waiters`` returns."""
-    async with anyio.create_task_group() as tg:
-
-        async def one(waiter: Callable[[], Awaitable[object]]) -> None:
-            await waiter()
-            tg.cancel_scope.cancel()
-
-        for waiter in waiters:
-            tg.start_soon(one, waiter)
 
 
 def initial_weights(job: JobSpec) -> Weights:
@@ -128,7 +116,6 @@ class ServerCore:
         self.jobs: dict[str, _RunningJob] = {}
         self.admin = _admin_service.AdminService(self)
         self._limiter = anyio.CapacityLimiter(max_jobs)
-        self._pokes: dict[str, anyio.Event] = {site: anyio.Event() for site in sites}
         self._tg: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -183,9 +170,17 @@ class ServerCore:
     # ------------------------------------------------------------------ sites
 
     async def _watch_site(self, site: str) -> None:
-        """Follow one site's connection (see the module docstring)."""
+        """Follow one site's connection (see the module docstring).
+
+        It waits on the site's link itself (woken by every change of the link, a cheap check; the
+        end of the link's session is one) and, while there is no link, for a new one.
+        """
         while True:
-            connected = bool(self.node.peers.get(site, False))
+            try:
+                link = self.node.link(site)
+            except ConnectionClosedError:
+                link = None
+            connected = link is not None and link.connected
             if connected and self.registry.connected(site):
                 log.info("site.connected", site=site)
                 for job in self.jobs.values():
@@ -194,12 +189,10 @@ class ServerCore:
             elif not connected and self.registry.disconnected(site):
                 log.info("site.disconnected", site=site)
                 self._site_lost(site, "disconnected")
-            poke = self._pokes[site] = anyio.Event()
-
-            async def changed(site: str = site, connected: bool = connected) -> None:
-                await self.node.wait_peer(site, connected=not connected)
-
-            await _first(changed, poke.wait)
+            if link is None:
+                await self.node.wait_peer(site)
+            else:
+                await link.wait_changed()
 
     def _site_lost(self, site: str, reason: str) -> None:
         for job in self.jobs.values():
@@ -213,9 +206,6 @@ class ServerCore:
             if self.registry.disconnected(peer):
                 log.info("site.disconnected", site=peer, reason=reason)
             self._site_lost(peer, reason)
-            poke = self._pokes.get(peer)
-            if poke is not None:
-                poke.set()
         else:
             self.admin.forget(peer)
 

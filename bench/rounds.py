@@ -1,0 +1,316 @@
+"""Benchmark: federated rounds of a real server and N real sites over mutual TLS on loopback.
+
+A project is provisioned into a temporary folder; the server and N sites run as separate processes
+(``python -m flrt server start`` / ``site start``); this process submits, as the project admin, a
+FedAvg job of R + 1 rounds whose trainer returns the global model plus a little noise
+(:class:`flrt.examples.noise.NoiseTrainer`, an M MiB float32 model in 4 arrays), every site in
+every round. A round's time is the time between two consecutive checkpoints: sending the model out,
+training, streaming the updates back into the aggregator, the server step and the atomic
+checkpoint. The first round (trainer loading, first connections' warm-up) is not counted.
+
+In the same run, stdlib ``ssl`` sockets (TLS 1.3, the same certificates) move the same bytes: the
+model out to N site processes and back, every transfer at once, as in a round. The peak RSS of the
+server and of the largest site are read from ``/proc/<pid>/status`` (VmHWM) before they stop.
+
+Ends with one JSON line::
+
+    {"bench": "rounds", "sites": N, "model_mib": M, "median_round_s": ..., "server_peak_rss_mib":
+     ..., "site_peak_rss_mib": ..., "ssl_baseline_s": ..., "ratio": ...}
+
+Usage: python bench/rounds.py --sites N --model-mib M --rounds R
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._util import emit  # noqa: E402
+from flrt.admin import AdminClient  # noqa: E402
+from flrt.logs import configure_logging  # noqa: E402
+from security.kit import load_kit  # noqa: E402
+from security.project import parse_project  # noqa: E402
+from security.provision import provision  # noqa: E402
+from security.tls import client_ssl_context_from_kit, server_ssl_context_from_kit  # noqa: E402
+
+MiB = 1024 * 1024
+ADMIN = "bench@example.org"
+ARRAYS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def project(sites: int, port: int) -> str:
+    lines = [
+        '[project]\nname = "bench"',
+        '[[organisations]]\nname = "Hub"',
+        '[server]\norganisation = "Hub"\nhosts = ["localhost", "127.0.0.1"]',
+        f"port = {port}",
+    ]
+    lines += [f'[[sites]]\nname = "site-{i}"\norganisation = "Hub"' for i in range(1, sites + 1)]
+    lines.append(f'[[admins]]\nname = "{ADMIN}"\norganisation = "Hub"\nrole = "project_admin"')
+    return "\n".join(lines) + "\n"
+
+
+def job(sites: int, mib: float, rounds: int) -> str:
+    return f"""\
+name = "bench-rounds"
+[workflow]
+name = "fedavg"
+rounds = {rounds}
+sites_per_round = {sites}
+min_sites = {sites}
+seed = 1
+[trainer]
+spec = "flrt.examples.noise:NoiseTrainer"
+[trainer.args]
+size_mib = {mib}
+num_arrays = {ARRAYS}
+noise_scale = 0.01
+"""
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- flrt ----------------------------------------------------------------------------------------
+
+
+class Processes:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        out = (self.root / f"{name}.out").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "flrt", *args, "--quiet"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def run_flrt(root: Path, kits: Path, sites: int, mib: float, rounds: int) -> dict[str, Any]:
+    procs = Processes(root)
+    procs.start(
+        "server",
+        "server",
+        "start",
+        str(kits / "server"),
+        "--workspace",
+        str(root / "server"),
+        "--host",
+        "127.0.0.1",
+        "--site-wait",
+        "300",
+    )
+    for i in range(1, sites + 1):
+        name = f"site-{i}"
+        procs.start(name, "site", "start", str(kits / name), "--workspace", str(root / name))
+    try:
+        folder = root / "job"
+        folder.mkdir()
+        (folder / "job.toml").write_text(job(sites, mib, rounds + 1))
+        timeout = 120 + rounds * (5 + sites * mib / 20)
+        async with AdminClient(kits / ADMIN, timeout=60, connect_timeout=60) as admin:
+            job_id = await admin.submit(folder)
+            done = await admin.wait(job_id, timeout=timeout)
+            if done["status"] != "finished":
+                raise RuntimeError(f"the benchmark job ended {done['status']}: {done['reason']}")
+        server_rss = peak_rss_mib(procs.procs["server"].pid)
+        site_rss = max(peak_rss_mib(procs.procs[f"site-{i}"].pid) for i in range(1, sites + 1))
+    finally:
+        procs.stop()
+    lines = (root / "server" / "jobs" / job_id / "metrics.jsonl").read_text().splitlines()
+    if os.environ.get("FLRT_BENCH_KEEP"):
+        (Path(os.environ["FLRT_BENCH_KEEP"])).write_text("\n".join(lines))
+    checkpoints = [e["time"] for e in map(json.loads, lines) if e["event"] == "checkpoint"]
+    periods = [b - a for a, b in itertools.pairwise(checkpoints)]
+    return {
+        "median_round_s": statistics.median(periods),
+        "server_peak_rss_mib": server_rss,
+        "site_peak_rss_mib": site_rss,
+    }
+
+
+# -- stdlib ssl baseline -------------------------------------------------------------------------
+
+
+def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int) -> None:
+    """Accept ``sites`` TLS connections, send each ``nbytes``, receive ``nbytes`` back from each,
+    all at once; print the seconds from the first byte sent to the last byte received."""
+    context = server_ssl_context_from_kit(load_kit(kit))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port_file.write_text(str(listener.getsockname()[1]))
+    conns = []
+    for _ in range(sites):
+        raw, _ = listener.accept()
+        conns.append(context.wrap_socket(raw, server_side=True))
+    for conn in conns:
+        conn.recv(1)  # each client says it is ready
+    payload = memoryview(bytearray(os.urandom(1024)) * (nbytes // 1024 + 1))[:nbytes]
+
+    def exchange(conn: Any) -> None:
+        conn.sendall(payload)
+        receive(conn, nbytes)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=exchange, args=(c,)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(time.perf_counter() - start, flush=True)
+    for conn in conns:
+        conn.close()
+
+
+def ssl_client(kit: Path, port: int, nbytes: int) -> None:
+    context = client_ssl_context_from_kit(load_kit(kit))
+    with (
+        socket.create_connection(("127.0.0.1", port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
+        conn.sendall(b"r")
+        buffer = bytearray(nbytes)
+        view = memoryview(buffer)
+        got = 0
+        while got < nbytes:
+            n = conn.recv_into(view[got:], min(nbytes - got, MiB))
+            if not n:
+                raise ConnectionError("the baseline server closed early")
+            got += n
+        conn.sendall(buffer)
+        conn.recv(1)
+
+
+def receive(conn: Any, total: int) -> None:
+    buffer = bytearray(MiB)
+    view = memoryview(buffer)
+    while total:
+        n = conn.recv_into(view, min(total, MiB))
+        if not n:
+            raise ConnectionError("a baseline client closed early")
+        total -= n
+
+
+def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
+    port_file = root / "ssl-port"
+    me = [sys.executable, str(Path(__file__).resolve())]
+    server = subprocess.Popen(
+        [
+            *me,
+            *("--role", "ssl-server", "--kit", str(kits / "server")),
+            *("--port-file", str(port_file), "--sites", str(sites), "--bytes", str(nbytes)),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError("the baseline server did not start")
+        time.sleep(0.01)
+    port = port_file.read_text()
+    clients = [
+        subprocess.Popen(
+            [
+                *me,
+                *("--role", "ssl-client", "--kit", str(kits / f"site-{i}")),
+                *("--port", port, "--bytes", str(nbytes)),
+            ]
+        )
+        for i in range(1, sites + 1)
+    ]
+    out, _ = server.communicate(timeout=600)
+    for client in clients:
+        client.wait(timeout=60)
+    return float(out.strip().splitlines()[-1])
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def measure(sites: int, mib: float, rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="flrt-bench-rounds-") as tmp:
+        root = Path(tmp)
+        text = project(sites, free_port())
+        provision(parse_project(text), root / "ws")
+        kits = root / "ws" / "kits"
+        figures = anyio.run(run_flrt, root, kits, sites, mib, rounds, backend="trio")
+        # The model as the noise trainer builds it: 4 float32 arrays of size_mib in all.
+        nbytes = max(int(mib * MiB) // 4, ARRAYS) * 4
+        baseline = run_ssl(root, kits, sites, nbytes)
+    return {
+        "bench": "rounds",
+        "sites": sites,
+        "model_mib": mib,
+        "median_round_s": round(figures["median_round_s"], 4),
+        "server_peak_rss_mib": round(figures["server_peak_rss_mib"], 1),
+        "site_peak_rss_mib": round(figures["site_peak_rss_mib"], 1),
+        "ssl_baseline_s": round(baseline, 4),
+        "ratio": round(figures["median_round_s"] / baseline, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sites", type=int, default=8)
+    parser.add_argument("--model-mib", type=float, default=0.4)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--kit", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "ssl-server":
+        ssl_server(args.kit, args.port_file, args.sites, args.bytes)
+    elif args.role == "ssl-client":
+        ssl_client(args.kit, args.port, args.bytes)
+    else:
+        configure_logging(console=None)
+        emit(measure(args.sites, args.model_mib, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
