@@ -20,7 +20,15 @@ from transport.errors import TransportError
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Modules under :mod:`flrt.cli` that each add one top-level command.
-COMMANDS: tuple[str, ...] = ("provision", "kit", "server", "site", "admin", "simulate")
+COMMANDS: tuple[str, ...] = (
+    "provision",
+    "kit",
+    "server",
+    "site",
+    "admin",
+    "simulate",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
