@@ -4,7 +4,8 @@ A project is provisioned into a temporary folder; the server and N sites run as 
 (``python -m flrt server start`` / ``site start``); this process submits, as the project admin, a
 FedAvg job of R + 1 rounds whose trainer returns the global model plus a little noise
 (:class:`flrt.examples.noise.NoiseTrainer`, an M MiB float32 model in 4 arrays), every site in
-every round. A round's time is the time between two consecutive checkpoints: sending the model out,
+every round. The job's ``memory_budget_mb`` (``--budget-mib``) is one model (at least 64 MiB): the
+server receives one large update at a time, many small ones at once. A round's time is the time between two consecutive checkpoints: sending the model out,
 training, streaming the updates back into the aggregator, the server step and the atomic
 checkpoint. The first round (trainer loading, first connections' warm-up) is not counted.
 
@@ -74,7 +75,7 @@ def project(sites: int, port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def job(sites: int, mib: float, rounds: int) -> str:
+def job(sites: int, mib: float, rounds: int, budget_mib: float) -> str:
     return f"""\
 name = "bench-rounds"
 [workflow]
@@ -83,6 +84,8 @@ rounds = {rounds}
 sites_per_round = {sites}
 min_sites = {sites}
 seed = 1
+[workflow.params]
+memory_budget_mb = {budget_mib}
 [trainer]
 spec = "flrt.examples.noise:NoiseTrainer"
 [trainer.args]
@@ -129,7 +132,9 @@ class Processes:
                 proc.wait()
 
 
-async def run_flrt(root: Path, kits: Path, sites: int, mib: float, rounds: int) -> dict[str, Any]:
+async def run_flrt(
+    root: Path, kits: Path, sites: int, mib: float, rounds: int, budget_mib: float
+) -> dict[str, Any]:
     procs = Processes(root)
     procs.start(
         "server",
@@ -149,7 +154,7 @@ async def run_flrt(root: Path, kits: Path, sites: int, mib: float, rounds: int) 
     try:
         folder = root / "job"
         folder.mkdir()
-        (folder / "job.toml").write_text(job(sites, mib, rounds + 1))
+        (folder / "job.toml").write_text(job(sites, mib, rounds + 1, budget_mib))
         timeout = 120 + rounds * (5 + sites * mib / 20)
         async with AdminClient(kits / ADMIN, timeout=60, connect_timeout=60) as admin:
             job_id = await admin.submit(folder)
@@ -268,13 +273,13 @@ def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def measure(sites: int, mib: float, rounds: int) -> dict[str, Any]:
+def measure(sites: int, mib: float, rounds: int, budget_mib: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flrt-bench-rounds-") as tmp:
         root = Path(tmp)
         text = project(sites, free_port())
         provision(parse_project(text), root / "ws")
         kits = root / "ws" / "kits"
-        figures = anyio.run(run_flrt, root, kits, sites, mib, rounds, backend="trio")
+        figures = anyio.run(run_flrt, root, kits, sites, mib, rounds, budget_mib, backend="trio")
         median = statistics.median(round_times(root, figures["job_id"]))
         # The model as the noise trainer builds it: 4 float32 arrays of size_mib in all.
         nbytes = max(int(mib * MiB) // 4, ARRAYS) * 4
@@ -296,6 +301,12 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=8)
     parser.add_argument("--model-mib", type=float, default=0.4)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--budget-mib",
+        type=float,
+        default=None,
+        help="the job's memory_budget_mb: updates received at once (default: one model, min 64)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--kit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
@@ -308,7 +319,8 @@ def main() -> None:
         ssl_client(args.kit, args.port, args.bytes)
     else:
         configure_logging(console=None)
-        emit(measure(args.sites, args.model_mib, args.rounds))
+        budget = args.budget_mib if args.budget_mib is not None else max(64.0, args.model_mib)
+        emit(measure(args.sites, args.model_mib, args.rounds, budget))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ sites and turn what comes back into the workflow's :data:`~flrt.workflows.Reply`
   :class:`~flrt.workflows.ResultArrived` with ``staged=True``. Only what is in flight is held, so
   the server's memory does not grow with the number of sites. Without a sink (cross-site models)
   the arrays are collected whole. Each receipt runs in its own task, so results from many sites
-  arrive in parallel and a slow transfer never delays the workflow's clock.
+  arrive in parallel and a slow transfer never delays the workflow's clock; how many are received
+  at once is bounded by the job's ``memory_budget_mb`` (:class:`ByteBudget`), the others wait with
+  their bytes held back by the bus's flow control.
 - **Late and unwanted results** (the round closed, the site was cancelled, a duplicate, a task of a
   server that has since restarted) are logged, reported as
   :class:`~flrt.workflows.UpdateDiscarded`, and *drained*: their bytes are read and dropped, because
@@ -40,7 +42,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -90,7 +92,7 @@ from flrt.workflows.training import job_seed
 from transport.errors import TransportError
 from transport.objects import IncomingObject, LocalObject
 
-__all__ = ["NetworkController", "TaskTable", "drain", "event_record"]
+__all__ = ["ByteBudget", "NetworkController", "TaskTable", "drain", "event_record"]
 
 log = structlog.get_logger("flrt.network")
 
@@ -142,6 +144,36 @@ class TaskTable:
 
     def __len__(self) -> int:
         return len(self._sent)
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+class ByteBudget:
+    """Admits work of a given size while the sizes admitted add up to at most ``limit`` bytes;
+    one piece of work is always admitted, however large, so nothing waits forever.
+
+    Updates are received in parallel (a slow site never holds up the others) as long as their
+    staging fits the job's memory budget; beyond it they wait their turn, their bytes held back by
+    the bus's flow control, so the server's memory stays bounded whatever the number of sites.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = anyio.Event()
+
+    @contextlib.asynccontextmanager
+    async def take(self, nbytes: int) -> AsyncIterator[None]:
+        while self.used and self.used + nbytes > self.limit:
+            await self._freed.wait()
+        self.used += nbytes
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+            self._freed.set()
+            self._freed = anyio.Event()
 
 
 # ------------------------------------------------------------------------------- events
@@ -219,6 +251,12 @@ _FAILED = "failed"
 _CANCELLED = "cancelled"
 
 
+def _without_arrays(task: Task) -> Task:
+    if isinstance(task, TrainTask):
+        return replace(task, weights={}, extras={})
+    return replace(task, weights={})
+
+
 class _NetScatter:
     """One task out to some sites; see the module docstring."""
 
@@ -265,6 +303,11 @@ class _NetScatter:
         self._cancel(pending)
         self.closed = True
         self._controller._scatters.remove(self)
+        # The task table keeps this scatter (to recognise late results): keep what says which
+        # task it was, not the model, or every round's model would stay in memory.
+        self._arrays = {}
+        self._task = _without_arrays(self._task)
+        self.sink = None  # the round's aggregator, which holds that round's global model
 
     # ------------------------------------------------------------------ sending
 
@@ -297,6 +340,8 @@ class _NetScatter:
             ctl.task_group.start_soon(self._send, site, tid)
 
     async def _send(self, site: str, tid: str) -> None:
+        if self.closed:
+            return  # the round ended before this send started
         try:
             await self._controller.send(f"{site}/site", self._message(tid), self._arrays)
         except TransportError as exc:
@@ -415,7 +460,8 @@ class _NetScatter:
                 await drain(obj)
                 reply = ResultArrived(site, message.round, message.eval_result(), message.model)
             elif self.sink is not None and isinstance(obj, IncomingObject) and obj.manifest.total:
-                extras = await self._stream(site, message, obj)
+                async with self._controller.in_flight.take(obj.nbytes):
+                    extras = await self._stream(site, message, obj)
                 reply = ResultArrived(
                     site,
                     message.round,
@@ -424,7 +470,8 @@ class _NetScatter:
                     staged=True,
                 )
             else:
-                arrays = {} if obj is None else await obj.arrays()
+                async with self._controller.in_flight.take(0 if obj is None else obj.nbytes):
+                    arrays = {} if obj is None else await obj.arrays()
                 weights, extras = split_arrays(arrays, peer=site)
                 reply = ResultArrived(
                     site, message.round, message.train_result(weights, extras), message.model
@@ -514,7 +561,11 @@ class NetworkController:
         self.task_group = task_group
         self.on_progress = on_progress
         self.seed = job_seed(job, job_id)
+        budget = getattr(job.workflow.params, "memory_budget_mb", 256.0)
+        #: Bounds the bytes of updates being received at once (the job's memory_budget_mb).
+        self.in_flight = ByteBudget(int(budget * 1024 * 1024))
         self._scatters: list[_NetScatter] = []
+        self._initial: Weights | None = None
         self.rounds_done = 0
         self.log = log.bind(job=job_id)
 
@@ -537,7 +588,17 @@ class NetworkController:
     ) -> _NetScatter:
         return _NetScatter(self, task, targets, sink)
 
+    def release_at_first_checkpoint(self, initial: Weights) -> None:
+        """Empty ``initial`` (the dict of round 0's model given to the workflow) once the first
+        round is saved: the workflow keeps its own dict of the same arrays, but every frame that
+        started it (``run_workflow`` and down) still holds this one, which would keep round 0's
+        model in memory for the whole job."""
+        self._initial = initial
+
     async def save_checkpoint(self, state: WorkflowState) -> None:
+        if self._initial is not None and state.round >= 1:
+            self._initial.clear()
+            self._initial = None
         checkpoint = state.to_checkpoint(job=self.entry.to_dict())
         await anyio.to_thread.run_sync(
             save_checkpoint, self.store.checkpoints(self.job_id), checkpoint

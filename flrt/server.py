@@ -325,6 +325,7 @@ class ServerCore:
                 state = await run_workflow(controller, spec, job_id=job_id, resume=resume)
             else:
                 weights = await anyio.to_thread.run_sync(initial_weights, spec)
+                controller.release_at_first_checkpoint(weights)
                 running.detail = "running"
                 state = await run_workflow(controller, spec, job_id=job_id, initial_weights=weights)
         except FlrtError as exc:
