@@ -297,3 +297,19 @@ async def test_admin_client_refuses_a_site_kit(kits: Path) -> None:
     with pytest.raises(KitError, match="cannot use the admin console"):
         async with AdminClient(kits / "site-1"):
             pass
+
+
+async def test_several_jobs_run_at_once(kits: Path, tmp_path: Path) -> None:
+    slow = behaviour_job(rounds=4, min_sites=3, extra="delay_seconds = 0.1")
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path) as fed:
+            first = await fed.admin.submit(fed.job_dir("first", slow))
+            second = await fed.admin.submit(fed.job_dir("second", LOGREG))
+            results = [await fed.admin.wait(j, timeout=40) for j in (first, second)]
+            started = {
+                j: [e["time"] for e in metrics(fed, j) if e["event"] == "round_started"]
+                for j in (first, second)
+            }
+    assert [r["status"] for r in results] == ["finished", "finished"]
+    # The logistic regression ran its rounds while the slower job was still going.
+    assert started[second][0] < started[first][-1]
