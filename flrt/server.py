@@ -47,7 +47,7 @@ import structlog
 from flrt import _admin_service
 from flrt._groups import unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
-from flrt.errors import FlrtError, NodeProtocolError
+from flrt.errors import FlrtError, JobStateError, NodeProtocolError
 from flrt.job import JobSpec, JobStatus
 from flrt.jobstore import JobEntry, JobStore
 from flrt.network import NetworkController, TaskTable, drain
@@ -298,10 +298,13 @@ class ServerCore:
         try:
             spec = self.store.spec(job_id)
         except FlrtError as exc:
-            self._advance(job_id, JobStatus.FAILED, f"the stored job cannot be read: {exc}")
+            self._end(job_id, JobStatus.FAILED, f"the stored job cannot be read: {exc}")
             return
         if entry.record.status is JobStatus.SUBMITTED:
-            entry = self._advance(job_id, JobStatus.RUNNING)
+            try:
+                entry = self._advance(job_id, JobStatus.RUNNING)
+            except JobStateError:  # aborted while it waited for its turn
+                return
         controller = NetworkController(
             job_id=job_id,
             job=spec,
@@ -329,15 +332,23 @@ class ServerCore:
                 running.detail = "running"
                 state = await run_workflow(controller, spec, job_id=job_id, initial_weights=weights)
         except FlrtError as exc:
-            self._advance(job_id, JobStatus.FAILED, str(exc))
+            self._end(job_id, JobStatus.FAILED, str(exc))
             await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
             return
         except Exception as exc:  # a bug must fail the job with its reason, not kill the server
             log.exception("job.crashed", job=job_id)
-            self._advance(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            self._end(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             return
-        self._advance(job_id, JobStatus.FINISHED, _finished_reason(state))
+        self._end(job_id, JobStatus.FINISHED, _finished_reason(state))
         await self._tell_sites(spec, {"op": "end", "job": job_id})
+
+    def _end(self, job_id: str, status: JobStatus, reason: str) -> None:
+        """Move a job to a terminal state, unless it got there first (an abort races the job's
+        own end)."""
+        try:
+            self._advance(job_id, status, reason)
+        except JobStateError as exc:
+            log.info("job.already_over", job=job_id, status=exc.current, wanted=status.value)
 
     async def _tell_sites(self, spec: JobSpec, body: dict[str, Any]) -> None:
         for site in spec.targets or self.registry.sites:

@@ -182,6 +182,7 @@ class SiteCore:
                     flag.set()
             elif op in ("abort", "end"):
                 job_id = str(body.get("job"))
+                self._loading.pop(job_id, None)
                 job = self._jobs.pop(job_id, None)
                 if job is not None:
                     for flag in job.running.values():
