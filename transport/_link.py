@@ -101,6 +101,7 @@ class Link:
         self._try_deliver = try_deliver
         self._queued = 0  # messages waiting in the deliverer's queue
         self._watched = False  # somebody holds state_event(): the next change must set it
+        self._window_wanted = False  # a sender waits for the peer's message window to open
         self._on_closed = on_closed
         self._inbound_send, self._inbound_receive = anyio.create_memory_object_stream[
             tuple[int, dict[str, Any], IncomingObject | None]
@@ -150,6 +151,7 @@ class Link:
         """Queue a message, waiting while the peer holds a full window of undelivered messages."""
         body: bytes = msgpack.packb(envelope, use_bin_type=True)
         while not self.session.send_window_open:
+            self._window_wanted = True
             if self.closed:
                 raise ConnectionClosedError(f"link to {self.peer} is closed")
             await self.wait_changed()
@@ -344,7 +346,9 @@ class Link:
             self._wake()
         else:
             self._timers_changed()
-        self._changed()
+        if self._window_wanted and session.send_window_open:
+            self._window_wanted = False
+            self._changed()  # a sender waiting for the peer to take messages may go on
 
     def _consume(self, seq: int, nbytes: int) -> None:
         if not self.closed:
