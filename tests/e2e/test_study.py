@@ -105,11 +105,10 @@ async def test_a_site_killed_mid_round_and_restarted_rejoins(cluster: Cluster) -
             result = await admin.wait(job_id)
             rounds = (await admin.job(job_id))["rounds"]
     assert result["status"] == "finished", result
-    killed = rounds[1]
-    assert killed["accepted"] == ["site-1", "site-2"]
-    assert "site-3" in killed["failed"]
-    assert killed["seconds"] < 10  # not the 30 s grace: the dropout counted as failed at once
-    assert any("site-3" in r["accepted"] for r in rounds[2:]), rounds
+    killed = next(i for i, r in enumerate(rounds) if "site-3" in r["failed"])
+    assert rounds[killed]["accepted"] == ["site-1", "site-2"]
+    assert rounds[killed]["seconds"] < 10  # not the 30 s grace: the dropout failed at once
+    assert any("site-3" in r["accepted"] for r in rounds[killed + 1 :]), rounds
 
 
 def noise_reference(rounds: int, seed: int, sites: tuple[str, ...]) -> dict[str, Any]:
@@ -134,7 +133,7 @@ async def test_a_straggler_is_cut_off_at_quorum_plus_grace(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     cluster.start()
-    extra = 'slow_sites = ["site-3"]\nsleep_seconds = 1.0\nignore_abort = true'
+    extra = 'slow_sites = ["site-3"]\nsleep_seconds = 3.0\nignore_abort = true'
     with anyio.fail_after(60):
         async with cluster.admin() as admin:
             job_id = await admin.submit(
@@ -149,7 +148,7 @@ async def test_a_straggler_is_cut_off_at_quorum_plus_grace(
                 lines = (out / "metrics.jsonl").read_text().splitlines()
                 return [e for e in map(_json, lines) if e["event"] == "update_discarded"]
 
-            with anyio.fail_after(10):
+            with anyio.fail_after(15):
                 for _ in range(1000):  # polled: the withheld notice follows the job's end
                     metrics = await discarded()
                     if metrics:
@@ -158,7 +157,7 @@ async def test_a_straggler_is_cut_off_at_quorum_plus_grace(
     for r in rounds:
         assert r["accepted"] == ["site-1", "site-2"]
         assert r["cancelled"] == ["site-3"]
-        assert 0.3 <= r["seconds"] < 0.9  # quorum plus grace, not the straggler's 1 s
+        assert 0.3 <= r["seconds"] < 2.5  # quorum plus grace, not the straggler's 3 s
     assert metrics[0]["site"] == "site-3"
     assert "withheld" in metrics[0]["reason"]
     model = load_weights(tmp_path / "out" / "model.safetensors")
