@@ -54,7 +54,7 @@ from flrt.network import NetworkController, TaskTable, drain
 from flrt.registry import SiteRegistry
 from flrt.tasks import Weights
 from flrt.trainer import load_trainer
-from flrt.workflows import UpdateDiscarded, WorkflowState, run_workflow
+from flrt.workflows import WorkflowState, run_workflow
 from security.admission import admit_peer
 from security.errors import AdmissionError, KitError
 from security.kit import Kit, load_kit
@@ -239,9 +239,7 @@ class ServerCore:
         if op == "failed":
             scatter.failed(site, str(tid), reason)
         elif op == "withheld":
-            scatter._controller.report(
-                UpdateDiscarded(scatter.task.round, site, f"late: withheld by the site ({reason})")
-            )
+            scatter.withheld(site, reason)
         else:
             log.warning("result.unknown_op", site=site, op=str(op)[:40])
 
