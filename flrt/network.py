@@ -417,6 +417,12 @@ class _NetScatter:
                 "task.failed_late", job=self._controller.job_id, site=site, reason=reason[:500]
             )
 
+    def withheld(self, site: str, reason: str) -> None:
+        """The site finished a task it had been told to cancel and kept the result."""
+        self._controller.report(
+            UpdateDiscarded(self._task.round, site, f"late: withheld by the site ({reason})")
+        )
+
     def arrived(
         self, site: str, tid: str, body: Mapping[str, Any], obj: ObjectHandle | None
     ) -> None:
