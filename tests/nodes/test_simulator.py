@@ -109,3 +109,26 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "completed 5 rounds" in out
     assert "accuracy: site \\ model" in out
     assert (tmp_path / "ws" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "workflow",
+    [
+        'name = "scaffold"\nrounds = 3\nmin_sites = 2\n[workflow.params]\nserver_lr = 1.0',
+        'name = "fedopt"\nrounds = 3\nmin_sites = 2\n[workflow.params]\noptimizer = "fedadam"',
+        'name = "fedprox"\nrounds = 3\nmin_sites = 2\n[workflow.params]\nmu = 0.1',
+        'name = "cross_site_eval"\nmin_sites = 2',
+    ],
+)
+async def test_every_workflow_runs_over_the_bus(tmp_path: Path, workflow: str) -> None:
+    """SCAFFOLD's control variates travel back as array groups next to the streamed update."""
+    text = (
+        f'name = "w"\n[workflow]\n{workflow}\n[trainer]\n'
+        'spec = "flrt.examples.logreg:LogisticRegressionTrainer"\n'
+        "[trainer.args]\nnum_sites = 2\nlearning_rate = 1.0\n"
+    )
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path, text), sites=2)
+    assert result.status == "finished", result.reason
+    assert result.weights is not None
+    assert all(np.isfinite(v).all() for v in result.weights.values())
