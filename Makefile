@@ -40,6 +40,8 @@ bench: setup
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/resume.py
 	$(BIN)/python bench/provision.py
+	$(BIN)/python bench/rounds.py --sites 8 --model-mib 0.4 --rounds 20
+	$(BIN)/python bench/rounds.py --sites 4 --model-mib 100 --rounds 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
