@@ -1,5 +1,5 @@
 """The real server on loopback refuses every peer it must, and logs why: another CA, an expired or
-revoked certificate, a name that is not a participant, a site on the admin port and an admin on the
+revoked certificate, one not valid yet, a name that is not a participant, a site on the admin port and an admin on the
 site port; and no node starts from a tampered kit."""
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def ca_pem(workspace: Path) -> bytes:
 
 OTHER_CA = create_ca("not the project CA")
 A_WEEK_AGO = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
+IN_A_WEEK = dt.datetime.now(dt.UTC) + dt.timedelta(days=7)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,7 @@ A_WEEK_AGO = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
     [
         ("other CA", "port", "unable to get local issuer certificate"),
         ("expired", "port", "certificate has expired"),
+        ("not yet valid", "port", "certificate is not yet valid"),
         ("revoked", "port", "(revoked)"),
         ("unknown name", "port", "'site-99' is not a participant"),
         ("site on the admin port", "admin_port", "role site is not accepted here"),
@@ -98,6 +100,9 @@ async def test_the_server_refuses_and_logs_why(
             Identity("site-1", "Hospital A", Role.SITE),
             not_before=A_WEEK_AGO,
             valid_days=1,
+        ),
+        "not yet valid": lambda: issued(
+            workspace, Identity("site-1", "Hospital A", Role.SITE), not_before=IN_A_WEEK
         ),
         "revoked": lambda: kit_credential(workspace, "site-2"),
         "unknown name": lambda: issued(workspace, Identity("site-99", "Hospital A", Role.SITE)),
