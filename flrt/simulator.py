@@ -13,10 +13,10 @@ sockets, the TLS handshake and encryption, certificates and admission (simulated
 
 Why memory streams rather than loopback: the bus's public API listens and dials only over TLS, and
 one process holding a hundred TLS connections spends its time encrypting. A bus link runs over any
-AnyIO byte stream, so :func:`_attach` opens the session over a :func:`memory_pipe` the way
-:meth:`~transport.bus.Node.serve` and :meth:`~transport.bus.Node.connect` do over TLS. It reaches
-into the bus for that (``Node._new_link``, ``Node._read_hello``): a public
-``Node.attach_stream(stream, peer, role)`` in :mod:`transport` would remove the only private use.
+AnyIO byte stream, so :func:`_attach` opens the session over a :func:`memory_pipe` with
+:meth:`~transport.bus.Node.serve_stream` and :meth:`~transport.bus.Node.open_stream`, the same
+session code that :meth:`~transport.bus.Node.serve` and :meth:`~transport.bus.Node.connect` run
+over TLS.
 
 A hundred sites run on a 2-core machine: each is a handful of tasks and, while it trains, one
 worker thread.
@@ -24,6 +24,7 @@ worker thread.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -45,7 +46,6 @@ from flrt.site import SiteCore
 from flrt.tasks import Weights
 from security.pki import Identity, Role
 from transport.bus import Node
-from transport.protocol.session import Role as LinkRole
 from transport.protocol.session import SessionConfig
 
 __all__ = ["SimulationResult", "memory_pipe", "simulate"]
@@ -93,15 +93,8 @@ def memory_pipe(buffer: int = 64) -> tuple[anyio.abc.ByteStream, anyio.abc.ByteS
 async def _attach(server: Node, site: Node) -> None:
     """Open a session between ``site`` (the client) and ``server`` over a memory pipe."""
     server_end, site_end = memory_pipe()
-    client = site._new_link(SERVER, LinkRole.CLIENT)
-    client.session.connect(anyio.current_time())
-    site.task_group.start_soon(client.run_connection, site_end)
-    hello, leftover = await server._read_hello(server_end)
-    link = server._new_link(site.name, LinkRole.SERVER)
-    link.session.accept(hello, anyio.current_time())
-    server.task_group.start_soon(link.run_connection, server_end, leftover)
-    while not client.connected or client.session.state.value != "open":
-        await client.wait_changed()
+    server.task_group.start_soon(functools.partial(server.serve_stream, server_end, peer=site.name))
+    await site.open_stream(site_end, peer=SERVER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -563,27 +563,7 @@ class Node:
             except Exception as exc:
                 await _send_refusal(stream, b"".join(refuse_frame(str(exc), "identity")))
                 raise HandshakeError(f"peer refused: {exc}") from None
-            hello, leftover = await self._read_hello(stream)
-            link = self._links.get(peer)
-            if hello.session_id is not None:
-                if link is None or link.closed or link.session.session_id != hello.session_id:
-                    reason = "unknown or expired session"
-                    await _send_refusal(stream, b"".join(refuse_frame(reason, "resume")))
-                    raise HandshakeError(f"{peer}: cannot resume: {reason}")
-                await link.drop_connection()  # a half-open old connection gives way
-            else:
-                if link is not None:
-                    link.kill(ConnectionClosedError(f"{peer} opened a new session"))
-                link = self._new_link(peer, Role.SERVER)
-            link.peer_certificate = peer_certificate(stream)
-            link.session.accept(hello, anyio.current_time())
-            log.info(
-                "peer.connected", node=self.name, peer=peer, resumed=hello.session_id is not None
-            )
-            await link.run_connection(stream, leftover)
-            log.info("peer.disconnected", node=self.name, peer=peer, error=_describe(link))
-            if not link.closed:
-                self.task_group.start_soon(self._expire, link, link.connections)
+            await self._serve_session(stream, peer, peer_certificate(stream))
         except TransportError as exc:
             self._record(self.refusals, f"{remote}: {exc}")
             log.warning(
@@ -591,6 +571,45 @@ class Node:
             )
             if stream is not None:
                 await _close_quietly(stream)
+
+    async def serve_stream(self, stream: anyio.abc.ByteStream, *, peer: str) -> None:
+        """Serve one session over ``stream``, a connection the caller already trusts to come from
+        ``peer`` (an in-memory stream in a simulation, say: no TLS, no authentication here).
+
+        Runs until the connection ends. A peer that never says HELLO, or names a session that
+        cannot be resumed, is refused as over TLS: recorded in :attr:`refusals` and logged.
+        """
+        try:
+            await self._serve_session(stream, peer, None)
+        except TransportError as exc:
+            self._record(self.refusals, f"{peer}: {exc}")
+            log.warning("peer.refused", node=self.name, peer=peer, reason=str(exc))
+        finally:
+            await _close_quietly(stream)
+
+    async def _serve_session(
+        self, stream: anyio.abc.ByteStream, peer: str, certificate: bytes | None
+    ) -> None:
+        """Read HELLO, open or resume ``peer``'s session, and run it until the connection ends."""
+        hello, leftover = await self._read_hello(stream)
+        link = self._links.get(peer)
+        if hello.session_id is not None:
+            if link is None or link.closed or link.session.session_id != hello.session_id:
+                reason = "unknown or expired session"
+                await _send_refusal(stream, b"".join(refuse_frame(reason, "resume")))
+                raise HandshakeError(f"{peer}: cannot resume: {reason}")
+            await link.drop_connection()  # a half-open old connection gives way
+        else:
+            if link is not None:
+                link.kill(ConnectionClosedError(f"{peer} opened a new session"))
+            link = self._new_link(peer, Role.SERVER)
+        link.peer_certificate = certificate
+        link.session.accept(hello, anyio.current_time())
+        log.info("peer.connected", node=self.name, peer=peer, resumed=hello.session_id is not None)
+        await link.run_connection(stream, leftover)
+        log.info("peer.disconnected", node=self.name, peer=peer, error=_describe(link))
+        if not link.closed:
+            self.task_group.start_soon(self._expire, link, link.connections)
 
     async def _read_hello(self, stream: anyio.abc.ByteStream) -> tuple[Any, bytes]:
         reader = HelloReader(self.config, anyio.current_time())
@@ -668,6 +687,29 @@ class Node:
         """Connect, handshake, send HELLO; start the connection; return once the session is open."""
         stream = await dial_tls(host, port, context, server_hostname, self.config.handshake_timeout)
         link.peer_certificate = peer_certificate(stream)
+        await self._open_session(link, stream)
+        if not first:
+            log.info("link.resumed", node=self.name, peer=link.peer)
+
+    async def open_stream(self, stream: anyio.abc.ByteStream, *, peer: str = "server") -> Link:
+        """Open a session with ``peer`` over ``stream``, a connection the caller already trusts (an
+        in-memory stream in a simulation: no TLS here). There is no reconnection: when the stream
+        ends, the link waits, disconnected. Returns once the session is open; raises
+        :class:`HandshakeError` if it is refused.
+        """
+        if peer in self._links and not self._links[peer].closed:
+            raise LocalProtocolError(f"already linked to {peer!r}")
+        link = self._new_link(peer, Role.CLIENT)
+        try:
+            await self._open_session(link, stream)
+        except TransportError as exc:
+            link.kill(exc)
+            raise
+        return link
+
+    async def _open_session(self, link: Link, stream: anyio.abc.ByteStream) -> None:
+        """Send HELLO over ``stream``, run the connection in the node's tasks, and return once the
+        session is open."""
         link.session.connect(anyio.current_time())
         done = anyio.Event()
 
@@ -689,8 +731,6 @@ class Node:
                 f"the server ended the connection before the session opened ({link.last_error});"
                 " it may have refused this node's certificate: the server's log says why"
             )
-        if not first:
-            log.info("link.resumed", node=self.name, peer=link.peer)
 
     async def _keep_connected(
         self,
