@@ -14,22 +14,59 @@ keeps under one object window. Then either:
 
 Each byte taken by the application is reported back to the session (``consume``), which grants the
 sender more credit: a slow consumer slows its sender instead of growing anybody's memory.
+
+While a large object arrives into fresh memory, a worker thread faults that memory in ahead of the
+data (``MADV_POPULATE_WRITE``, front to back). On a virtual machine the first touch of a page is
+slow (measured here: about 0.3 GB/s), and doing it on another core, in parallel with decryption,
+takes it off the receiving path. The thread stops as soon as the object is complete.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
 from transport.errors import ConnectionClosedError, LocalProtocolError, TransportError
 from transport.protocol.objects import IncomingArrays, Manifest
 
-__all__ = ["IncomingObject", "LocalObject", "ObjectPiece"]
+__all__ = ["IncomingObject", "LocalObject", "ObjectPiece", "prefault"]
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_PREFAULT_STEP = 16 * 1024 * 1024
+_libc: ctypes.CDLL | None = None
+
+
+def prefault(region: mmap.mmap, stop: threading.Event) -> None:
+    """Fault in ``region``'s pages front to back until done or ``stop`` is set (blocking: run it
+    in a worker thread; ctypes releases the GIL during each call). Does nothing where the kernel
+    cannot populate ahead."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    anchor = ctypes.c_char.from_buffer(region)  # keeps the mapping exported while we work
+    try:
+        base = ctypes.addressof(anchor)
+        size = len(region)
+        for offset in range(0, size, _PREFAULT_STEP):
+            if stop.is_set():
+                return
+            length = min(_PREFAULT_STEP, size - offset)
+            if _libc.madvise(base + offset, length, _MADV_POPULATE_WRITE) != 0:
+                return  # an older kernel: the receiving path faults pages in as usual
+    finally:
+        del anchor
+
 
 #: ``(array name, index of the first element in the flattened array, the values)``.
 ObjectPiece = tuple[str, int, npt.NDArray[Any]]
@@ -115,13 +152,26 @@ class IncomingObject:
                 self._sink.write(offset, memoryview(data))
                 self._held_bytes -= len(data)
                 self._consume(len(data))
+        region = self._sink.region
+        if region is not None and not self._complete:
+            stop = threading.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, prefault, region, stop)
+                try:
+                    await self._wait_complete()
+                finally:
+                    stop.set()  # the thread ends within one step; the task group waits for it
+        else:
+            await self._wait_complete()
+        return self._sink.arrays
+
+    async def _wait_complete(self) -> None:
         while not self._complete:
             if self._error is not None:
                 raise self._error
             await self._changed.wait()
         if self._error is not None:
             raise self._error
-        return self._sink.arrays
 
     async def pieces(self) -> AsyncIterator[ObjectPiece]:
         """Yield slices of the arrays as they arrive, in order, each element exactly once.

@@ -178,12 +178,14 @@ HUGE_PAGE_THRESHOLD = 4 * 1024 * 1024
 _ALIGN = 64
 
 
-def allocate_arrays(manifest: Manifest) -> dict[str, npt.NDArray[Any]]:
-    """Uninitialised arrays for ``manifest``; large objects share one huge-page mapping."""
+def allocate_arrays(manifest: Manifest) -> tuple[dict[str, npt.NDArray[Any]], mmap.mmap | None]:
+    """Uninitialised arrays for ``manifest``, and the mapping they share if the object is large
+    (None for small objects, which get ordinary arrays)."""
+    arrays: dict[str, npt.NDArray[Any]] = {}
     if manifest.total < HUGE_PAGE_THRESHOLD or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return {
-            info.name: np.empty(info.shape, dtype=np.dtype(info.dtype)) for info in manifest.arrays
-        }
+        for info in manifest.arrays:
+            arrays[info.name] = np.empty(info.shape, dtype=np.dtype(info.dtype))
+        return arrays, None
     offsets: list[int] = []
     size = 0
     for info in manifest.arrays:
@@ -191,13 +193,12 @@ def allocate_arrays(manifest: Manifest) -> dict[str, npt.NDArray[Any]]:
         size += -(-info.nbytes // _ALIGN) * _ALIGN
     region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     region.madvise(mmap.MADV_HUGEPAGE)
-    arrays: dict[str, npt.NDArray[Any]] = {}
     for info, offset in zip(manifest.arrays, offsets, strict=True):
         dtype = np.dtype(info.dtype)
         count = info.nbytes // dtype.itemsize
         array = np.frombuffer(region, dtype=dtype, count=count, offset=offset)
         arrays[info.name] = array.reshape(info.shape)
-    return arrays
+    return arrays, region
 
 
 class IncomingArrays:
@@ -205,7 +206,8 @@ class IncomingArrays:
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        self.arrays = allocate_arrays(manifest)
+        #: The fresh mapping behind a large object's arrays (None for small objects).
+        self.arrays, self.region = allocate_arrays(manifest)
         self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
 
     def destination(self, offset: int, nbytes: int) -> memoryview:
