@@ -51,7 +51,6 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import numpy as np
-import numpy.typing as npt
 import structlog
 
 from flrt._protocol import (
@@ -89,6 +88,7 @@ from flrt.workflows import (
 )
 from flrt.workflows.controller import task_model
 from flrt.workflows.training import job_seed
+from transport.bus import Arrays, OutgoingObject
 from transport.errors import TransportError
 from transport.objects import IncomingObject, LocalObject
 
@@ -98,7 +98,7 @@ log = structlog.get_logger("flrt.network")
 
 ObjectHandle = IncomingObject | LocalObject
 #: Tell ``body`` (and ``arrays``) to ``address``; raises a TransportError if it cannot be sent.
-Send = Callable[[str, dict[str, Any], Mapping[str, npt.NDArray[Any]] | None], Awaitable[None]]
+Send = Callable[[str, dict[str, Any], Arrays | None], Awaitable[None]]
 
 
 async def drain(obj: ObjectHandle | None) -> None:
@@ -274,7 +274,8 @@ class _NetScatter:
         self.kind = "train" if isinstance(task, TrainTask) else "evaluate"
         self.model = task_model(task)
         extras = task.extras if isinstance(task, TrainTask) else {}
-        self._arrays = join_arrays(task.weights, extras)
+        # One payload for every site asked: its digest is computed once, not once per site.
+        self._arrays: OutgoingObject | None = OutgoingObject(join_arrays(task.weights, extras))
         self.status: dict[str, str] = {}
         self.tids: dict[str, str] = {}  # tid -> site
         self._ready: deque[Reply] = deque()
@@ -305,7 +306,7 @@ class _NetScatter:
         self._controller._scatters.remove(self)
         # The task table keeps this scatter (to recognise late results): keep what says which
         # task it was, not the model, or every round's model would stay in memory.
-        self._arrays = {}
+        self._arrays = None
         self._task = _without_arrays(self._task)
         self.sink = None  # the round's aggregator, which holds that round's global model
 

@@ -41,7 +41,6 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import anyio.to_thread
-import numpy.typing as npt
 import structlog
 
 from flrt import _admin_service
@@ -60,7 +59,7 @@ from security.errors import AdmissionError, KitError
 from security.kit import Kit, load_kit
 from security.pki import ADMIN_ROLES, Identity, Role
 from security.tls import server_ssl_context_from_kit
-from transport.bus import Message, Node
+from transport.bus import Arrays, Message, Node
 from transport.errors import ConnectionClosedError, TransportError
 from transport.protocol.session import SessionConfig
 
@@ -155,9 +154,7 @@ class ServerCore:
 
     # ------------------------------------------------------------------ sending
 
-    async def send(
-        self, address: str, body: dict[str, Any], arrays: Mapping[str, npt.NDArray[Any]] | None
-    ) -> None:
+    async def send(self, address: str, body: dict[str, Any], arrays: Arrays | None) -> None:
         await self.node.tell(address, body, arrays=arrays)
 
     async def tell_quietly(self, address: str, body: dict[str, Any]) -> bool:

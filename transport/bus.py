@@ -64,15 +64,33 @@ from transport.tls import (
 
 __all__ = [
     "Actor",
+    "Arrays",
     "Authenticator",
     "Message",
     "Node",
+    "OutgoingObject",
     "Reply",
 ]
 
 log = structlog.get_logger("transport")
 
-Arrays = Mapping[str, npt.NDArray[Any]]
+#: Arrays to send: a dict, or an :class:`OutgoingObject` prepared once to send to many peers (its
+#: digest is then computed once for all of them).
+Arrays = Mapping[str, npt.NDArray[Any]] | OutgoingObject
+
+
+def _outgoing(arrays: Arrays | None) -> OutgoingObject | None:
+    if arrays is None or isinstance(arrays, OutgoingObject):
+        return arrays
+    return OutgoingObject(arrays)
+
+
+def _local(arrays: Arrays | None) -> LocalObject | None:
+    if arrays is None:
+        return None
+    return LocalObject(arrays.arrays if isinstance(arrays, OutgoingObject) else arrays)
+
+
 ObjectHandle = IncomingObject | LocalObject
 
 
@@ -259,14 +277,11 @@ class Node:
         reply = result if isinstance(result, Reply) else Reply(body=result)
         envelope = envelope | {"i": reply_to.call_id, "b": reply.body}
         if reply_to.link is None:
-            self._on_reply(
-                envelope, LocalObject(reply.arrays) if reply.arrays is not None else None
-            )
+            self._on_reply(envelope, _local(reply.arrays))
             return
         if reply_to.link.closed:
             return  # the asker is gone; its ask has already failed
-        arrays = OutgoingObject(reply.arrays) if reply.arrays is not None else None
-        await reply_to.link.send(envelope, arrays)
+        await reply_to.link.send(envelope, _outgoing(reply.arrays))
 
     # -- addressing ----------------------------------------------------------------------------
 
@@ -288,10 +303,10 @@ class Node:
         """Send ``body`` (and ``arrays``) one way to ``node/actor``; waits while the mailbox is full."""
         node, actor = self._split(address)
         if node == self.name:
-            obj = LocalObject(arrays) if arrays is not None else None
+            obj = _local(arrays)
             await self._local_mailbox(actor).send.send(Message(self.name, actor, body, obj))
             return
-        outgoing = OutgoingObject(arrays) if arrays is not None else None
+        outgoing = _outgoing(arrays)
         await self._link_to(node).send({"t": "tell", "a": actor, "b": body}, outgoing)
 
     async def ask(
@@ -355,7 +370,7 @@ class Node:
     ) -> None:
         node, actor = self._split(address)
         if node == self.name:
-            obj = LocalObject(arrays) if arrays is not None else None
+            obj = _local(arrays)
             mailbox = self._actors.get(actor)
             if mailbox is None:
                 raise UnknownActorError(address)
@@ -363,7 +378,7 @@ class Node:
                 (Message(self.name, actor, body, obj, kind), _ReplyTo(None, call_id))
             )
             return
-        outgoing = OutgoingObject(arrays) if arrays is not None else None
+        outgoing = _outgoing(arrays)
         link = self._link_to(node)
         self._pending[call_id].link = link
         await link.send({"t": kind, "a": actor, "b": body, "i": call_id}, outgoing)

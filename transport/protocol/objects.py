@@ -23,6 +23,7 @@ receiver as the bytes arrive.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,7 +145,11 @@ def _byte_view(array: npt.NDArray[Any]) -> memoryview:
 
 
 class OutgoingObject:
-    """A dict of arrays ready to be streamed. The arrays must not change until it is sent."""
+    """A dict of arrays ready to be streamed. The arrays must not change until it is sent.
+
+    One object may go to many peers (a global model broadcast to every site): its SHA-256 digest is
+    computed once, as the furthest sender gets to each byte, however many sessions send it.
+    """
 
     def __init__(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         prepared: list[npt.NDArray[Any]] = []
@@ -160,7 +165,12 @@ class OutgoingObject:
             prepared.append(contiguous)
             infos.append(ArrayInfo(name, dtype.name, tuple(contiguous.shape), contiguous.nbytes))
         self.manifest = Manifest.build(tuple(infos))
+        self.arrays: dict[str, npt.NDArray[Any]] = {
+            info.name: array for info, array in zip(infos, prepared, strict=True)
+        }
         self._views = [_byte_view(a) for a in prepared]
+        self._hasher = hashlib.sha256()
+        self._hashed = 0
 
     @property
     def total(self) -> int:
@@ -171,6 +181,18 @@ class OutgoingObject:
         index, inner = self.manifest.locate(offset)
         view = self._views[index]
         return view[inner : inner + max_len]
+
+    def hash_through(self, end: int) -> None:
+        """Fold bytes up to ``end`` into the digest (bytes already folded are skipped)."""
+        while self._hashed < end:
+            piece = self.view(self._hashed, end - self._hashed)
+            self._hasher.update(piece)
+            self._hashed += len(piece)
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the whole object (hashing whatever is left)."""
+        self.hash_through(self.total)
+        return self._hasher.digest()
 
 
 #: Objects at least this large are received into one huge-page-advised anonymous mapping.

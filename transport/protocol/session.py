@@ -338,8 +338,6 @@ class _Outgoing:
     sent: int = 0  # next object byte to send
     high: int = 0  # the furthest byte ever sent (bytes below it, sent again, are re-sent)
     limit: int = 0  # may send object bytes below this offset
-    hashed: int = 0  # bytes folded into the digest so far
-    hasher: Any = field(default_factory=hashlib.sha256)
     announced: bool = False  # MESSAGE frame written on the current connection
     delivered: bool = False  # acknowledged as a message (the object may still be partial)
 
@@ -641,11 +639,9 @@ class Session:
             data = out.obj.view(out.sent, min(room, self.config.chunk_size, budget))
             header: dict[str, Any] = {"s": seq, "o": out.sent}
             end = out.sent + len(data)
-            if end > out.hashed:  # bytes re-sent after a resumption are already in the digest
-                out.hasher.update(data[out.hashed - out.sent :])
-                out.hashed = end
+            out.obj.hash_through(end)  # shared by every session sending this object
             if end == out.obj.total:
-                header["h"] = out.hasher.digest()
+                header["h"] = out.obj.digest()
                 self._streaming.remove(seq)
             self._out.extend(encode_frame(FrameKind.CHUNK, header, data))
             if out.sent < out.high:
