@@ -73,6 +73,43 @@ async def test_tls_over_memory_streams_exposes_peer_certificates(pki: Pki) -> No
     assert frame.kind is FrameKind.HEARTBEAT
 
 
+async def test_tls_over_memory_streams_with_trustme_certificates() -> None:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost", common_name="hub")
+    site_cert = ca.issue_cert("site-9.example", common_name="site-9")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    site_cert.configure_cert(client_context)
+    ca.configure_trust(client_context)
+    prepare_server_context(server_context)
+    prepare_client_context(client_context)
+    left, right = _memory_pair()
+    results: dict[str, TLSStream] = {}
+
+    async def serve() -> None:
+        results["server"] = await server_handshake(left, server_context, 5)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            results["client"] = await client_handshake(right, client_context, "localhost", 5)
+        await results["server"].send(b"".join(encode_frame(FrameKind.HEARTBEAT, {})))
+        decoder = FrameDecoder()
+        decoder.receive_data(await results["client"].receive())
+    from cryptography import x509
+
+    seen_by_server = x509.load_der_x509_certificate(peer_certificate(results["server"]))
+    seen_by_site = x509.load_der_x509_certificate(peer_certificate(results["client"]))
+    assert seen_by_server == x509.load_pem_x509_certificate(site_cert.cert_chain_pems[0].bytes())
+    assert seen_by_site == x509.load_pem_x509_certificate(server_cert.cert_chain_pems[0].bytes())
+    frame = decoder.next_event()
+    assert frame is not None
+    assert frame.kind is FrameKind.HEARTBEAT
+
+
 def test_contexts_that_do_not_verify_are_refused() -> None:
     lax = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with pytest.raises(RuntimeError, match="require client certificates"):
