@@ -666,7 +666,11 @@ class Session:
             now is None
             or self._completed
             or self._delivered - self._ack_sent >= max(1, self.config.message_window // 4)
-            or now - (self._ack_due_since or now) >= self.config.ack_delay
+            # 'is not None', not 'or now': a deadline armed at time 0.0 is still armed.
+            or (
+                self._ack_due_since is not None
+                and now - self._ack_due_since >= self.config.ack_delay
+            )
         )
         if not urgent:
             return
