@@ -215,7 +215,8 @@ class Link:
                 tg.start_soon(self._writer, stream, tg.cancel_scope)
                 if leftover:
                     self.session.receive_data(leftover, self._now())
-                    self._handle_events(tg.cancel_scope)
+                # Events may be waiting already (the session refused the HELLO, say).
+                self._handle_events(tg.cancel_scope)
                 await self._reader(stream, tg.cancel_scope)
         finally:
             self._connection_scope = None

@@ -467,13 +467,17 @@ class Session:
             },
             now,
         )
-        self._start_resume(
-            hello.received,
-            hello.partial,
-            hello.object_window,
-            hello.connection_window,
-            hello.message_window,
-        )
+        try:
+            self._start_resume(
+                hello.received,
+                hello.partial,
+                hello.object_window,
+                hello.connection_window,
+                hello.message_window,
+            )
+        except RemoteProtocolError as exc:  # the HELLO claims what was never sent
+            self._fail(exc, now)
+            return
         self._events.append(SessionOpened(self.session_id, resumed))
         self._flush_ack()
         if leftover:
@@ -812,8 +816,14 @@ class Session:
         reason = why if isinstance(why, str) else "refused by peer"
         if header.get("code") == "resume":
             raise ResumeRefusedError(reason, self.undelivered)
+        # Refused while opening: a handshake failure; refused later: the peer saw a violation.
+        error = (
+            HandshakeError(reason)
+            if self.state is SessionState.HANDSHAKING
+            else RemoteProtocolError(f"peer ended the session: {reason}")
+        )
         self._transition(_Input.CLOSE)
-        self._events.append(SessionEnded(reason, HandshakeError(reason), self.undelivered))
+        self._events.append(SessionEnded(reason, error, self.undelivered))
 
     def _on_message(self, header: dict[str, Any], payload: bytes | memoryview) -> None:
         seq = _positive(header, "s", "MESSAGE")
