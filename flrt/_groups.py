@@ -8,7 +8,10 @@ get that exception back as it was raised, not wrapped.
 
 from __future__ import annotations
 
-__all__ = ["only_exception", "unwrapped"]
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+__all__ = ["close_unwrapped", "only_exception", "unwrapped"]
 
 
 def only_exception(error: BaseException) -> BaseException:
@@ -25,3 +28,20 @@ def unwrapped(
     if raised is not None and only_exception(group) is raised:
         return raised
     return group
+
+
+async def close_unwrapped(
+    stack: AsyncExitStack,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> bool | None:
+    """Close ``stack`` (a node's ``__aexit__``), re-raising the caller's own exception as it was
+    raised rather than inside a one-member group."""
+    try:
+        return await stack.__aexit__(exc_type, exc, tb)
+    except BaseExceptionGroup as group:
+        error = unwrapped(group, exc)
+        if error is group:
+            raise
+        raise error from None

@@ -28,7 +28,7 @@ from typing import Any, Self
 import anyio
 import structlog
 
-from flrt._groups import unwrapped
+from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
 from flrt.errors import AdminError
 from flrt.jobstore import atomic_write
@@ -121,12 +121,7 @@ class AdminClient:
     ) -> bool | None:
         assert self._stack is not None
         try:
-            return await self._stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            error = unwrapped(group, exc)
-            if error is group:
-                raise
-            raise error from None
+            return await close_unwrapped(self._stack, exc_type, exc, tb)
         finally:
             self._stack = None
             self._node = None

@@ -44,7 +44,7 @@ import anyio.to_thread
 import structlog
 
 from flrt import _admin_service
-from flrt._groups import unwrapped
+from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
 from flrt.errors import FlrtError, JobStateError, NodeProtocolError
 from flrt.job import JobSpec, JobStatus
@@ -499,12 +499,7 @@ class ServerNode:
     ) -> bool | None:
         assert self._stack is not None
         try:
-            return await self._stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            error = unwrapped(group, exc)
-            if error is group:
-                raise
-            raise error from None
+            return await close_unwrapped(self._stack, exc_type, exc, tb)
         finally:
             self._stack = None
             self._core = None

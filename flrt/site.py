@@ -48,7 +48,7 @@ import anyio.to_thread
 import numpy as np
 import structlog
 
-from flrt._groups import unwrapped
+from flrt._groups import close_unwrapped
 from flrt._protocol import (
     RESULTS_ACTOR,
     SITE_ACTOR,
@@ -397,12 +397,7 @@ class SiteNode:
     ) -> bool | None:
         assert self._stack is not None
         try:
-            return await self._stack.__aexit__(exc_type, exc, tb)
-        except BaseExceptionGroup as group:
-            error = unwrapped(group, exc)
-            if error is group:
-                raise
-            raise error from None
+            return await close_unwrapped(self._stack, exc_type, exc, tb)
         finally:
             self._stack = None
             self._node = self._core = None
