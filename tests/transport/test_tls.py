@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -49,19 +50,51 @@ def _memory_pair() -> tuple[StapledObjectStream[bytes], StapledObjectStream[byte
     return StapledObjectStream(a_send, b_receive), StapledObjectStream(b_send, a_receive)
 
 
-async def test_tls_over_memory_streams_exposes_peer_certificates(pki: Pki) -> None:
-    server_context = prepare_server_context(pki.server_context())
-    client_context = prepare_client_context(pki.site_context())
+async def _handshake_over_memory(
+    server_context: ssl.SSLContext, client_context: ssl.SSLContext
+) -> dict[str, TLSStream]:
+    """Both sides of a TLS handshake over a memory pipe: ``{"server": ..., "client": ...}``."""
+    prepare_server_context(server_context)
+    prepare_client_context(client_context)
     left, right = _memory_pair()
     results: dict[str, TLSStream] = {}
 
     async def serve() -> None:
         results["server"] = await server_handshake(left, server_context, 5)
 
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        results["client"] = await client_handshake(right, client_context, "localhost", 5)
+    return results
+
+
+@dataclass(frozen=True)
+class TrustmeParty:
+    """Certificates from an independent CA library, and the contexts built from them."""
+
+    server_cert: trustme.LeafCert
+    site_cert: trustme.LeafCert
+    server_context: ssl.SSLContext
+    client_context: ssl.SSLContext
+
+
+def _trustme_party() -> TrustmeParty:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("localhost", common_name="hub")
+    site_cert = ca.issue_cert("site-9.example", common_name="site-9")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED
+    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    site_cert.configure_cert(client_context)
+    ca.configure_trust(client_context)
+    return TrustmeParty(server_cert, site_cert, server_context, client_context)
+
+
+async def test_tls_over_memory_streams_exposes_peer_certificates(pki: Pki) -> None:
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            results["client"] = await client_handshake(right, client_context, "localhost", 5)
+        results = await _handshake_over_memory(pki.server_context(), pki.site_context())
         await results["client"].send(b"".join(encode_frame(FrameKind.HEARTBEAT, {})))
         decoder = FrameDecoder()
         decoder.receive_data(await results["server"].receive())
@@ -74,28 +107,10 @@ async def test_tls_over_memory_streams_exposes_peer_certificates(pki: Pki) -> No
 
 
 async def test_tls_over_memory_streams_with_trustme_certificates() -> None:
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("localhost", common_name="hub")
-    site_cert = ca.issue_cert("site-9.example", common_name="site-9")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(server_context)
-    ca.configure_trust(server_context)
-    server_context.verify_mode = ssl.CERT_REQUIRED
-    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    site_cert.configure_cert(client_context)
-    ca.configure_trust(client_context)
-    prepare_server_context(server_context)
-    prepare_client_context(client_context)
-    left, right = _memory_pair()
-    results: dict[str, TLSStream] = {}
-
-    async def serve() -> None:
-        results["server"] = await server_handshake(left, server_context, 5)
-
+    party = _trustme_party()
+    server_cert, site_cert = party.server_cert, party.site_cert
     with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            results["client"] = await client_handshake(right, client_context, "localhost", 5)
+        results = await _handshake_over_memory(party.server_context, party.client_context)
         await results["server"].send(b"".join(encode_frame(FrameKind.HEARTBEAT, {})))
         decoder = FrameDecoder()
         decoder.receive_data(await results["client"].receive())
@@ -125,16 +140,8 @@ def test_contexts_that_do_not_verify_are_refused() -> None:
 
 
 async def test_bus_runs_on_certificates_from_trustme() -> None:
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("localhost", common_name="hub")
-    site_cert = ca.issue_cert("site-9.example", common_name="site-9")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_cert.configure_cert(server_context)
-    ca.configure_trust(server_context)
-    server_context.verify_mode = ssl.CERT_REQUIRED
-    client_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    site_cert.configure_cert(client_context)
-    ca.configure_trust(client_context)
+    party = _trustme_party()
+    server_context, client_context = party.server_context, party.client_context
 
     def common_name(der: bytes) -> str:
         from cryptography import x509
