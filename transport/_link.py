@@ -58,7 +58,7 @@ from transport.protocol.session import (
 )
 from transport.tls import describe_failure
 
-__all__ = ["Inbound", "Link", "event_loop_clock"]
+__all__ = ["Link", "event_loop_clock"]
 
 
 def event_loop_clock() -> Callable[[], float]:
@@ -76,9 +76,6 @@ def event_loop_clock() -> Callable[[], float]:
 
 RECEIVE_SIZE = 1 << 20
 HEADER_PEEK = 256
-
-#: A decoded message for the node: (envelope, object or None).
-Inbound = tuple[dict[str, Any], IncomingObject | None]
 
 
 class Link:
@@ -380,10 +377,7 @@ class Link:
         self.session.close(reason, self._now())
         self.session.events_received()
         self._end(None)
-        self._wake()
-        if self._connection_scope is None:
-            return
-        # Let the writer flush the CLOSE frame; it cancels the connection once the session is closed.
+        self._wake()  # the writer flushes the CLOSE frame, then ends the connection
 
     async def drop_connection(self) -> None:
         """End the current connection (if any) and wait until it is gone; the session stays."""
