@@ -42,7 +42,7 @@ from transport.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from transport.objects import IncomingObject
+from transport.objects import IncomingObject, RegionPool
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import (
     ChunkReceived,
@@ -89,8 +89,10 @@ class Link:
         deliver: Callable[[Link, dict[str, Any], IncomingObject | None], Awaitable[None]],
         try_deliver: Callable[[Link, dict[str, Any], IncomingObject | None], bool],
         on_closed: Callable[[Link, TransportError | None], None],
+        regions: RegionPool | None = None,
     ) -> None:
         self.peer = peer
+        self._regions = regions
         self.session = Session(role, config)
         self._now: Callable[[], float] = anyio.current_time
         self.peer_certificate: bytes | None = None
@@ -309,7 +311,9 @@ class Link:
                             continue
                         obj = None
                         if manifest is not None:
-                            obj = IncomingObject(manifest, functools.partial(self._consume, seq))
+                            obj = IncomingObject(
+                                manifest, functools.partial(self._consume, seq), self._regions
+                            )
                             if manifest.total:
                                 self._objects[seq] = obj
                         if not self._queued and self._try_deliver(self, envelope, obj):

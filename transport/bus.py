@@ -51,7 +51,7 @@ from transport.errors import (
     TransportError,
     UnknownActorError,
 )
-from transport.objects import IncomingObject, LocalObject
+from transport.objects import DEFAULT_KEEP_IDLE, IncomingObject, LocalObject, RegionPool
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_frame
 from transport.tls import (
@@ -170,6 +170,7 @@ class Node:
         on_actor_error: Callable[[str, BaseException], None] | None = None,
         on_peer_lost: Callable[[str, TransportError | None], None] | None = None,
         session_ttl: float = 600.0,
+        keep_idle_receive_bytes: int = DEFAULT_KEEP_IDLE,
     ) -> None:
         if not name or "/" in name:
             raise LocalProtocolError(f"bad node name {name!r}")
@@ -180,6 +181,10 @@ class Node:
         #: :class:`ResumeRefusedError` lists the messages the peer never received.
         self.on_peer_lost = on_peer_lost
         self.session_ttl = session_ttl
+        #: Memory of large received objects, handed out again once their arrays are gone: up to
+        #: ``keep_idle_receive_bytes`` stay mapped while idle (a site receives a model of the same
+        #: size every round, and fresh pages are slow to fault in).
+        self.regions = RegionPool(keep_idle_receive_bytes)
         self._actors: dict[str, _Mailbox] = {}
         self._links: dict[str, Link] = {}
         self._pending: dict[int, _Pending] = {}
@@ -521,7 +526,15 @@ class Node:
                 tg.start_soon(first, peers_changed)
 
     def _new_link(self, peer: str, role: Role) -> Link:
-        link = Link(peer, role, self.config, self._deliver, self._try_deliver, self._on_link_closed)
+        link = Link(
+            peer,
+            role,
+            self.config,
+            self._deliver,
+            self._try_deliver,
+            self._on_link_closed,
+            self.regions,
+        )
         self._links[peer] = link
         self.task_group.start_soon(link.run_deliverer)
         self._notify_peers()

@@ -11,9 +11,11 @@ concatenation. A chunk never spans two arrays, so both ends work on one array at
 - the sender slices a view of the source array (:meth:`OutgoingObject.view`): nothing is
   concatenated or copied before TLS encrypts it;
 - the receiver preallocates every array (:class:`IncomingArrays`) and copies each piece straight to
-  its place. A large object gets one anonymous mapping advised for transparent huge pages: on a
-  virtual machine, faulting in fresh 4 KiB pages one by one costs more than the network (measured
-  here: 0.3 GB/s for fresh ``numpy.empty`` memory against 4 GB/s with huge pages).
+  its place. A large object gets one anonymous mapping advised for transparent huge pages. Fresh
+  memory is expensive on a virtual machine: the first touch of each page costs a fault in the
+  guest and often one in the host (measured here: 0.25 to 1.4 GB/s, depending on what the host
+  still backs), so the I/O layer hands out mappings again once their arrays are gone
+  (:class:`transport.objects.RegionPool`).
 
 The SHA-256 digest of the concatenation travels in the header of the last chunk, computed as the
 chunks are sent (so no separate pass over a gigabyte delays the first byte) and checked by the
@@ -41,6 +43,8 @@ __all__ = [
     "Manifest",
     "OutgoingObject",
     "allocate_arrays",
+    "new_region",
+    "region_size",
 ]
 
 #: numpy 1.x arrays have at most 32 dimensions (2.x: 64).
@@ -200,36 +204,55 @@ HUGE_PAGE_THRESHOLD = 4 * 1024 * 1024
 _ALIGN = 64
 
 
-def allocate_arrays(manifest: Manifest) -> tuple[dict[str, npt.NDArray[Any]], mmap.mmap | None]:
+def region_size(manifest: Manifest) -> int:
+    """Bytes of the mapping that holds ``manifest``'s arrays, each aligned to 64 bytes."""
+    return max(sum(-(-info.nbytes // _ALIGN) * _ALIGN for info in manifest.arrays), 1)
+
+
+def new_region(size: int) -> mmap.mmap:
+    """A fresh anonymous mapping of ``size`` bytes, advised for transparent huge pages."""
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    return region
+
+
+def allocate_arrays(
+    manifest: Manifest, region: mmap.mmap | None = None
+) -> tuple[dict[str, npt.NDArray[Any]], mmap.mmap | None]:
     """Uninitialised arrays for ``manifest``, and the mapping they share if the object is large
-    (None for small objects, which get ordinary arrays)."""
+    (None for small objects, which get ordinary arrays).
+
+    A large object's arrays are laid out in ``region`` if given (at least
+    :func:`region_size` bytes; whatever it held is overwritten), else in a new mapping.
+    """
     arrays: dict[str, npt.NDArray[Any]] = {}
-    if manifest.total < HUGE_PAGE_THRESHOLD or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if manifest.total < HUGE_PAGE_THRESHOLD:
         for info in manifest.arrays:
             arrays[info.name] = np.empty(info.shape, dtype=np.dtype(info.dtype))
         return arrays, None
-    offsets: list[int] = []
-    size = 0
+    size = region_size(manifest)
+    if region is None:
+        region = new_region(size)
+    elif len(region) < size:
+        raise LocalProtocolError(f"region of {len(region)} bytes cannot hold {size}")
+    offset = 0
     for info in manifest.arrays:
-        offsets.append(size)
-        size += -(-info.nbytes // _ALIGN) * _ALIGN
-    region = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE)
-    for info, offset in zip(manifest.arrays, offsets, strict=True):
         dtype = np.dtype(info.dtype)
         count = info.nbytes // dtype.itemsize
         array = np.frombuffer(region, dtype=dtype, count=count, offset=offset)
         arrays[info.name] = array.reshape(info.shape)
+        offset += -(-info.nbytes // _ALIGN) * _ALIGN
     return arrays, region
 
 
 class IncomingArrays:
     """Preallocated arrays that an object's chunks are copied into."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, region: mmap.mmap | None = None) -> None:
         self.manifest = manifest
-        #: The fresh mapping behind a large object's arrays (None for small objects).
-        self.arrays, self.region = allocate_arrays(manifest)
+        #: The mapping behind a large object's arrays (None for small objects).
+        self.arrays, self.region = allocate_arrays(manifest, region)
         self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
 
     def destination(self, offset: int, nbytes: int) -> memoryview:
