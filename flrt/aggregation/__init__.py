@@ -20,6 +20,7 @@ from .base import (
     ArraySpec,
     Memory,
     Operation,
+    PendingUpdate,
     Weighting,
     apply_delta,
     cast_like,
@@ -32,7 +33,7 @@ from .registry import AGGREGATORS, make_aggregator
 from .robust import CoordinateMedian, Krum, RetainingAggregator, TrimmedMean
 from .scaffold import control_for_sites, initial_control, scaffold_server_step
 from .secure import EncryptedSum, Summable, SumOnlyAggregator
-from .store import DEFAULT_BUDGET_BYTES, UpdateStore
+from .store import DEFAULT_BUDGET_BYTES, UpdateStore, prefault
 
 __all__ = [
     "AGGREGATORS",
@@ -49,6 +50,7 @@ __all__ = [
     "Krum",
     "Memory",
     "Operation",
+    "PendingUpdate",
     "RetainingAggregator",
     "ServerOptimizer",
     "ServerSGD",
@@ -66,5 +68,6 @@ __all__ = [
     "layout_of",
     "make_aggregator",
     "make_optimizer",
+    "prefault",
     "scaffold_server_step",
 ]

@@ -12,6 +12,10 @@ An aggregator lives for one round at a time::
       | add(site, result)                                     # a whole verified result at once
     finish() -> Weights          (or finish_delta() -> the float64 mean update)
 
+An aggregator may be used for many rounds (``begin`` again): it then keeps its buffers (staging, the
+running sum) from one round to the next instead of asking the operating system for fresh memory,
+whose first touch is the slow part of a round on a virtual machine.
+
 **What "discard leaves no trace" means here.** Pieces of an update are *staged* (in an
 :class:`~flrt.aggregation.store.UpdateStore`, so staging spills to disk beyond its budget) and only
 folded into the aggregate by :meth:`Aggregator.commit`, which the workflow calls once the bus has
@@ -21,6 +25,13 @@ bit what it would have been without it. A committed update cannot be removed (su
 would not be exact in floating point, and the quorum never takes back what it accepted). Staging
 holds only the updates *in flight*, which the bus bounds; :meth:`Aggregator.add` folds a complete
 result with no staging copy at all.
+
+**Folding off the event loop.** :meth:`Aggregator.commit` is :meth:`Aggregator.prepare_commit`
+(checks and bookkeeping), :meth:`PendingUpdate.fold` (the arithmetic, which reads only the update's
+own arrays and the global model and writes only the aggregate) and :meth:`Aggregator.settle`. When
+:attr:`Aggregator.fold_in_thread` is true, a caller on an event loop runs the fold in a worker thread
+(numpy releases the GIL) while it keeps calling ``open``, ``accept`` and ``discard`` for other sites;
+it must not call ``commit``, ``add``, ``prepare_*`` or ``finish`` until the fold is settled.
 
 **Kinds.** A :class:`~flrt.tasks.TrainResult` holds either the full new model
 (:attr:`~flrt.tasks.UpdateKind.FULL`) or its difference to the global model
@@ -42,10 +53,10 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +73,7 @@ __all__ = [
     "ArraySpec",
     "Memory",
     "Operation",
+    "PendingUpdate",
     "Weighting",
     "apply_delta",
     "cast_like",
@@ -69,8 +81,13 @@ __all__ = [
     "layout_of",
 ]
 
-#: Elements processed at a time when converting or folding a large array (bounds temporaries).
+_R = TypeVar("_R")
+
+#: Elements processed at a time when converting or checking a large array (bounds temporaries).
 CHUNK_ELEMENTS = 1 << 20
+
+#: Elements folded at a time: small enough that the float64 temporary stays in the CPU's cache.
+FOLD_ELEMENTS = 1 << 16
 
 #: The default staging budget of an aggregator: 64 MiB in memory, then disk.
 DEFAULT_STAGING_BYTES = 64 * 1024 * 1024
@@ -157,19 +174,72 @@ def cast_like(values: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> npt.NDAr
     raise TypeError(f"cannot cast aggregated values to {dtype}")
 
 
+def _cast_into(out: npt.NDArray[Any], values: npt.NDArray[np.float64]) -> None:
+    """Write float64 ``values`` into ``out`` as :func:`cast_like` would convert them."""
+    kind = out.dtype.kind
+    if kind in "fc":
+        out[...] = values  # rounds to nearest, as astype does
+    elif kind == "b":
+        np.greater(values, 0.5, out=out)
+    elif kind in "iu":
+        info = np.iinfo(out.dtype)
+        np.rint(values, out=values)
+        np.clip(values, info.min, info.max, out=values)
+        out[...] = values
+    else:
+        raise TypeError(f"cannot cast aggregated values to {out.dtype}")
+
+
+def new_model_into(
+    global_weights: Weights,
+    delta: Callable[[str, int, int, npt.NDArray[np.float64]], bool],
+    allocate: Callable[[tuple[int, ...], np.dtype[Any]], npt.NDArray[Any]] | None = None,
+) -> Weights:
+    """The global model plus an aggregated difference, in the model's dtypes, built chunk by chunk.
+
+    ``delta(name, lo, hi, out)`` writes the float64 difference of elements ``[lo, hi)`` of ``name``
+    into ``out`` and returns ``True``, or returns ``False`` if the variable has none (it is then
+    returned as it is, the same array object). ``allocate(shape, dtype)`` gives the new arrays
+    (``numpy.empty`` by default). Only one chunk of float64 temporaries is ever held.
+    """
+    largest = max((array.size for array in global_weights.values()), default=0)
+    scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
+    out: Weights = {}
+    for name, array in global_weights.items():
+        flat = array.reshape(-1)
+        result: npt.NDArray[Any] | None = None
+        for lo in range(0, max(flat.size, 1), FOLD_ELEMENTS):
+            hi = min(lo + FOLD_ELEMENTS, flat.size)
+            piece = scratch[: hi - lo]
+            if not delta(name, lo, hi, piece):
+                break
+            if result is None:
+                shape = tuple(array.shape)
+                result = (
+                    np.empty(shape, array.dtype)
+                    if allocate is None
+                    else allocate(shape, array.dtype)
+                )
+            piece += flat[lo:hi]
+            _cast_into(result.reshape(-1)[lo:hi], piece)
+        out[name] = array if result is None else result
+    return out
+
+
 def apply_delta(global_weights: Weights, delta: Mapping[str, npt.NDArray[np.float64]]) -> Weights:
     """The global model plus an aggregated (float64) difference, in the model's dtypes.
 
     Variables without a difference are returned as they are (the same array objects).
     """
-    out: Weights = {}
-    for name, array in global_weights.items():
+
+    def piece(name: str, lo: int, hi: int, out: npt.NDArray[np.float64]) -> bool:
         d = delta.get(name)
         if d is None:
-            out[name] = array
-        else:
-            out[name] = cast_like(array.astype(np.float64) + d, array.dtype)
-    return out
+            return False
+        out[...] = d.reshape(-1)[lo:hi]
+        return True
+
+    return new_model_into(global_weights, piece)
 
 
 def _numeric(dtype: np.dtype[Any]) -> bool:
@@ -184,8 +254,46 @@ class _Phase(enum.Enum):
 
 class _Status(enum.Enum):
     OPEN = "open"
+    FOLDING = "folding"
     COMMITTED = "committed"
     DISCARDED = "discarded"
+
+
+class PendingUpdate:
+    """A checked update on its way into the aggregate: call :meth:`fold` (in a worker thread if
+    :attr:`Aggregator.fold_in_thread`), then :meth:`Aggregator.settle` (always, even if ``fold``
+    raised or never ran)."""
+
+    __slots__ = ("_aggregator", "arrays", "folded", "kept", "kind", "owned", "site", "weight")
+
+    def __init__(
+        self,
+        aggregator: Aggregator,
+        site: str,
+        weight: float,
+        kind: UpdateKind,
+        arrays: dict[str, npt.NDArray[Any]],
+        *,
+        owned: bool,
+    ) -> None:
+        self._aggregator = aggregator
+        self.site = site
+        self.weight = weight
+        self.kind = kind
+        self.arrays = arrays
+        self.owned = owned
+        self.folded = False
+        self.kept = False
+
+    def fold(self) -> None:
+        """Fold the update into the aggregate. Raises :class:`~flrt.errors.UpdateError` if it
+        holds a NaN or an infinity; nothing is folded then."""
+        if self.folded:
+            raise AggregatorStateError(f"the update of {self.site!r} is folded already")
+        agg = self._aggregator
+        agg._check_finite(self.site, self.arrays)
+        self.kept = agg._take(self.site, self.weight, self.kind, self.arrays, owned=self.owned)
+        self.folded = True
 
 
 @dataclass(slots=True)
@@ -210,6 +318,9 @@ class Aggregator(abc.ABC):
     requires: ClassVar[frozenset[Operation]]
     #: How its memory grows with the number of sites.
     memory: ClassVar[Memory]
+    #: Whether :meth:`PendingUpdate.fold` may run in a worker thread while other sites' updates
+    #: are opened, accepted and discarded (its ``_take`` touches only the aggregate).
+    fold_in_thread: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -219,11 +330,12 @@ class Aggregator(abc.ABC):
         spill_dir: Path | None = None,
     ) -> None:
         self.weighting = weighting
-        self._store = UpdateStore(staging_budget_bytes, spill_dir)
+        self._store = UpdateStore(staging_budget_bytes, spill_dir, reuse=True)
         self._phase = _Phase.IDLE
         self._global: Weights = {}
         self._status: dict[str, _Status] = {}
         self._staged: dict[str, _Staged] = {}
+        self._new_buffers: list[npt.NDArray[Any]] = []
 
     # ------------------------------------------------------------------------------ public API
 
@@ -252,7 +364,15 @@ class Aggregator(abc.ABC):
         self._status.clear()
         self._staged.clear()
         self._phase = _Phase.COLLECTING
+        self._new_buffers = self._store.reserve((a.shape, a.dtype) for a in self._global.values())
         self._begin()
+
+    def new_buffers(self) -> list[npt.NDArray[Any]]:
+        """The staging buffers :meth:`begin` set aside for this round that were never written yet
+        (once): pass them to :func:`~flrt.aggregation.store.prefault` in a worker thread while the
+        round starts, so that receiving the first update does not pay for fresh memory."""
+        fresh, self._new_buffers = self._new_buffers, []
+        return fresh
 
     def open(
         self,
@@ -270,7 +390,7 @@ class Aggregator(abc.ABC):
         """
         self._require_collecting("open")
         status = self._status.get(site)
-        if status is _Status.OPEN or status is _Status.COMMITTED:
+        if status in (_Status.OPEN, _Status.FOLDING, _Status.COMMITTED):
             raise AggregatorStateError(f"site {site!r} already has an update in this round")
         checked = self._check_layout(site, layout, num_samples)
         self._staged[site] = _Staged(num_samples, kind, checked, dict.fromkeys(checked, 0))
@@ -308,7 +428,7 @@ class Aggregator(abc.ABC):
             )
         key = (site, name)
         if key not in self._store:
-            self._store.allocate(key, spec.shape, spec.dtype)
+            self._store.allocate(key, spec.shape, spec.dtype, zeroed=False)
         target = self._store.get(key).reshape(-1)
         target[offset : offset + flat.size] = flat
         staged.filled[name] += flat.size
@@ -320,43 +440,74 @@ class Aggregator(abc.ABC):
         elements than it has) or holds a non-finite value (the update is then discarded), and
         :class:`~flrt.errors.AggregatorStateError` if the site has no open update.
         """
+        pending = self.prepare_commit(site)
+        try:
+            pending.fold()
+        finally:
+            self.settle(pending)
+
+    def prepare_commit(self, site: str) -> PendingUpdate:
+        """The checks of :meth:`commit`: returns the update, ready to fold (then :meth:`settle` it).
+
+        Raises like :meth:`commit` (an incomplete update is discarded).
+        """
         self._require_collecting("commit")
         if self._status.get(site) is not _Status.OPEN:
             raise AggregatorStateError(f"site {site!r} has no open update to commit")
         staged = self._staged[site]
-        try:
-            for name, spec in staged.layout.items():
-                if staged.filled[name] != spec.size:
-                    raise UpdateError(
-                        f"received {staged.filled[name]} of {spec.size} elements",
-                        site=site,
-                        variable=name,
-                    )
-            arrays = {name: self._store.get((site, name)) for name in staged.layout}
-            self._check_finite(site, arrays)
-        except UpdateError:
-            self.discard(site)  # it can never be committed; free its staging now
-            raise
-        kept = self._take(site, self._weight(staged.num_samples), staged.kind, arrays, owned=True)
-        if not kept:
-            for name in staged.layout:
-                self._store.delete((site, name))
-        del self._staged[site]
-        self._status[site] = _Status.COMMITTED
+        for name, spec in staged.layout.items():
+            if staged.filled[name] != spec.size:
+                self.discard(site)  # it can never be committed; free its staging now
+                raise UpdateError(
+                    f"received {staged.filled[name]} of {spec.size} elements",
+                    site=site,
+                    variable=name,
+                )
+        arrays = {name: self._store.get((site, name)) for name in staged.layout}
+        self._status[site] = _Status.FOLDING
+        weight = self._weight(staged.num_samples)
+        return PendingUpdate(self, site, weight, staged.kind, arrays, owned=True)
 
     def add(self, site: str, result: TrainResult) -> None:
         """Fold a whole, verified and accepted result (``open`` + ``accept`` + ``commit`` without a
         staging copy). Raises like :meth:`open` and :meth:`commit`."""
+        pending = self.prepare_add(site, result)
+        try:
+            pending.fold()
+        finally:
+            self.settle(pending)
+
+    def prepare_add(self, site: str, result: TrainResult) -> PendingUpdate:
+        """The checks of :meth:`add`: returns the result, ready to fold (then :meth:`settle` it)."""
         self._require_collecting("add")
         status = self._status.get(site)
-        if status is _Status.OPEN or status is _Status.COMMITTED:
+        if status in (_Status.OPEN, _Status.FOLDING, _Status.COMMITTED):
             raise AggregatorStateError(f"site {site!r} already has an update in this round")
         self._check_layout(site, layout_of(result.weights), result.num_samples)
-        self._check_finite(site, result.weights)
-        self._take(
-            site, self._weight(result.num_samples), result.kind, dict(result.weights), owned=False
-        )
-        self._status[site] = _Status.COMMITTED
+        self._status[site] = _Status.FOLDING
+        weight = self._weight(result.num_samples)
+        return PendingUpdate(self, site, weight, result.kind, dict(result.weights), owned=False)
+
+    def settle(self, pending: PendingUpdate) -> None:
+        """Record a folded update as committed, or discard one whose fold failed or never ran.
+
+        Raises :class:`~flrt.errors.AggregatorStateError` if it is not this aggregator's pending
+        update.
+        """
+        site = pending.site
+        if pending._aggregator is not self or self._status.get(site) is not _Status.FOLDING:
+            raise AggregatorStateError(f"site {site!r} has no update being folded")
+        staged = self._staged.pop(site, None)
+        if pending.folded:
+            self._status[site] = _Status.COMMITTED
+            if not pending.kept and staged is not None:
+                for name in staged.layout:
+                    self._store.delete((site, name))
+        else:
+            if staged is not None:
+                for name in staged.layout:
+                    self._store.delete((site, name))
+            self._status[site] = _Status.DISCARDED
 
     def discard(self, site: str) -> None:
         """Drop a site's update: staged pieces are freed and later pieces ignored. Discarding a site
@@ -366,7 +517,7 @@ class Aggregator(abc.ABC):
         """
         self._require_collecting("discard")
         status = self._status.get(site)
-        if status is _Status.COMMITTED:
+        if status is _Status.COMMITTED or status is _Status.FOLDING:
             raise AggregatorStateError(f"site {site!r} is committed and cannot be discarded")
         if status is _Status.OPEN:
             for name in self._staged.pop(site).layout:
@@ -378,9 +529,22 @@ class Aggregator(abc.ABC):
         every variable some committed update carries. Updates still open are discarded.
 
         Raises :class:`~flrt.errors.AggregationError` if no update was committed or their total
-        weight is zero, and :class:`~flrt.errors.AggregatorStateError` outside a round.
+        weight is zero, and :class:`~flrt.errors.AggregatorStateError` outside a round or while an
+        update is being folded.
         """
+        return self._end(self._finish)
+
+    def finish(self) -> Weights:
+        """End the round and return the new global model, in the model's dtypes.
+
+        Raises like :meth:`finish_delta`.
+        """
+        return self._end(self._finish_model)
+
+    def _end(self, result: Callable[[], _R]) -> _R:
         self._require_collecting("finish")
+        if any(status is _Status.FOLDING for status in self._status.values()):
+            raise AggregatorStateError("finish() called while an update is being folded")
         for site, status in list(self._status.items()):
             if status is _Status.OPEN:
                 self.discard(site)
@@ -389,17 +553,10 @@ class Aggregator(abc.ABC):
             self._store.clear()
             raise AggregationError("no update was committed in this round")
         try:
-            return self._finish()
+            return result()
         finally:
             self._phase = _Phase.FINISHED
             self._store.clear()
-
-    def finish(self) -> Weights:
-        """End the round and return the new global model, in the model's dtypes.
-
-        Raises like :meth:`finish_delta`.
-        """
-        return apply_delta(self._global, self.finish_delta())
 
     def close(self) -> None:
         """Free everything, including spill files."""
@@ -428,6 +585,10 @@ class Aggregator(abc.ABC):
     @abc.abstractmethod
     def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
         """The aggregated difference for every variable some committed update carries."""
+
+    def _finish_model(self) -> Weights:
+        """The new global model (by default the global model plus :meth:`_finish`)."""
+        return apply_delta(self._global, self._finish())
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -1,7 +1,12 @@
 """FedAvg: the weighted mean of the updates, folded in as each one is committed.
 
 Memory is one float64 accumulator per variable plus its total weight, whatever the number of sites:
-each committed update is folded into the accumulator chunk by chunk and then freed.
+each committed update is folded into the accumulator and then freed. The fold goes through the
+update in slices of :data:`~flrt.aggregation.base.FOLD_ELEMENTS` (the float64 difference of a slice
+stays in the CPU's cache), touches only the update and the accumulator, and so may run in a worker
+thread (:attr:`~flrt.aggregation.base.Aggregator.fold_in_thread`). The accumulator is kept from one
+round to the next (zeroed, not reallocated), and :meth:`WeightedMean.finish` builds the new model in
+slices, in a buffer the staging no longer needs when there is one, with no whole-model temporary.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from flrt.errors import AggregationError
-from flrt.tasks import UpdateKind
+from flrt.tasks import UpdateKind, Weights
 
-from .base import CHUNK_ELEMENTS, Aggregator, Memory, Operation
+from .base import FOLD_ELEMENTS, Aggregator, Memory, Operation, new_model_into
 
 __all__ = ["WeightedMean"]
 
@@ -28,11 +33,28 @@ class WeightedMean(Aggregator):
 
     requires: ClassVar[frozenset[Operation]] = frozenset({Operation.ADD, Operation.SCALE})
     memory: ClassVar[Memory] = Memory.CONSTANT
+    fold_in_thread: ClassVar[bool] = True
+
+    #: Accumulators kept across rounds, by variable (flat float64).
+    _kept: dict[str, npt.NDArray[np.float64]]
 
     def _begin(self) -> None:
+        if not hasattr(self, "_kept"):
+            self._kept = {}
         self._sum: dict[str, npt.NDArray[np.float64]] = {}
         self._total: dict[str, float] = {}
         self._any_weight = False
+
+    def _accumulator(self, name: str, size: int) -> npt.NDArray[np.float64]:
+        acc = self._sum.get(name)
+        if acc is None:
+            acc = self._kept.pop(name, None)
+            if acc is None or acc.size != size:
+                acc = np.zeros(size, dtype=np.float64)
+            else:
+                acc.fill(0.0)
+            self._sum[name] = acc
+        return acc
 
     def _take(
         self,
@@ -46,24 +68,58 @@ class WeightedMean(Aggregator):
         if weight <= 0.0:
             return False
         self._any_weight = True
+        largest = max((array.size for array in arrays.values()), default=0)
+        scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
         for name, array in arrays.items():
-            acc = self._sum.get(name)
-            if acc is None:
-                acc = self._sum[name] = np.zeros(array.size, dtype=np.float64)
-            for lo in range(0, array.size, CHUNK_ELEMENTS):
-                hi = min(lo + CHUNK_ELEMENTS, array.size)
-                piece = self._delta_piece(name, array, kind, lo, hi)
+            acc = self._accumulator(name, array.size)
+            flat = array.reshape(-1)
+            reference = self.global_weights[name].reshape(-1)
+            for lo in range(0, flat.size, FOLD_ELEMENTS):
+                hi = min(lo + FOLD_ELEMENTS, flat.size)
+                piece = scratch[: hi - lo]
+                if kind is UpdateKind.FULL:
+                    np.subtract(flat[lo:hi], reference[lo:hi], out=piece, dtype=np.float64)
+                else:
+                    piece[...] = flat[lo:hi]
                 piece *= weight
                 acc[lo:hi] += piece
             self._total[name] = self._total.get(name, 0.0) + weight
         return False
 
-    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
+    def _check_weight(self) -> None:
         if not self._any_weight:
             raise AggregationError("the committed updates have a total weight of zero")
+
+    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
+        self._check_weight()
         delta: dict[str, npt.NDArray[np.float64]] = {}
-        for name, acc in self._sum.items():
+        for name, acc in self._sum.items():  # handed over: not kept for the next round
             acc /= self._total[name]
             delta[name] = acc.reshape(self.global_weights[name].shape)
         self._sum = {}
         return delta
+
+    def _finish_model(self) -> Weights:
+        self._check_weight()
+        sums, totals = self._sum, self._total
+
+        def piece(name: str, lo: int, hi: int, out: npt.NDArray[np.float64]) -> bool:
+            acc = sums.get(name)
+            if acc is None:
+                return False
+            np.divide(acc[lo:hi], totals[name], out=out)
+            return True
+
+        def allocate(shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+            reused = self.store.take_free(shape, dtype)
+            return np.empty(shape, dtype) if reused is None else reused
+
+        model = new_model_into(self.global_weights, piece, allocate)
+        self._kept.update(sums)
+        self._sum = {}
+        return model
+
+    def close(self) -> None:
+        super().close()
+        self._kept = {}
+        self._sum = {}

@@ -7,40 +7,82 @@ the coordinate-wise median, every committed update. Once the bytes held in memor
 code, never pickle) in a private temporary directory, and mapped into memory; the operating system
 pages them in and out as they are read. The directory is removed by :meth:`UpdateStore.close`, or when
 the store is garbage collected.
+
+**Reuse** (``reuse=True``, for an owner that never lets its arrays out of its hands, as an
+aggregator's staging). An in-memory array that is deleted (or cleared) is kept, within the budget, for the next
+:meth:`UpdateStore.allocate` of the same shape and dtype, across rounds, instead of going back to the
+operating system: on a virtual machine the first touch of fresh memory is the slow part of receiving
+an update (about 1 s per GiB here), and the next round's updates have the same layout. Kept arrays
+count against the budget (they are dropped first when a new array would not fit), so reuse never
+raises the store's memory. :meth:`UpdateStore.take_free` hands one out for good (the aggregator
+builds the next global model in it) and :meth:`UpdateStore.close` frees them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import mmap
 import shutil
 import tempfile
 import weakref
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_BUDGET_BYTES", "UpdateStore"]
+__all__ = ["DEFAULT_BUDGET_BYTES", "UpdateStore", "prefault"]
 
 #: The default in-memory budget of a store: 256 MiB.
 DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+_PREFAULT_STEP = 16 * 1024 * 1024
+_libc: ctypes.CDLL | None = None
+
+
+def prefault(arrays: Iterable[npt.NDArray[Any]]) -> None:
+    """Fault in the memory of ``arrays`` without changing their values (``MADV_POPULATE_WRITE``),
+    so that writing them later does not pay for the first touch of each page. Blocking: run it in a
+    worker thread (ctypes releases the GIL during each call); it is safe while another thread
+    writes the same arrays. Does nothing where the kernel cannot populate ahead."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    for array in arrays:
+        start = -(-array.ctypes.data // page) * page  # whole pages inside the array only
+        end = (array.ctypes.data + array.nbytes) // page * page
+        for offset in range(start, end, _PREFAULT_STEP):
+            length = min(_PREFAULT_STEP, end - offset)
+            if _libc.madvise(offset, length, _MADV_POPULATE_WRITE) != 0:
+                return  # an older kernel (or not anonymous memory): pages fault in as written
 
 
 class UpdateStore:
     """Named arrays, in memory while they fit in ``budget_bytes``, on disk (memory-mapped) after.
 
     ``directory`` is where the spill directory is created (the system's temporary directory by
-    default). Keys are any hashable value; aggregators use ``(site, variable)``.
+    default). Keys are any hashable value; aggregators use ``(site, variable)``. With ``reuse``,
+    deleted in-memory arrays are kept for later allocations (see the module docstring): only for an
+    owner that holds no reference to an array once it is deleted.
     """
 
     def __init__(
-        self, budget_bytes: int = DEFAULT_BUDGET_BYTES, directory: Path | None = None
+        self,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        directory: Path | None = None,
+        *,
+        reuse: bool = False,
     ) -> None:
         if budget_bytes < 0:
             raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
         self.budget_bytes = budget_bytes
+        self.reuse = reuse
         self._parent = directory
         self._spill: Path | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -49,6 +91,8 @@ class UpdateStore:
         self._memory_bytes = 0
         self._disk_bytes = 0
         self._counter = 0
+        self._free: dict[tuple[tuple[int, ...], np.dtype[Any]], list[npt.NDArray[Any]]] = {}
+        self._free_bytes = 0
 
     @property
     def memory_bytes(self) -> int:
@@ -60,6 +104,11 @@ class UpdateStore:
         """Bytes held in memory-mapped files."""
         return self._disk_bytes
 
+    @property
+    def free_bytes(self) -> int:
+        """Bytes of deleted in-memory arrays kept for reuse (within the budget)."""
+        return self._free_bytes
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._arrays
 
@@ -70,17 +119,25 @@ class UpdateStore:
         return iter(list(self._arrays))
 
     def allocate(
-        self, key: Hashable, shape: tuple[int, ...], dtype: np.dtype[Any]
+        self, key: Hashable, shape: tuple[int, ...], dtype: np.dtype[Any], *, zeroed: bool = True
     ) -> npt.NDArray[Any]:
-        """A new zero-filled array for ``key`` (replacing any previous one), in memory or on disk.
+        """A new array for ``key`` (replacing any previous one), in memory or on disk; zero-filled
+        unless ``zeroed`` is false (its values are then undefined, for a caller that overwrites
+        every element).
 
         Raises :class:`OSError` when the spill file cannot be created.
         """
         self.delete(key)
         dtype = np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if self._memory_bytes + nbytes <= self.budget_bytes or nbytes == 0:
-            array: npt.NDArray[Any] = np.zeros(shape, dtype=dtype)
+        array = self._reuse(shape, dtype)
+        if array is not None:
+            if zeroed:
+                array.fill(0)
+            self._memory_bytes += nbytes
+        elif self._fits(nbytes) or nbytes == 0:
+            array = np.zeros(shape, dtype=dtype) if zeroed else np.empty(shape, dtype=dtype)
             self._memory_bytes += nbytes
         else:
             path = self._spill_directory() / f"{self._counter:08d}.npy"
@@ -90,6 +147,55 @@ class UpdateStore:
             self._disk_bytes += nbytes
         self._arrays[key] = array
         return array
+
+    def reserve(
+        self, layout: Iterable[tuple[tuple[int, ...], np.dtype[Any]]]
+    ) -> list[npt.NDArray[Any]]:
+        """Keep an (unwritten) array for each ``(shape, dtype)`` of ``layout`` that has none kept
+        yet, as far as the budget allows, for later allocations; returns the new ones (to
+        :func:`prefault` them in a worker thread)."""
+        wanted: dict[tuple[tuple[int, ...], np.dtype[Any]], int] = {}
+        for shape, dtype in layout:
+            key = (tuple(int(n) for n in shape), np.dtype(dtype))
+            wanted[key] = wanted.get(key, 0) + 1
+        created: list[npt.NDArray[Any]] = []
+        for (shape, dtype), count in wanted.items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            missing = count - len(self._free.get((shape, dtype), ()))
+            for _ in range(missing):
+                if not nbytes or self._memory_bytes + self._free_bytes + nbytes > self.budget_bytes:
+                    break
+                array = np.empty(shape, dtype=dtype)
+                self._free.setdefault((shape, dtype), []).append(array)
+                self._free_bytes += nbytes
+                created.append(array)
+        return created
+
+    def take_free(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any] | None:
+        """A kept in-memory array of this shape and dtype, handed over for good (the store forgets
+        it; its values are undefined), or ``None`` if there is none."""
+        return self._reuse(tuple(int(n) for n in shape), np.dtype(dtype))
+
+    def _reuse(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any] | None:
+        kept = self._free.get((shape, dtype))
+        if not kept:
+            return None
+        array = kept.pop()
+        if not kept:
+            del self._free[(shape, dtype)]
+        self._free_bytes -= array.nbytes
+        return array
+
+    def _fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more fit in memory, dropping kept arrays to make room if need be."""
+        if self._memory_bytes + nbytes > self.budget_bytes:
+            return False
+        while self._free and self._memory_bytes + self._free_bytes + nbytes > self.budget_bytes:
+            key = next(iter(self._free))
+            self._free_bytes -= self._free[key].pop().nbytes
+            if not self._free[key]:
+                del self._free[key]
+        return True
 
     def put(self, key: Hashable, array: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """Store a copy of ``array`` under ``key`` and return the stored array."""
@@ -109,6 +215,9 @@ class UpdateStore:
         path = self._files.pop(key, None)
         if path is None:
             self._memory_bytes -= array.nbytes
+            if self.reuse and array.nbytes and array.base is None and array.flags.c_contiguous:
+                self._free.setdefault((array.shape, array.dtype), []).append(array)
+                self._free_bytes += array.nbytes
         else:
             self._disk_bytes -= array.nbytes
             del array
@@ -121,8 +230,10 @@ class UpdateStore:
             self.delete(key)
 
     def close(self) -> None:
-        """Forget every array and remove the spill directory."""
+        """Forget every array (kept ones included) and remove the spill directory."""
         self.clear()
+        self._free.clear()
+        self._free_bytes = 0
         if self._finalizer is not None:
             self._finalizer()
             self._finalizer = None

@@ -4,8 +4,9 @@
 :class:`~flrt.workflows.quorum.QuorumRound` and translates between it and the controller:
 
 - a reply for this round's task from a site the quorum would accept is handed to ``on_result``
-  (which checks it and folds it into the aggregate) *before* the quorum counts it; if
-  ``on_result`` raises :class:`~flrt.errors.UpdateError`, the site is counted as failed instead;
+  (which checks it and folds it into the aggregate, and may be a coroutine function, to fold in a
+  worker thread) *before* the quorum counts it; if ``on_result`` raises
+  :class:`~flrt.errors.UpdateError`, the site is counted as failed instead;
 - a reply for another task (an earlier round, another model), from a site not asked, a duplicate,
   or one arriving after the round closed is reported as :class:`UpdateDiscarded` and its staged
   arrays are dropped, never folded;
@@ -17,7 +18,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import assert_never
 
@@ -117,7 +118,7 @@ class _Driver:
         candidates: frozenset[str] | None,
         *,
         seed: int,
-        on_result: Callable[[str, ResultArrived], None],
+        on_result: Callable[[str, ResultArrived], Awaitable[None] | None],
         sink: UpdateSink | None,
     ) -> None:
         self.controller = controller
@@ -147,7 +148,9 @@ class _Driver:
                     self._drop(reply.site, reply.round, "other_task")
                 elif q.would_accept(reply.site, reply.round):
                     try:
-                        self.on_result(reply.site, reply)
+                        folding = self.on_result(reply.site, reply)
+                        if folding is not None:
+                            await folding
                     except UpdateError as exc:
                         if self.sink is not None:
                             self.sink.discard(reply.site)
@@ -219,7 +222,7 @@ async def run_round(
     policy: RoundPolicy,
     seed: int,
     history: Mapping[str, SiteHistory],
-    on_result: Callable[[str, ResultArrived], None],
+    on_result: Callable[[str, ResultArrived], Awaitable[None] | None],
     sink: UpdateSink | None = None,
     purpose: int = PURPOSE_TRAIN,
     raise_on_failure: bool = True,
@@ -227,7 +230,8 @@ async def run_round(
     """Run ``task`` as one round among ``candidates`` (those connected are eligible; ``None``
     means every site, including sites that connect during the round).
 
-    ``on_result(site, reply)`` checks and folds an accepted result; it raises
+    ``on_result(site, reply)`` checks and folds an accepted result (it may return an awaitable, which
+    is awaited before anything else is handled); it raises
     :class:`~flrt.errors.UpdateError` to refuse it (the site then counts as failed). Returns how the
     round went; if the quorum was not reached, raises :class:`~flrt.errors.RoundFailedError`, or
     with ``raise_on_failure=False`` returns an outcome whose ``reason`` says why.

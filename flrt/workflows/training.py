@@ -4,7 +4,9 @@ Every round: choose the sites (seeded by the job's seed and the round), send the
 :class:`~flrt.tasks.TrainTask`, fold each accepted result into the round's aggregator as it arrives
 (the aggregator is also the scatter's sink, so a controller may stream arrays into it), close on the
 quorum and grace period, apply the server step, optionally evaluate the new model on the sites, and
-checkpoint the state through the controller. A round without quorum raises
+checkpoint the state through the controller. One aggregator serves every round of a job, so its
+buffers are reused; large folds and the server step run in a worker thread, so the event loop keeps
+receiving the other sites' updates meanwhile. A round without quorum raises
 :class:`~flrt.errors.RoundFailedError` (the job fails with that reason); a resumed workflow continues
 after the last checkpointed round and, with the same seed and site behaviour, reaches the same model
 as a run that never stopped.
@@ -28,11 +30,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import numpy.typing as npt
 
 from flrt.aggregation import (
     Aggregator,
+    PendingUpdate,
     WeightedMean,
     Weighting,
     control_for_sites,
@@ -40,6 +45,7 @@ from flrt.aggregation import (
     layout_of,
     make_aggregator,
     make_optimizer,
+    prefault,
     scaffold_server_step,
 )
 from flrt.errors import UpdateError, WorkflowError
@@ -56,6 +62,22 @@ from .state import RoundSummary, WorkflowState
 __all__ = ["TRAINING_WORKFLOWS", "fedavg", "fedopt", "fedprox", "job_seed", "scaffold", "train"]
 
 _MB = 1024 * 1024
+
+#: Updates smaller than this are folded on the event loop (a worker thread would cost more).
+_THREAD_FOLD_BYTES = 1 * _MB
+
+
+async def fold_pending(aggregator: Aggregator, pending: PendingUpdate) -> None:
+    """Fold a prepared update (in a worker thread if it is large and the aggregator allows it)
+    and settle it, whatever happens. Raises :class:`~flrt.errors.UpdateError` like ``commit``."""
+    try:
+        size = sum(array.nbytes for array in pending.arrays.values())
+        if aggregator.fold_in_thread and size >= _THREAD_FOLD_BYTES:
+            await anyio.to_thread.run_sync(pending.fold)
+        else:
+            pending.fold()
+    finally:
+        aggregator.settle(pending)
 
 
 def job_seed(job: JobSpec, job_id: str) -> int:
@@ -106,13 +128,14 @@ class _Strategy(abc.ABC):
     def begin(self, state: WorkflowState, aggregator: Aggregator) -> None:
         aggregator.begin(state.weights)
 
-    def fold(self, site: str, reply: ResultArrived, aggregator: Aggregator) -> None:
+    async def fold(self, site: str, reply: ResultArrived, aggregator: Aggregator) -> None:
         result = reply.result
         assert isinstance(result, TrainResult)
         if reply.staged:
-            aggregator.commit(site)
+            pending = aggregator.prepare_commit(site)
         else:
-            aggregator.add(site, result)
+            pending = aggregator.prepare_add(site, result)
+        await fold_pending(aggregator, pending)
 
     @abc.abstractmethod
     def step(
@@ -201,7 +224,7 @@ class _Scaffold(_Strategy):
         zeros: Weights = {k: np.zeros_like(c) for k, c in self._control(state).items()}
         self._control_mean.begin(zeros)
 
-    def fold(self, site: str, reply: ResultArrived, aggregator: Aggregator) -> None:
+    async def fold(self, site: str, reply: ResultArrived, aggregator: Aggregator) -> None:
         result = reply.result
         assert isinstance(result, TrainResult)
         delta = result.extras.get("scaffold_delta")
@@ -214,7 +237,7 @@ class _Scaffold(_Strategy):
                 control.accept(site, name, array)
                 if array.dtype.kind == "f" and not np.isfinite(array).all():
                     raise UpdateError("holds a NaN or an infinity", site=site, variable=name)
-            super().fold(site, reply, aggregator)  # the model update, checked and folded
+            await super().fold(site, reply, aggregator)  # the model update, checked and folded
         except BaseException:
             control.discard(site)
             raise
@@ -323,22 +346,21 @@ async def train(
 
     candidates = frozenset(job.targets) if job.targets else None  # None: every site
 
-    for r in range(state.round + 1, spec.rounds + 1):
-        aggregator = strategy.aggregator()
-        trained: dict[str, tuple[Metrics, int]] = {}
+    aggregator = strategy.aggregator()  # one for the whole job: its buffers serve every round
+    try:
+        for r in range(state.round + 1, spec.rounds + 1):
+            trained: dict[str, tuple[Metrics, int]] = {}
 
-        def on_result(
-            site: str,
-            reply: ResultArrived,
-            aggregator: Aggregator = aggregator,
-            trained: dict[str, tuple[Metrics, int]] = trained,
-        ) -> None:
-            if not isinstance(reply.result, TrainResult):
-                raise UpdateError("expected a train result", site=site)
-            strategy.fold(site, reply, aggregator)
-            trained[site] = (dict(reply.result.metrics), reply.result.num_samples)
+            async def on_result(
+                site: str,
+                reply: ResultArrived,
+                trained: dict[str, tuple[Metrics, int]] = trained,
+            ) -> None:
+                if not isinstance(reply.result, TrainResult):
+                    raise UpdateError("expected a train result", site=site)
+                await strategy.fold(site, reply, aggregator)
+                trained[site] = (dict(reply.result.metrics), reply.result.num_samples)
 
-        try:
             strategy.begin(state, aggregator)
             task = TrainTask(
                 job_id=job_id,
@@ -347,59 +369,74 @@ async def train(
                 params=strategy.task_params(),
                 extras=strategy.task_extras(state),
             )
-            outcome = await run_round(
-                controller,
-                task,
-                candidates=candidates,
-                policy=policy,
-                seed=state.seed,
-                history=state.history,
-                on_result=on_result,
-                sink=aggregator,
+            failure: Exception | None = None
+            async with anyio.create_task_group() as tg:
+                fresh = aggregator.new_buffers()
+                if sum(buffer.nbytes for buffer in fresh) >= _THREAD_FOLD_BYTES:
+                    # First touch of fresh memory is slow here: take it while the task goes out.
+                    tg.start_soon(anyio.to_thread.run_sync, prefault, fresh)
+                del fresh
+                try:
+                    outcome = await run_round(
+                        controller,
+                        task,
+                        candidates=candidates,
+                        policy=policy,
+                        seed=state.seed,
+                        history=state.history,
+                        on_result=on_result,
+                        sink=aggregator,
+                    )
+                except Exception as exc:  # raised as itself, not in the task group's group
+                    failure = exc
+            if failure is not None:
+                raise failure
+            # The server step builds the new model in a worker thread (a large model takes a while).
+            weights, arrays = await anyio.to_thread.run_sync(
+                strategy.step, state, aggregator, outcome
             )
-            weights, arrays = strategy.step(state, aggregator, outcome)
-        finally:
-            strategy.close(aggregator)
-        for site in sorted(trained):
-            metrics, n = trained[site]
-            controller.report(MetricsReported(r, "train", site, metrics, n))
-        train_metrics, samples = weighted_metrics(trained.values())
-        controller.report(MetricsReported(r, "train", None, train_metrics, samples))
-        history = _record(state.history, outcome.outcomes)
-        eval_metrics: Metrics = {}
-        if params.evaluate_every and r % params.evaluate_every == 0:
-            eval_metrics, evaluated = await evaluate_global(
-                controller,
-                job_id=job_id,
+            for site in sorted(trained):
+                metrics, n = trained[site]
+                controller.report(MetricsReported(r, "train", site, metrics, n))
+            train_metrics, samples = weighted_metrics(trained.values())
+            controller.report(MetricsReported(r, "train", None, train_metrics, samples))
+            history = _record(state.history, outcome.outcomes)
+            eval_metrics: Metrics = {}
+            if params.evaluate_every and r % params.evaluate_every == 0:
+                eval_metrics, evaluated = await evaluate_global(
+                    controller,
+                    job_id=job_id,
+                    round=r,
+                    weights=weights,
+                    candidates=candidates,
+                    policy=everyone,
+                    seed=state.seed,
+                    history=history,
+                )
+                history = _record(history, evaluated.outcomes)
+            summary = RoundSummary(
+                round=r,
+                started_at=outcome.started_at,
+                closed_at=outcome.closed_at,
+                accepted=outcome.accepted,
+                cancelled=outcome.cancelled,
+                failed=tuple(outcome.failed),
+                discarded=len(outcome.discarded),
+                num_samples=samples,
+                train_metrics=train_metrics,
+                eval_metrics=eval_metrics,
+            )
+            state = replace(
+                state,
                 round=r,
                 weights=weights,
-                candidates=candidates,
-                policy=everyone,
-                seed=state.seed,
+                arrays=arrays,
                 history=history,
+                rounds=(*state.rounds, summary),
             )
-            history = _record(history, evaluated.outcomes)
-        summary = RoundSummary(
-            round=r,
-            started_at=outcome.started_at,
-            closed_at=outcome.closed_at,
-            accepted=outcome.accepted,
-            cancelled=outcome.cancelled,
-            failed=tuple(outcome.failed),
-            discarded=len(outcome.discarded),
-            num_samples=samples,
-            train_metrics=train_metrics,
-            eval_metrics=eval_metrics,
-        )
-        state = replace(
-            state,
-            round=r,
-            weights=weights,
-            arrays=arrays,
-            history=history,
-            rounds=(*state.rounds, summary),
-        )
-        await controller.save_checkpoint(state)
+            await controller.save_checkpoint(state)
+    finally:
+        strategy.close(aggregator)
 
     if params.cross_site_eval and state.cross_site is None:
         cross = await cross_site_eval(

@@ -26,6 +26,7 @@ from flrt.aggregation import (
     check_supported,
     layout_of,
     make_aggregator,
+    prefault,
 )
 from flrt.aggregation.base import Aggregator
 from flrt.errors import AggregationError, AggregatorStateError, UpdateError
@@ -443,6 +444,74 @@ def test_robust_parameters_are_checked() -> None:
         assert isinstance(make_aggregator(name, memory_budget_bytes=1), Aggregator)
 
 
+@settings(max_examples=20, deadline=None)
+@given(updates(), updates(), st.integers(0, 2**32 - 1))
+def test_an_aggregator_reused_for_another_round_equals_a_fresh_one_bit_for_bit(
+    first: list[tuple[str, Weights, int]], second: list[tuple[str, Weights, int]], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    reused = WeightedMean(staging_budget_bytes=1 << 20)
+    for items, g in ((first, _global(0)), (second, _global(1))):
+        reused.begin(g)
+        for site, weights, n in items:
+            _stream(reused, site, TrainResult(weights=weights, num_samples=n), rng)
+        model = reused.finish()
+        fresh = _fedavg(items, g).finish()
+        for name in SHAPES:
+            assert model[name].dtype == g[name].dtype
+            assert np.array_equal(model[name], fresh[name])
+    reused.close()
+    assert reused.store.free_bytes == 0
+
+
+def test_a_fold_in_progress_lets_other_sites_stream_and_refuses_what_would_race() -> None:
+    g = {"x": np.zeros(4, dtype=np.float32)}
+    agg = WeightedMean()
+    assert agg.fold_in_thread
+    agg.begin(g)
+    for site in ("a", "b"):
+        agg.open(site, num_samples=1, layout=layout_of(g))
+    agg.accept("a", "x", np.full(4, 2.0, dtype=np.float32))
+    pending = agg.prepare_commit("a")
+    # While "a" is folded (in a worker thread, in a real round), "b" keeps streaming...
+    agg.accept("b", "x", np.full(4, 4.0, dtype=np.float32))
+    # ...but nothing may touch "a" or end the round.
+    for call in (
+        lambda: agg.discard("a"),
+        lambda: agg.commit("a"),
+        lambda: agg.accept("a", "x", np.zeros(4, dtype=np.float32)),
+        agg.finish,
+    ):
+        with pytest.raises(AggregatorStateError):
+            call()
+    pending.fold()
+    agg.settle(pending)
+    agg.commit("b")
+    assert agg.committed == ("a", "b")
+    assert np.array_equal(agg.finish()["x"], [3.0, 3.0, 3.0, 3.0])
+
+
+def test_a_fold_that_fails_or_never_runs_leaves_no_trace() -> None:
+    g = {"x": np.zeros(2, dtype=np.float32)}
+    agg = WeightedMean()
+    agg.begin(g)
+    agg.add("ok", TrainResult(weights={"x": np.ones(2, dtype=np.float32)}, num_samples=1))
+    agg.open("nan", num_samples=1, layout=layout_of(g))
+    agg.accept("nan", "x", np.array([np.nan, 0.0], dtype=np.float32))
+    pending = agg.prepare_commit("nan")
+    with pytest.raises(UpdateError, match="NaN"):
+        pending.fold()
+    agg.settle(pending)
+    never = agg.prepare_add(
+        "never", TrainResult(weights={"x": np.full(2, 9, np.float32)}, num_samples=1)
+    )
+    agg.settle(never)  # cancelled before it was folded
+    with pytest.raises(AggregatorStateError):
+        agg.settle(never)
+    assert agg.committed == ("ok",)
+    assert np.array_equal(agg.finish()["x"], [1.0, 1.0])
+
+
 # ---------------------------------------------------------------------------------- store
 
 
@@ -464,6 +533,37 @@ def test_update_store_spills_beyond_its_budget_and_cleans_up(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="budget"):
         UpdateStore(budget_bytes=-1)
+
+
+def test_update_store_reuses_deleted_arrays_within_its_budget() -> None:
+    store = UpdateStore(budget_bytes=190, reuse=True)
+    a = store.allocate("a", (10,), np.dtype(np.float64))
+    store.delete("a")
+    assert (store.memory_bytes, store.free_bytes) == (0, 80)
+    assert store.allocate("b", (10,), np.dtype(np.float64)) is a  # the same memory, zeroed
+    assert not a.any()
+    store.delete("b")
+    # A new shape that would not fit beside the kept array drops it first.
+    c = store.allocate("c", (15,), np.dtype(np.float64))
+    assert not isinstance(c, np.memmap)
+    assert (store.memory_bytes, store.free_bytes) == (120, 0)
+    # reserve keeps unwritten arrays for a layout, within the budget, and take_free hands one out.
+    made = store.reserve([((5,), np.dtype(np.float32)), ((100,), np.dtype(np.float64))])
+    assert [m.shape for m in made] == [(5,)]  # 800 bytes would not fit
+    assert store.take_free((5,), np.dtype(np.float32)) is made[0]
+    assert store.take_free((5,), np.dtype(np.float32)) is None
+    store.close()
+    assert store.free_bytes == 0
+    plain = UpdateStore(budget_bytes=200)  # without reuse, deleted arrays are let go
+    plain.allocate("a", (10,), np.dtype(np.float64))
+    plain.delete("a")
+    assert plain.free_bytes == 0
+
+
+def test_prefault_keeps_values_and_accepts_any_array() -> None:
+    array = np.arange(3 << 20, dtype=np.float32)
+    prefault([array, array[1:7], np.empty(0, dtype=np.float64)])
+    assert np.array_equal(array, np.arange(3 << 20, dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------- sum-only
