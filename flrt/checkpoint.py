@@ -83,9 +83,9 @@ class Checkpoint:
 
 
 def _write_arrays(path: Path, weights: Weights) -> str:
-    """Write ``weights`` to ``path`` (flushed and fsynced) and return their digest."""
-    save_weights(path, weights)
-    return weights_digest(weights)
+    """Write ``weights`` to ``path`` (flushed and fsynced) and return their digest (hashed as they
+    are written: one pass over the arrays)."""
+    return save_weights(path, weights)
 
 
 def _read_arrays(path: Path) -> tuple[Weights, str]:

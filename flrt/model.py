@@ -153,12 +153,14 @@ def _layout(
 
 def _chunks(
     weights: Mapping[str, npt.NDArray[Any]], metadata: Mapping[str, str] | None
-) -> Iterator[bytes]:
-    """The encoding as a sequence of byte strings: the framed header, then each tensor's bytes."""
+) -> Iterator[bytes | memoryview]:
+    """The encoding as a sequence of byte strings: the framed header, then each tensor's bytes
+    (a view of the array itself when it is contiguous and little-endian already, else a copy)."""
     framed, order = _layout(weights, metadata)
     yield framed
     for name, code in order:
-        yield np.ascontiguousarray(weights[name], dtype=_DTYPES[code]).tobytes()
+        array = np.ascontiguousarray(weights[name], dtype=_DTYPES[code])
+        yield array.reshape(-1).view(np.uint8).data
 
 
 def encode_weights(weights: Weights, metadata: Mapping[str, str] | None = None) -> bytes:
@@ -171,8 +173,10 @@ def encode_weights(weights: Weights, metadata: Mapping[str, str] | None = None) 
 
 def save_weights(
     path: str | os.PathLike[str], weights: Weights, metadata: Mapping[str, str] | None = None
-) -> None:
-    """Write a model to ``path`` as a safetensors file, atomically.
+) -> str:
+    """Write a model to ``path`` as a safetensors file, atomically, and return the SHA-256 (hex)
+    of the bytes written: without ``metadata``, that is :func:`weights_digest`, computed in the
+    same pass over the arrays.
 
     The file is written under a temporary name in the same directory, flushed, fsynced and renamed
     over ``path``; readers see the old file or the new one, never a part.
@@ -183,11 +187,13 @@ def save_weights(
     target = Path(path)
     chunks = _chunks(weights, metadata)
     first = next(chunks)  # validates everything before a file is created
+    digest = hashlib.sha256(first)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(first)
             for chunk in chunks:
+                digest.update(chunk)
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
@@ -197,6 +203,7 @@ def save_weights(
             os.unlink(tmp_name)
         raise
     _fsync_directory(target.parent)
+    return digest.hexdigest()
 
 
 def _fsync_directory(directory: Path) -> None:
