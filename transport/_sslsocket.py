@@ -7,11 +7,15 @@ AnyIO's :class:`~anyio.streams.tls.TLSStream` runs TLS through memory BIOs over 
 which is what tests over memory streams need; but each ``receive`` returns at most one 16 KiB TLS
 record, and a gigabyte then costs 65,000 trips through Python. On a real socket this stream lets
 OpenSSL read and write the socket itself, and one :meth:`SSLSocketStream.receive_view` drains every
-record already available (up to ``max_bytes``) into one reused buffer. Waiting uses
+record already available (up to ``max_bytes``) into a scratch buffer. Waiting uses
 :func:`anyio.wait_readable` / :func:`anyio.wait_writable`, so it runs unchanged on trio and asyncio.
 
-Every receive is a checkpoint (it waits, or yields once), so a busy link cannot starve other tasks;
-a send that did not have to wait only checks for cancellation, which saves a trip through the
+The scratch buffer (1 MiB) is shared by every stream of a thread rather than owned by each: a
+server with hundreds of sites would otherwise keep hundreds of megabytes of them resident. That is
+safe because a receive never yields between reading and returning: it yields (or waits) *before*
+it reads, so no other task can reuse the buffer until the caller's next await. A receive that did
+not have to wait yields at the start of the next one, so a busy link cannot starve other tasks.
+A send that did not have to wait only checks for cancellation, which saves a trip through the
 scheduler for every small message.
 Errors leave as :class:`anyio.EndOfStream` (orderly end) or :class:`anyio.BrokenResourceError` with
 the :mod:`ssl` or OS error as its cause; the bus translates them at its edge.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +39,15 @@ from anyio.streams.tls import TLSAttribute
 __all__ = ["SSLSocketStream", "accept_socket", "listen_socket"]
 
 _BUFFER = 1 << 20
+_scratch = threading.local()
+
+
+def _scratch_view() -> memoryview:
+    """This thread's receive buffer, shared by its streams (see the module docstring)."""
+    view: memoryview | None = getattr(_scratch, "view", None)
+    if view is None:
+        view = _scratch.view = memoryview(bytearray(_BUFFER))
+    return view
 
 
 class SSLSocketStream(anyio.abc.ByteStream):
@@ -41,10 +55,9 @@ class SSLSocketStream(anyio.abc.ByteStream):
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self._sock = sock
-        self._buffer = bytearray(_BUFFER)
-        self._view = memoryview(self._buffer)
         self._eof = False
         self._closed = False
+        self._yield_first = False  # the last receive returned without waiting
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -111,16 +124,25 @@ class SSLSocketStream(anyio.abc.ByteStream):
     async def receive_view(self, max_bytes: int = _BUFFER) -> memoryview:
         """Every decrypted byte already available, up to ``max_bytes``, waiting for the first.
 
-        The view points into a buffer reused by the next call: use or copy it before then.
+        The view points into a buffer that any stream's next receive reuses: use or copy it
+        before the caller's next await.
         """
-        got = await self.receive_into(self._view[: min(max_bytes, _BUFFER)])
-        return self._view[:got]
+        scratch = _scratch_view()
+        got = await self.receive_into(scratch[: min(max_bytes, _BUFFER)])
+        return scratch[:got]
 
     async def receive_into(self, view: memoryview) -> int:
         """Decrypt every byte already available straight into ``view``, waiting for the first;
-        returns how many. Raises :class:`anyio.EndOfStream` at the end."""
+        returns how many. Raises :class:`anyio.EndOfStream` at the end.
+
+        Any yield to other tasks happens before the first byte is read, never after.
+        """
         if self._eof:
             raise anyio.EndOfStream
+        if self._yield_first:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
         sock = self._sock
         got = 0
         waited = False
@@ -149,8 +171,7 @@ class SSLSocketStream(anyio.abc.ByteStream):
                     break
                 raise anyio.EndOfStream
             got += n
-        if not waited:
-            await anyio.lowlevel.checkpoint()
+        self._yield_first = not waited
         return got
 
     async def send(self, item: bytes | bytearray | memoryview) -> None:

@@ -6,6 +6,8 @@ keeps serving, which every test checks by completing a good ask afterwards.
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 import struct
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import msgpack
 import pytest
 import trustme
@@ -22,12 +25,15 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from security.pki import Identity, Role, create_ca
 from security.tls import client_ssl_context
 from tests.transport.conftest import FAST, Pki, name_from_certificate
+from transport._sslsocket import accept_socket, listen_socket
 from transport.bus import Message, Node
 from transport.errors import HandshakeError
 from transport.protocol.frames import FrameDecoder, FrameKind, encode_frame
 from transport.tls import (
     ALPN_PROTOCOL,
+    accept_tls,
     client_handshake,
+    dial_tls,
     peer_certificate,
     prepare_client_context,
     prepare_server_context,
@@ -339,3 +345,40 @@ def test_msgpack_is_what_we_think() -> None:
     # The bad-header case above relies on 0xc1 never being valid msgpack.
     with pytest.raises(Exception):  # noqa: B017, PT011
         msgpack.unpackb(b"\xc1")
+
+
+async def test_streams_sharing_the_receive_buffer_never_see_each_others_bytes(pki: Pki) -> None:
+    """Three connections receive at once into one thread's scratch buffer; each consumer gets
+    exactly its own bytes, because a receive never yields between reading and returning."""
+    listener = listen_socket("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    payloads = [bytes([i]) * 3_000_000 + os.urandom(1000) for i in range(3)]
+    received: list[bytearray] = [bytearray() for _ in payloads]
+
+    async def serve(index: int, raw: socket.socket) -> None:
+        stream = await accept_tls(raw, prepare_server_context(pki.server_context()), timeout=10)
+        async with stream:
+            while True:
+                try:
+                    view = await stream.receive_view()
+                except anyio.EndOfStream:
+                    return
+                await anyio.lowlevel.checkpoint_if_cancelled()
+                received[index] += view  # used before the next await, as documented
+
+    async def send(payload: bytes) -> None:
+        context = prepare_client_context(pki.site_context())
+        stream = await dial_tls("127.0.0.1", port, context, "localhost", timeout=10)
+        async with stream:
+            for start in range(0, len(payload), 100_000):
+                await stream.send(payload[start : start + 100_000])
+                await anyio.lowlevel.checkpoint()
+
+    with listener:
+        async with anyio.create_task_group() as tg:
+            for payload in payloads:
+                tg.start_soon(send, payload)
+            for index in range(3):
+                tg.start_soon(serve, index, await accept_socket(listener))
+    # Connections are accepted in some order: match each receiver to the payload it got.
+    assert sorted(bytes(r) for r in received) == sorted(payloads)
