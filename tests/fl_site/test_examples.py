@@ -18,7 +18,7 @@ from flrt.examples.logreg import (
     gradient,
     logits,
 )
-from flrt.examples.noise import NoiseTrainer, make_model
+from flrt.examples.noise import NOISE_BLOCK, NoiseTrainer, add_noise, make_model
 from flrt.model import load_weights
 from flrt.tasks import TrainResult, TrainTask, Weights
 from flrt.trainer import CheckedTrainer, SiteContext, load_trainer
@@ -248,6 +248,18 @@ def test_noise_trainer_adds_scaled_noise(tmp_path: Path) -> None:
     assert abs(float(differences.std()) - 0.1) < 0.005
     assert abs(float(differences.mean())) < 0.005
     assert trainer.evaluate(model, site).metrics["rms"] == pytest.approx(1.0, abs=0.01)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_noise_reaches_every_value_of_a_large_array(dtype: type) -> None:
+    array: np.ndarray[Any, Any] = np.zeros((3, NOISE_BLOCK + 5), dtype=dtype)
+    noisy = add_noise(array, 0.5, np.random.default_rng(2))
+    assert noisy.dtype == array.dtype
+    assert noisy.shape == array.shape
+    assert np.all(noisy != 0)
+    assert abs(float(noisy.std()) - 0.5) < 0.02
+    assert not np.shares_memory(noisy, array)
+    assert add_noise(np.zeros(0, dtype=dtype), 1.0, np.random.default_rng(2)).size == 0
 
 
 def test_noise_trainer_straggles_fails_and_aborts(tmp_path: Path) -> None:
