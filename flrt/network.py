@@ -32,7 +32,16 @@ sites and turn what comes back into the workflow's :data:`~flrt.workflows.Reply`
 - **Cancelling** tells the site to stop (``cancel``); a trainer that honours its abort check stops,
   and a site never sends a cancelled task's result.
 
-The clock is AnyIO's (:func:`anyio.current_time`); checkpoints are written in a worker thread.
+**Checkpoints** are written in a worker thread *behind* the workflow: ``save_checkpoint`` takes
+the state's snapshot and returns, so the next round's task goes out to the sites while the files are
+written and fsynced (the sites train while the server's disk works). One write is under way at a
+time, in order, and it is complete (or its error raised in the workflow) before the next round's
+scatter returns, that is before that round's results are aggregated into a new model, and before
+the server reports the job over. A crash can lose the round in progress and the checkpoint being
+written, never a checkpoint already reported (the ``checkpoint`` event in ``metrics.jsonl``, the
+``round`` an admin sees), and never leaves a partial one (see :mod:`flrt.checkpoint`).
+
+The clock is AnyIO's (:func:`anyio.current_time`).
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ from flrt._protocol import (
     split_wire_name,
 )
 from flrt.aggregation import ArraySpec
-from flrt.checkpoint import save_checkpoint
+from flrt.checkpoint import Checkpoint, save_checkpoint
 from flrt.errors import NodeProtocolError, UpdateError
 from flrt.filters import Task
 from flrt.job import JobSpec
@@ -309,6 +318,10 @@ class _NetScatter:
         self._arrays = None
         self._task = _without_arrays(self._task)
         self.sink = None  # the round's aggregator, which holds that round's global model
+        if exc_type is None:
+            # The previous round's checkpoint is on disk before this round's results are
+            # aggregated (and the arrays it is written from may change).
+            await self._controller.checkpoint_written()
 
     # ------------------------------------------------------------------ sending
 
@@ -573,6 +586,9 @@ class NetworkController:
         self.in_flight = ByteBudget(int(budget * 1024 * 1024))
         self._scatters: list[_NetScatter] = []
         self._initial: Weights | None = None
+        self._writing: anyio.Event | None = None  # set once the checkpoint being written is saved
+        self._write_error: Exception | None = None
+        #: The last round whose checkpoint is on disk.
         self.rounds_done = 0
         self.log = log.bind(job=job_id)
 
@@ -603,17 +619,42 @@ class NetworkController:
         self._initial = initial
 
     async def save_checkpoint(self, state: WorkflowState) -> None:
+        """Start writing ``state``'s checkpoint and return: the next round's task goes out while it
+        is written (see "Checkpoints" in the module docstring). Raises what the previous write
+        raised, if it failed."""
+        await self.checkpoint_written()
         if self._initial is not None and state.round >= 1:
             self._initial.clear()
             self._initial = None
         checkpoint = state.to_checkpoint(job=self.entry.to_dict())
-        await anyio.to_thread.run_sync(
-            save_checkpoint, self.store.checkpoints(self.job_id), checkpoint
-        )
-        self.rounds_done = state.round
-        self._record({"event": "checkpoint", "time": time.time(), "round": state.round})
+        written = self._writing = anyio.Event()
+        self.task_group.start_soon(self._write_checkpoint, checkpoint, written)
+
+    async def _write_checkpoint(self, checkpoint: Checkpoint, written: anyio.Event) -> None:
+        try:
+            # Not abandoned on cancellation: a server that stops waits for the write to end.
+            await anyio.to_thread.run_sync(
+                save_checkpoint, self.store.checkpoints(self.job_id), checkpoint
+            )
+        except Exception as exc:  # raised in the workflow, by its next wait for the write
+            self._write_error = exc
+            return
+        finally:
+            written.set()
+        self.rounds_done = checkpoint.round
+        self._record({"event": "checkpoint", "time": time.time(), "round": checkpoint.round})
         if self.on_progress is not None:
-            self.on_progress(self.job_id, state.round)
+            self.on_progress(self.job_id, checkpoint.round)
+
+    async def checkpoint_written(self) -> None:
+        """Wait until the checkpoint being written (if any) is on disk. Raises what the write
+        raised (:class:`OSError`, :class:`~flrt.errors.ModelFileError`, :class:`TypeError`)."""
+        if self._writing is not None:
+            await self._writing.wait()
+            self._writing = None
+        if self._write_error is not None:
+            error, self._write_error = self._write_error, None
+            raise error
 
     def report(self, event: WorkflowEvent) -> None:
         record = event_record(event)

@@ -326,12 +326,15 @@ class ServerCore:
                 controller.release_at_first_checkpoint(weights)
                 running.detail = "running"
                 state = await run_workflow(controller, spec, job_id=job_id, initial_weights=weights)
+            await controller.checkpoint_written()  # the last one, before the job is reported over
         except FlrtError as exc:
+            await _checkpoint_settled(controller)
             self._end(job_id, JobStatus.FAILED, str(exc))
             await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
             return
         except Exception as exc:  # a bug must fail the job with its reason, not kill the server
             log.exception("job.crashed", job=job_id)
+            await _checkpoint_settled(controller)
             self._end(job_id, JobStatus.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             return
         self._end(job_id, JobStatus.FINISHED, _finished_reason(state))
@@ -381,6 +384,15 @@ class ServerCore:
         spec = self.store.spec(job_id)
         await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": reason})
         return entry
+
+
+async def _checkpoint_settled(controller: NetworkController) -> None:
+    """Let a checkpoint still being written end before a failed job is reported over (the job's
+    own error is the news; a failed write is only logged)."""
+    try:
+        await controller.checkpoint_written()
+    except Exception as exc:
+        log.warning("checkpoint.not_saved", job=controller.job_id, reason=str(exc))
 
 
 def _finished_reason(state: WorkflowState) -> str:

@@ -293,8 +293,9 @@ class Controller(Protocol):
         ...
 
     async def save_checkpoint(self, state: WorkflowState) -> None:
-        """Persist ``state`` durably before returning (the workflow continues from it after a
-        restart)."""
+        """Persist ``state`` durably (the workflow continues from it after a restart): before the
+        next round's scatter returns and before the run is reported over. It may still be writing
+        when this returns, while the next round's task goes out; a failed write raises then."""
         ...
 
     def report(self, event: WorkflowEvent) -> None:
