@@ -6,7 +6,10 @@ not. Connection changes come from the node (:meth:`SiteRegistry.connected`,
 :meth:`SiteRegistry.disconnected`); every message from a site refreshes its ``last_seen``. Round
 outcomes (:meth:`SiteRegistry.record`) build each site's :class:`~flrt.workflows.SiteHistory`,
 which sampling uses to prefer reliable sites; the histories are saved to
-``<workspace>/registry.json`` so they survive a restart.
+``<workspace>/registry.json`` so they survive a restart: at once after a quiet spell, else at most
+once per ``save_interval`` seconds (a rewrite costs the server's event loop half a millisecond, a
+fast job runs dozens of rounds a second), and whenever the server calls :meth:`SiteRegistry.flush`
+(a job ended, the server stops). The file is advisory, and a crash may lose the last second.
 
 Waiting: :meth:`SiteRegistry.wait_changed` returns at the next connection change, so a job can wait
 for its sites without polling.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -59,11 +63,17 @@ class SiteRecord:
 class SiteRegistry:
     """Every known site's connection state and reliability history (see the module docstring).
 
-    ``sites`` maps each site of the project to its organisation; ``path`` keeps the histories.
+    ``sites`` maps each site of the project to its organisation; ``path`` keeps the histories,
+    rewritten at most once per ``save_interval`` seconds.
     """
 
-    def __init__(self, sites: Mapping[str, str], path: Path | None = None) -> None:
+    def __init__(
+        self, sites: Mapping[str, str], path: Path | None = None, *, save_interval: float = 1.0
+    ) -> None:
         self.path = path
+        self.save_interval = save_interval
+        self._saved_at = -math.inf  # time.monotonic() of the last save
+        self._unsaved = False
         self._sites = {name: SiteRecord(name, org) for name, org in sorted(sites.items())}
         self._changed = anyio.Event()
         if path is not None and path.is_file():
@@ -150,9 +160,18 @@ class SiteRegistry:
             record = self._sites.get(site)
             if record is not None:
                 self._sites[site] = replace(record, history=record.history.record(outcome))
-        self.save()
+        self._unsaved = True
+        if time.monotonic() - self._saved_at >= self.save_interval:
+            self.save()
+
+    def flush(self) -> None:
+        """Save the histories if :meth:`record` left something unsaved."""
+        if self._unsaved:
+            self.save()
 
     def save(self) -> None:
+        self._unsaved = False
+        self._saved_at = time.monotonic()
         if self.path is None:
             return
         data = {

@@ -144,6 +144,7 @@ class ServerCore:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+            self.registry.flush()
             log.info("server.stopped")
 
     @property
@@ -283,6 +284,7 @@ class ServerCore:
         finally:
             if running.controller is not None:
                 running.controller.close()
+            self.registry.flush()  # the job's last rounds' outcomes
             del self.jobs[job_id]
             running.done.set()
 

@@ -87,3 +87,24 @@ def test_the_registry_keeps_connections_and_histories(tmp_path: Path) -> None:
     assert again.history()["b"].failed == 1
     assert json.loads(path.read_text())["sites"]["a"]["history"]["on_time"] == 1
     assert [s["name"] for s in again.snapshot()] == ["a", "b"]
+
+
+def test_the_registry_saves_a_burst_of_rounds_once_and_the_rest_when_flushed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.json"
+    registry = SiteRegistry({"a": "Org A"}, path, save_interval=3600)
+
+    def saved_on_time() -> int:
+        count: int = json.loads(path.read_text())["sites"]["a"]["history"]["on_time"]
+        return count
+
+    registry.record({"a": SiteOutcome.ON_TIME})  # after a quiet spell: saved at once
+    assert saved_on_time() == 1
+    registry.record({"a": SiteOutcome.ON_TIME})  # the next round, a moment later: not yet
+    assert saved_on_time() == 1
+    registry.flush()
+    assert saved_on_time() == 2
+    mtime = path.stat().st_mtime_ns
+    registry.flush()  # nothing new: not rewritten
+    assert path.stat().st_mtime_ns == mtime
