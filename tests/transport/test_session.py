@@ -429,7 +429,7 @@ GOOD_HELLO: dict[str, Any] = {"sid": None, "r": 0, "po": {}, "w": 256, "cw": 102
         {"r": True},
         {"w": 0},
         {"w": None},
-        {"cw": 0},
+        {"cw": -1},  # 0 is fine: a receiver still holding a window offers no credit yet
         {"mw": 0},
         {"po": [1]},
         {"po": {"x": 1}},
@@ -852,6 +852,32 @@ def test_the_connection_window_bounds_several_objects() -> None:
             break
         for s in seqs:
             pair.server.consume(s, pair.server.objects[s].buffered)
+        pair.pump()
+        assert pair.server.session.buffered_object_bytes <= 512
+    else:
+        pytest.fail("the transfers stalled")
+    pair.assert_all_delivered()
+
+
+def test_the_connection_window_bounds_what_is_buffered_across_cuts() -> None:
+    """Bytes held from an earlier connection count against the next one's credit: however many
+    times the link breaks, a receiver that does not consume holds at most one connection window."""
+    config = SessionConfig(
+        max_frame_size=8192, chunk_size=64, object_window=256, connection_window=512
+    )
+    pair = opened(config=config, auto_consume=False)
+    seqs = [pair.send("client", bytes([i]), blob(1024, i)) for i in range(4)]
+    pair.pump()
+    assert pair.server.session.buffered_object_bytes == 512
+    for _ in range(3):
+        pair.cut()
+        pair.open()
+        assert pair.server.session.buffered_object_bytes <= 512
+    for _ in range(1000):
+        if all(pair.server.objects[s].completed for s in seqs):
+            break
+        seq = next(s for s in seqs if pair.server.objects[s].buffered)
+        pair.server.consume(seq, pair.server.objects[seq].buffered)
         pair.pump()
         assert pair.server.session.buffered_object_bytes <= 512
     else:

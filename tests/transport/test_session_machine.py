@@ -193,6 +193,8 @@ class FlakyNetwork(RuleBasedStateMachine):
         for ep in (self.pair.client, self.pair.server):
             for inc in ep.objects.values():
                 assert inc.buffered <= SMALL.object_window
+            # Across any number of cuts, not only within one connection.
+            assert ep.session.buffered_object_bytes <= SMALL.connection_window
             assert ep.session.buffered_object_bytes == sum(
                 inc.buffered for inc in ep.objects.values() if inc.open
             )

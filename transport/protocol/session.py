@@ -257,7 +257,7 @@ class Hello:
             _nonneg(header, "r", "HELLO"),
             _offsets(header.get("po"), "HELLO"),
             _positive(header, "w", "HELLO"),
-            _positive(header, "cw", "HELLO"),
+            _nonneg(header, "cw", "HELLO"),
             _positive(header, "mw", "HELLO"),
         )
 
@@ -433,7 +433,7 @@ class Session:
             self._received,
             {seq: inc.received for seq, inc in self._incoming.items()},
             self.config.object_window,
-            self.config.connection_window,
+            self._conn_granted,
             self.config.message_window,
         )
         self._handshake_deadline = now + self.config.handshake_timeout
@@ -462,7 +462,7 @@ class Session:
                 "r": self._received,
                 "po": _wire_offsets({s: i.received for s, i in self._incoming.items()}),
                 "w": self.config.object_window,
-                "cw": self.config.connection_window,
+                "cw": self._conn_granted,
                 "mw": self.config.message_window,
             },
             now,
@@ -507,9 +507,13 @@ class Session:
         self._last_sent = now
         self._conn_sent = 0
         self._conn_limit = 0
+        # Object bytes held from earlier connections count against this one's credit (else each
+        # reconnection would let a slow application buffer one more connection window): the
+        # credit offered in HELLO / WELCOME is the window less what the application still holds.
+        held = self.buffered_object_bytes
         self._conn_received = 0
-        self._conn_consumed = 0
-        self._conn_granted = self.config.connection_window
+        self._conn_consumed = -held
+        self._conn_granted = self.config.connection_window - held
         # A delivery ack written on the old connection may have been lost with it: repeat it.
         self._ack_sent = 0
         for out in self._unacked.values():
@@ -560,6 +564,12 @@ class Session:
             inc.granted = max(inc.received, inc.consumed + self.config.object_window)
             if inc.received < inc.manifest.total:
                 self._out.extend(encode_frame(FrameKind.CREDIT, {"s": seq, "l": inc.granted}))
+        # Likewise for the connection: what the application took during the handshake.
+        held = self.buffered_object_bytes
+        self._conn_consumed = -held
+        if self.config.connection_window - held > self._conn_granted:
+            self._conn_granted = self.config.connection_window - held
+            self._out.extend(encode_frame(FrameKind.CREDIT, {"l": self._conn_granted}))
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -806,7 +816,7 @@ class Session:
             _nonneg(header, "r", "WELCOME"),
             _offsets(header.get("po"), "WELCOME"),
             _positive(header, "w", "WELCOME"),
-            _positive(header, "cw", "WELCOME"),
+            _nonneg(header, "cw", "WELCOME"),
             _positive(header, "mw", "WELCOME"),
         )
         self._events.append(SessionOpened(sid, resumed))
