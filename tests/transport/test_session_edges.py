@@ -1,9 +1,12 @@
-"""Edge cases of the session found in review: a lying HELLO, and a refusal after opening."""
+"""Edge cases of the session found in review: a lying HELLO or WELCOME, a refusal after opening."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from transport.errors import HandshakeError, RemoteProtocolError
 from transport.protocol.frames import Frame, FrameDecoder, FrameKind, encode_frame
+from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import (
     Hello,
     Role,
@@ -73,3 +76,31 @@ def test_refusal_while_opening_is_a_handshake_error() -> None:
     ended = [e for e in client.events_received() if isinstance(e, SessionEnded)]
     assert len(ended) == 1
     assert isinstance(ended[0].error, HandshakeError)
+
+
+def test_resume_offset_past_what_was_ever_sent_is_a_protocol_error() -> None:
+    """A peer claiming object bytes it was never sent would make the sender skip them: the
+    digest would fail much later; the session refuses the claim at once instead."""
+    client, _server = _open_pair()
+    obj = OutgoingObject({"x": np.zeros(4 * CONFIG.chunk_size, dtype=np.uint8)})
+    client.send_message(b"m", obj)
+    client.data_to_send(0.0)  # the message and its first chunk go out; then the link breaks
+    client.connection_lost(0.0)
+    client.connect(1.0)
+    client.data_to_send(1.0)  # HELLO
+    welcome = {
+        "sid": client.session_id,
+        "res": True,
+        "r": 1,
+        "po": {"1": 3 * CONFIG.chunk_size},  # only one chunk was ever sent
+        "w": CONFIG.object_window,
+        "cw": CONFIG.connection_window,
+        "mw": CONFIG.message_window,
+    }
+    for data in encode_frame(FrameKind.WELCOME, welcome):
+        client.receive_data(data, 1.0)
+    assert client.state is SessionState.CLOSED
+    ended = [e for e in client.events_received() if isinstance(e, SessionEnded)]
+    assert len(ended) == 1
+    assert isinstance(ended[0].error, RemoteProtocolError)
+    assert "were ever sent" in ended[0].reason

@@ -543,8 +543,10 @@ class Session:
                     del self._unacked[seq]  # delivered, and its object (if any) complete
                     continue
                 offset = peer_partial[seq]
-                if offset > out.obj.total:
-                    raise RemoteProtocolError(f"peer claims {offset} bytes of object {seq}")
+                if offset > out.high:  # resuming there would skip bytes the peer never got
+                    raise RemoteProtocolError(
+                        f"peer claims {offset} bytes of object {seq}; {out.high} were ever sent"
+                    )
                 out.announced = True
                 limit = offset  # until the peer's CREDIT says how much more it will hold
             else:
