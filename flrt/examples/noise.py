@@ -40,7 +40,7 @@ def make_model(size_mib: float, *, num_arrays: int = 4, seed: int = 0) -> Weight
 
 
 #: Noise is drawn for this many values and repeated along larger arrays.
-NOISE_BLOCK = 65536
+NOISE_BLOCK = 4096
 
 
 def add_noise(array: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
