@@ -29,16 +29,20 @@ def _frames(data: list[bytes | memoryview]) -> list[Frame]:
     return frames
 
 
+def assert_ended_by_protocol_error(session: Session, reason: str) -> None:
+    assert session.state is SessionState.CLOSED
+    ended = [e for e in session.events_received() if isinstance(e, SessionEnded)]
+    assert len(ended) == 1
+    assert isinstance(ended[0].error, RemoteProtocolError)
+    assert reason in ended[0].reason
+
+
 def test_hello_claiming_messages_never_sent_is_refused_not_left_open() -> None:
     server = Session(Role.SERVER, CONFIG)
     lying = Hello(None, received=5, partial={}, object_window=1 << 20, connection_window=1 << 22,
                   message_window=8)  # fmt: skip
     server.accept(lying, 0.0)
-    assert server.state is SessionState.CLOSED
-    ended = [e for e in server.events_received() if isinstance(e, SessionEnded)]
-    assert len(ended) == 1
-    assert isinstance(ended[0].error, RemoteProtocolError)
-    assert "never sent" in ended[0].reason
+    assert_ended_by_protocol_error(server, "never sent")
     kinds = [f.kind for f in _frames(server.data_to_send(0.0))]
     assert kinds[-1] is FrameKind.REFUSE
 
@@ -99,8 +103,4 @@ def test_resume_offset_past_what_was_ever_sent_is_a_protocol_error() -> None:
     }
     for data in encode_frame(FrameKind.WELCOME, welcome):
         client.receive_data(data, 1.0)
-    assert client.state is SessionState.CLOSED
-    ended = [e for e in client.events_received() if isinstance(e, SessionEnded)]
-    assert len(ended) == 1
-    assert isinstance(ended[0].error, RemoteProtocolError)
-    assert "were ever sent" in ended[0].reason
+    assert_ended_by_protocol_error(client, "were ever sent")
