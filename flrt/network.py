@@ -280,6 +280,8 @@ class _NetScatter:
         self._task = task
         self._targets = tuple(targets)
         self.sink = sink
+        if sink is not None:
+            sink.on_release = controller.release_staging
         self.kind = "train" if isinstance(task, TrainTask) else "evaluate"
         self.model = task_model(task)
         extras = task.extras if isinstance(task, TrainTask) else {}
@@ -318,6 +320,7 @@ class _NetScatter:
         self._arrays = None
         self._task = _without_arrays(self._task)
         self.sink = None  # the round's aggregator, which holds that round's global model
+        self._controller.release_staging()  # receivers waiting on it look again
         if exc_type is None:
             # The previous round's checkpoint is on disk before this round's results are
             # aggregated (and the arrays it is written from may change).
@@ -480,15 +483,22 @@ class _NetScatter:
                 await drain(obj)
                 reply = ResultArrived(site, message.round, message.eval_result(), message.model)
             elif self.sink is not None and isinstance(obj, IncomingObject) and obj.manifest.total:
+                sink = self.sink
                 async with self._controller.in_flight.take(obj.nbytes):
                     extras = await self._stream(site, message, obj)
-                reply = ResultArrived(
-                    site,
-                    message.round,
-                    message.train_result({}, extras),
-                    message.model,
-                    staged=True,
-                )
+                    reply = ResultArrived(
+                        site,
+                        message.round,
+                        message.train_result({}, extras),
+                        message.model,
+                        staged=True,
+                    )
+                    self._answer(site, message, reply)
+                    # The update's memory is in use until the workflow has folded it in (or it
+                    # is dropped): admitting the next one earlier would stage two at once.
+                    while sink.staging(site):
+                        await self._controller.staging_released.wait()
+                return
             else:
                 async with self._controller.in_flight.take(0 if obj is None else obj.nbytes):
                     arrays = {} if obj is None else await obj.arrays()
@@ -509,8 +519,14 @@ class _NetScatter:
             else:
                 log.info("result.dropped", job=self._controller.job_id, site=site, reason=reason)
             return
+        self._answer(site, message, reply)
+
+    def _answer(self, site: str, message: ResultMessage, reply: ResultArrived) -> None:
+        """Hand a received result to the workflow, or log it as late."""
         if not self._wanted(site):
             self._controller.discard(message.round, site, "late: the round had closed", None)
+            if self.sink is not None and self.sink.staging(site):
+                self.sink.discard(site)  # free what it staged: the round goes on without it
             return
         self.status[site] = _ANSWERED
         self._deliver(reply)
@@ -582,8 +598,11 @@ class NetworkController:
         self.on_progress = on_progress
         self.seed = job_seed(job, job_id)
         budget = getattr(job.workflow.params, "memory_budget_mb", 256.0)
-        #: Bounds the bytes of updates being received at once (the job's memory_budget_mb).
+        #: Bounds the bytes of updates being received or staged at once (the job's
+        #: memory_budget_mb): an update holds its share until the workflow has folded it in.
         self.in_flight = ByteBudget(int(budget * 1024 * 1024))
+        #: Set (and replaced) whenever the round's aggregator frees an update's staging.
+        self.staging_released: anyio.Event = anyio.Event()
         self._scatters: list[_NetScatter] = []
         self._initial: Weights | None = None
         self._writing: anyio.Event | None = None  # set once the checkpoint being written is saved
@@ -687,6 +706,11 @@ class NetworkController:
         self.report(UpdateDiscarded(round, site, reason))
         if obj is not None:
             self.task_group.start_soon(drain, obj)
+
+    def release_staging(self) -> None:
+        """Wake the receivers waiting for staged updates to be folded in or dropped."""
+        self.staging_released.set()
+        self.staging_released = anyio.Event()
 
     def site_lost(self, site: str, reason: str) -> None:
         for scatter in list(self._scatters):

@@ -336,6 +336,9 @@ class Aggregator(abc.ABC):
         self._status: dict[str, _Status] = {}
         self._staged: dict[str, _Staged] = {}
         self._new_buffers: list[npt.NDArray[Any]] = []
+        #: Called whenever a site's staged update stops holding memory (folded, discarded, or the
+        #: round over): a receiver that admits updates within a memory budget waits for it.
+        self.on_release: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------------------ public API
 
@@ -343,6 +346,15 @@ class Aggregator(abc.ABC):
     def global_weights(self) -> Weights:
         """The global model of the current round."""
         return self._global
+
+    def staging(self, site: str) -> bool:
+        """True while ``site``'s update holds staging memory (received, not yet folded in or
+        dropped)."""
+        return self._status.get(site) in (_Status.OPEN, _Status.FOLDING)
+
+    def _released(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
 
     @property
     def committed(self) -> tuple[str, ...]:
@@ -363,6 +375,7 @@ class Aggregator(abc.ABC):
         self._global = dict(global_weights)
         self._status.clear()
         self._staged.clear()
+        self._released()
         self._phase = _Phase.COLLECTING
         self._new_buffers = self._store.reserve((a.shape, a.dtype) for a in self._global.values())
         self._begin()
@@ -508,6 +521,7 @@ class Aggregator(abc.ABC):
                 for name in staged.layout:
                     self._store.delete((site, name))
             self._status[site] = _Status.DISCARDED
+        self._released()
 
     def discard(self, site: str) -> None:
         """Drop a site's update: staged pieces are freed and later pieces ignored. Discarding a site
@@ -523,6 +537,7 @@ class Aggregator(abc.ABC):
             for name in self._staged.pop(site).layout:
                 self._store.delete((site, name))
         self._status[site] = _Status.DISCARDED
+        self._released()
 
     def finish_delta(self) -> dict[str, npt.NDArray[np.float64]]:
         """End the round and return the aggregated difference to the global model, in float64, for
@@ -551,17 +566,20 @@ class Aggregator(abc.ABC):
         if not self.committed:
             self._phase = _Phase.FINISHED
             self._store.clear()
+            self._released()
             raise AggregationError("no update was committed in this round")
         try:
             return result()
         finally:
             self._phase = _Phase.FINISHED
             self._store.clear()
+            self._released()
 
     def close(self) -> None:
         """Free everything, including spill files."""
         self._store.close()
         self._phase = _Phase.IDLE
+        self._released()
 
     # ------------------------------------------------------------------------------ subclasses
 

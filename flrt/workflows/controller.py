@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, TypeAlias
@@ -233,6 +233,13 @@ class UpdateSink(Protocol):
     ) -> None: ...
 
     def discard(self, site: str) -> None: ...
+
+    def staging(self, site: str) -> bool:
+        """True while ``site``'s update holds memory here (received, not folded in or dropped)."""
+        ...
+
+    #: Called whenever a staged update stops holding memory.
+    on_release: Callable[[], None] | None
 
 
 class Scatter(Protocol):
