@@ -101,7 +101,9 @@ class RegionPool:
         if keep_idle < 0:
             raise ValueError("keep_idle must not be negative")
         self.keep_idle = keep_idle
-        self._lock = threading.Lock()
+        # Reentrant: the garbage collector may run a finalizer (a release) in this very thread
+        # while the pool holds its lock.
+        self._lock = threading.RLock()
         self._idle: list[mmap.mmap] = []  # oldest first
         #: Mappings handed out again, and created afresh (for tests and benchmarks).
         self.reused = 0
