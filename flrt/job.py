@@ -104,8 +104,9 @@ class TrainingParams:
     - ``local_epochs``, ``local_steps``: passed to the trainers in the task parameters, if set.
     - ``cross_site_eval``: after the last round, every site evaluates every site's model and the
       global one.
-    - ``memory_budget_mb``: memory for updates in flight (and, for robust aggregators, for all
-      updates) before they spill to disk.
+    - ``memory_budget_mb``: memory for updates being received or waiting to be folded in (and,
+      for robust aggregators, for all updates) before they spill to disk. An update larger than
+      the budget is still received, alone; the others wait, held back by flow control.
     """
 
     evaluate_every: int = dataclasses.field(default=0, metadata=_check(lambda v: v >= 0, ">= 0"))
