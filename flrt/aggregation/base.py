@@ -349,7 +349,9 @@ class Aggregator(abc.ABC):
 
     def staging(self, site: str) -> bool:
         """True while ``site``'s update holds staging memory (received, not yet folded in or
-        dropped)."""
+        dropped); never once the round is over or the aggregator closed."""
+        if self._phase is not _Phase.COLLECTING:
+            return False
         return self._status.get(site) in (_Status.OPEN, _Status.FOLDING)
 
     def _released(self) -> None:

@@ -28,7 +28,7 @@ from flrt.aggregation import (
     make_aggregator,
     prefault,
 )
-from flrt.aggregation.base import Aggregator
+from flrt.aggregation.base import Aggregator, ArraySpec
 from flrt.errors import AggregationError, AggregatorStateError, UpdateError
 from flrt.tasks import TrainResult, UpdateKind, Weights
 
@@ -329,6 +329,37 @@ def test_a_discarded_site_may_answer_again_after_being_reasked() -> None:
     agg.discard("a")
     agg.add("a", TrainResult(weights={"w": np.ones((2, 2), np.float32)}, num_samples=1))
     assert agg.committed == ("a",)
+
+
+def test_staging_is_reported_and_every_release_is_announced() -> None:
+    """What the server's receive budget relies on: staging(site) is true from open until the
+    update is folded in or dropped, and on_release fires each time staging is freed."""
+    releases: list[str] = []
+    agg = _begun()
+    agg.on_release = lambda: releases.append("released")
+    layout = {"w": ArraySpec((2, 2), np.dtype(np.float32))}
+    for site in ("a", "b", "c"):
+        agg.open(site, num_samples=1, layout=layout)
+        agg.accept(site, "w", np.ones(4, np.float32))
+        assert agg.staging(site)
+    pending = agg.prepare_commit("a")
+    assert agg.staging("a")  # being folded: its staging is still in use
+    pending.fold()
+    agg.settle(pending)
+    assert not agg.staging("a")
+    assert releases == ["released"]
+    agg.discard("b")
+    assert not agg.staging("b")
+    assert len(releases) == 2
+    agg.finish()  # "c" is still open: dropped with the round
+    assert not agg.staging("c")
+    assert len(releases) >= 3
+    agg.begin({"w": np.zeros((2, 2), np.float32)})
+    agg.open("d", num_samples=1, layout=layout)
+    count = len(releases)
+    agg.close()  # an aborted job: nothing stays staged
+    assert not agg.staging("d")
+    assert len(releases) > count
 
 
 # ---------------------------------------------------------------------------------- robust
