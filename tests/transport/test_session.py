@@ -312,41 +312,25 @@ def test_a_refusal_during_the_handshake_ends_the_session() -> None:
     assert state_of(session) is S.CLOSED
 
 
-def test_a_welcome_for_another_session_is_refused() -> None:
+def refused_after_resuming(**welcome: Any) -> None:
+    """The link breaks and the client dials again; a WELCOME resuming its session, but for
+    ``welcome``'s changes, is a protocol error that ends the session."""
     pair = opened()
     pair.cut()
     pair.connect()
-    other: dict[str, Any] = {
-        "sid": b"\x02" * 16,
-        "res": True,
-        "r": 0,
-        "po": {},
-        "w": 256,
-        "cw": 1024,
-        "mw": 4,
-    }
-    pair.feed("client", frame(FrameKind.WELCOME, other))
+    good: dict[str, Any] = {"sid": pair.client.session.session_id, "res": True, "r": 0, "po": {}}
+    limits = {"w": 256, "cw": 1024, "mw": 4}
+    pair.feed("client", frame(FrameKind.WELCOME, good | limits | welcome))
     [ended] = pair.client.ended
     assert isinstance(ended.error, RemoteProtocolError)
+
+
+def test_a_welcome_for_another_session_is_refused() -> None:
+    refused_after_resuming(sid=b"\x02" * 16)
 
 
 def test_a_welcome_that_does_not_resume_is_refused() -> None:
-    pair = opened()
-    pair.cut()
-    pair.connect()
-    sid = pair.client.session.session_id
-    fresh: dict[str, Any] = {
-        "sid": sid,
-        "res": False,
-        "r": 0,
-        "po": {},
-        "w": 256,
-        "cw": 1024,
-        "mw": 4,
-    }
-    pair.feed("client", frame(FrameKind.WELCOME, fresh))
-    [ended] = pair.client.ended
-    assert isinstance(ended.error, RemoteProtocolError)
+    refused_after_resuming(res=False)
 
 
 def test_handshake_timeout() -> None:
@@ -1232,22 +1216,7 @@ def test_resuming_an_unknown_session_is_refused_with_the_undelivered_ids() -> No
 
 
 def test_a_peer_claiming_messages_never_sent_is_refused() -> None:
-    pair = opened()
-    pair.cut()
-    pair.connect()
-    sid = pair.client.session.session_id
-    welcome: dict[str, Any] = {
-        "sid": sid,
-        "res": True,
-        "r": 5,
-        "po": {},
-        "w": 256,
-        "cw": 1024,
-        "mw": 4,
-    }
-    pair.feed("client", frame(FrameKind.WELCOME, welcome))
-    [ended] = pair.client.ended
-    assert isinstance(ended.error, RemoteProtocolError)
+    refused_after_resuming(r=5)
 
 
 # -- closing ---------------------------------------------------------------------------------------
