@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from flrt._durable import fsync_directory
 from flrt.errors import CheckpointError, ModelFileError
 from flrt.model import load_weights, save_weights, weights_digest
 from flrt.tasks import Weights
@@ -97,19 +98,6 @@ def _read_arrays(path: Path) -> tuple[Weights, str]:
 # ------------------------------------------------------------------------------- saving
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with path.open("xb") as out:
         out.write(data)
@@ -167,7 +155,7 @@ def save_checkpoint(
             "files": files,
         }
         _write_file(tmp / _STATE, msgpack.packb(header, use_bin_type=True))
-        _fsync_directory(tmp)
+        fsync_directory(tmp)
         target = root / name
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
@@ -176,7 +164,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-        _fsync_directory(root)
+        fsync_directory(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

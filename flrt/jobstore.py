@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flrt._durable import fsync_directory
 from flrt.checkpoint import latest_checkpoint
 from flrt.errors import CheckpointError, JobError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
@@ -40,15 +41,6 @@ RECORD_FILE = "record.json"
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CROSS_SITE_FILE = "cross_site.json"
-
-
-def _fsync_directory(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # platforms or file systems without directory fsync
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
@@ -69,7 +61,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
 
 
 def _json(data: Any) -> bytes:
@@ -146,7 +138,7 @@ class JobStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_directory(self.root)
+        fsync_directory(self.root)
         return entry, spec
 
     # ------------------------------------------------------------------ records

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from flrt._durable import fsync_directory
 from flrt.errors import IncompatibleWeightsError, ModelFileError
 from flrt.tasks import Weights
 
@@ -202,21 +203,8 @@ def save_weights(
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     return digest.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory handles
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------- reading
