@@ -33,7 +33,7 @@ from .registry import AGGREGATORS, make_aggregator
 from .robust import CoordinateMedian, Krum, RetainingAggregator, TrimmedMean
 from .scaffold import control_for_sites, initial_control, scaffold_server_step
 from .secure import EncryptedSum, Summable, SumOnlyAggregator
-from .store import DEFAULT_BUDGET_BYTES, UpdateStore, prefault
+from .store import DEFAULT_BUDGET_BYTES, UpdateStore, mapped_zeros, prefault
 
 __all__ = [
     "AGGREGATORS",
@@ -68,6 +68,7 @@ __all__ = [
     "layout_of",
     "make_aggregator",
     "make_optimizer",
+    "mapped_zeros",
     "prefault",
     "scaffold_server_step",
 ]

@@ -64,7 +64,7 @@ import numpy.typing as npt
 from flrt.errors import AggregationError, AggregatorStateError, UpdateError
 from flrt.tasks import TrainResult, UpdateKind, Weights
 
-from .store import UpdateStore
+from .store import UpdateStore, mapped_zeros
 
 __all__ = [
     "ENCRYPTED",
@@ -200,7 +200,8 @@ def new_model_into(
     ``delta(name, lo, hi, out)`` writes the float64 difference of elements ``[lo, hi)`` of ``name``
     into ``out`` and returns ``True``, or returns ``False`` if the variable has none (it is then
     returned as it is, the same array object). ``allocate(shape, dtype)`` gives the new arrays
-    (``numpy.empty`` by default). Only one chunk of float64 temporaries is ever held.
+    (:func:`~flrt.aggregation.store.mapped_zeros` by default: a large one goes back to the operating
+    system when it is dropped). Only one chunk of float64 temporaries is ever held.
     """
     largest = max((array.size for array in global_weights.values()), default=0)
     scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
@@ -216,7 +217,7 @@ def new_model_into(
             if result is None:
                 shape = tuple(array.shape)
                 result = (
-                    np.empty(shape, array.dtype)
+                    mapped_zeros(shape, array.dtype)
                     if allocate is None
                     else allocate(shape, array.dtype)
                 )

@@ -5,8 +5,10 @@ each committed update is folded into the accumulator and then freed. The fold go
 update in slices of :data:`~flrt.aggregation.base.FOLD_ELEMENTS` (the float64 difference of a slice
 stays in the CPU's cache), touches only the update and the accumulator, and so may run in a worker
 thread (:attr:`~flrt.aggregation.base.Aggregator.fold_in_thread`). The accumulator is kept from one
-round to the next (zeroed, not reallocated), and :meth:`WeightedMean.finish` builds the new model in
-slices, in a buffer the staging no longer needs when there is one, with no whole-model temporary.
+round to the next (zeroed, not reallocated), in memory that goes back to the operating system once
+freed (:func:`~flrt.aggregation.store.mapped_zeros`), and :meth:`WeightedMean.finish` builds the new
+model in slices, in a buffer the staging no longer needs when there is one, with no whole-model
+temporary.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flrt.errors import AggregationError
 from flrt.tasks import UpdateKind, Weights
 
 from .base import FOLD_ELEMENTS, Aggregator, Memory, Operation, new_model_into
+from .store import mapped_zeros
 
 __all__ = ["WeightedMean"]
 
@@ -50,7 +53,7 @@ class WeightedMean(Aggregator):
         if acc is None:
             acc = self._kept.pop(name, None)
             if acc is None or acc.size != size:
-                acc = np.zeros(size, dtype=np.float64)
+                acc = mapped_zeros(size, np.dtype(np.float64))
             else:
                 acc.fill(0.0)
             self._sum[name] = acc

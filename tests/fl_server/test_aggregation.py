@@ -4,6 +4,8 @@ trace, robust rules against naive numpy, bounded memory, the sum-only path."""
 from __future__ import annotations
 
 import itertools
+import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ from flrt.aggregation import (
     check_supported,
     layout_of,
     make_aggregator,
+    mapped_zeros,
     prefault,
 )
 from flrt.aggregation.base import Aggregator, ArraySpec
+from flrt.aggregation.store import MAPPED_BYTES
 from flrt.errors import AggregationError, AggregatorStateError, UpdateError
 from flrt.tasks import TrainResult, UpdateKind, Weights
 
@@ -589,6 +593,55 @@ def test_update_store_reuses_deleted_arrays_within_its_budget() -> None:
     plain.allocate("a", (10,), np.dtype(np.float64))
     plain.delete("a")
     assert plain.free_bytes == 0
+
+
+def _root_buffer(array: npt.NDArray[Any]) -> object:
+    """What holds an array's memory: None (numpy's own), or the object it exports it from."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base
+    return base.obj if isinstance(base, memoryview) else base
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * mmap.PAGESIZE
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc")
+def test_a_large_mapped_array_gives_its_memory_back_as_soon_as_it_is_gone() -> None:
+    size = 16 * MAPPED_BYTES
+    before = _resident_bytes()
+    array = mapped_zeros((size // 4,), np.dtype(np.float32))
+    assert isinstance(_root_buffer(array), mmap.mmap)
+    assert not array.any()
+    array.fill(1.0)  # now resident
+    assert _resident_bytes() - before > 0.9 * size
+    view = array[::2]
+    del array
+    assert _resident_bytes() - before > 0.9 * size  # a view keeps the mapping
+    del view
+    assert _resident_bytes() - before < 0.1 * size
+    small = mapped_zeros(3, np.dtype(np.float64))
+    assert small.base is None
+    assert small.shape == (3,)
+    assert not small.any()
+
+
+def test_large_staging_is_mapped_and_still_reused() -> None:
+    shape, dtype = (MAPPED_BYTES // 4,), np.dtype(np.float32)
+    store = UpdateStore(budget_bytes=2 * MAPPED_BYTES, reuse=True)
+    a = store.allocate("a", shape, dtype, zeroed=False)
+    assert isinstance(_root_buffer(a), mmap.mmap)
+    a.fill(7.0)
+    store.delete("a")
+    assert store.free_bytes == MAPPED_BYTES
+    b = store.allocate("b", shape, dtype)
+    assert b is a  # the same memory...
+    assert not b.any()  # ...zeroed
+    (made,) = store.reserve([(shape, dtype)])
+    assert isinstance(_root_buffer(made), mmap.mmap)
+    store.close()
 
 
 def test_prefault_keeps_values_and_accepts_any_array() -> None:
