@@ -262,6 +262,31 @@ def test_noise_reaches_every_value_of_a_large_array(dtype: type) -> None:
     assert add_noise(np.zeros(0, dtype=dtype), 1.0, np.random.default_rng(2)).size == 0
 
 
+def test_noise_trainer_writes_its_last_result_again_only_once_it_is_let_go(tmp_path: Path) -> None:
+    trainer = NoiseTrainer(noise_scale=0.1, size_mib=0.01, num_arrays=2)
+    model = trainer.initial_weights()
+    site = SiteContext.create("site-1", scratch=tmp_path, seed=4)
+
+    held = trainer.train(TrainTask("j", 0, model), site).weights
+    kept = {k: v.copy() for k, v in held.items()}
+    view = held["layer_1"][1:]  # a view alone keeps its array in use
+    second = trainer.train(TrainTask("j", 1, model), site).weights
+    assert not any(np.shares_memory(second[k], held[k]) for k in model)
+    assert all(np.array_equal(held[k], kept[k]) for k in model)  # what is still held is intact
+
+    addresses = {k: v.ctypes.data for k, v in second.items()}
+    del held, view, second
+    rng = np.random.default_rng(11)
+    site_again = SiteContext.create("site-1", scratch=tmp_path, seed=11)
+    third = trainer.train(TrainTask("j", 2, model), site_again).weights
+    assert {k: v.ctypes.data for k, v in third.items()} == addresses  # the same memory again
+    for name, array in model.items():  # ...with the values a fresh array would have had
+        assert np.array_equal(third[name], add_noise(array, 0.1, rng))
+
+    with pytest.raises(ValueError, match="C-contiguous"):
+        add_noise(model["layer_0"], 0.1, rng, out=np.empty(3, dtype=np.float32))
+
+
 def test_noise_trainer_straggles_fails_and_aborts(tmp_path: Path) -> None:
     trainer = NoiseTrainer(sleep_seconds=1.0, poll_seconds=0.25, size_mib=0.001)
     slept: list[float] = []
