@@ -1,14 +1,15 @@
 """FedAvg: the weighted mean of the updates, folded in as each one is committed.
 
-Memory is one float64 accumulator per variable plus its total weight, whatever the number of sites:
-each committed update is folded into the accumulator and then freed. The fold goes through the
-update in slices of :data:`~flrt.aggregation.base.FOLD_ELEMENTS` (the float64 difference of a slice
-stays in the CPU's cache), touches only the update and the accumulator, and so may run in a worker
-thread (:attr:`~flrt.aggregation.base.Aggregator.fold_in_thread`). The accumulator is kept from one
-round to the next (zeroed, not reallocated), in memory that goes back to the operating system once
-freed (:func:`~flrt.aggregation.store.mapped_zeros`), and :meth:`WeightedMean.finish` builds the new
-model in slices, in a buffer the staging no longer needs when there is one, with no whole-model
-temporary.
+Memory is one running sum per variable plus its total weight, whatever the number of sites: each
+committed update is folded into the sum and then freed. The sum is kept in the model's floating
+dtype (float32 for a float32 model: see "Precision" in :mod:`flrt.aggregation.base`), in memory
+that goes back to the operating system once freed (:func:`~flrt.aggregation.store.mapped_zeros`).
+The fold goes through the update in slices of :data:`~flrt.aggregation.base.FOLD_ELEMENTS` (the
+float64 difference of a slice stays in the CPU's cache and is rounded once, as it is added), touches
+only the update and the sum, and so may run in a worker thread
+(:attr:`~flrt.aggregation.base.Aggregator.fold_in_thread`). The sums are kept from one round to the
+next (zeroed, not reallocated), and :meth:`WeightedMean.finish` builds the new model in slices, in a
+buffer the staging no longer needs when there is one, with no whole-model temporary.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ import numpy.typing as npt
 from flrt.errors import AggregationError
 from flrt.tasks import UpdateKind, Weights
 
-from .base import FOLD_ELEMENTS, Aggregator, Memory, Operation, new_model_into
+from .base import (
+    FOLD_ELEMENTS,
+    Aggregator,
+    FloatArray,
+    Memory,
+    Operation,
+    accumulation_dtype,
+    new_model_into,
+)
 from .store import mapped_zeros
 
 __all__ = ["WeightedMean"]
@@ -38,24 +47,26 @@ class WeightedMean(Aggregator):
     memory: ClassVar[Memory] = Memory.CONSTANT
     fold_in_thread: ClassVar[bool] = True
 
-    #: Accumulators kept across rounds, by variable (flat float64).
-    _kept: dict[str, npt.NDArray[np.float64]]
+    #: Running sums kept across rounds, by variable (flat, in :func:`accumulation_dtype`).
+    _kept: dict[str, FloatArray]
 
     def _begin(self) -> None:
         if not hasattr(self, "_kept"):
             self._kept = {}
-        self._sum: dict[str, npt.NDArray[np.float64]] = {}
+        self._sum: dict[str, FloatArray] = {}
         self._total: dict[str, float] = {}
         self._any_weight = False
 
-    def _accumulator(self, name: str, size: int) -> npt.NDArray[np.float64]:
+    def _accumulator(self, name: str) -> FloatArray:
         acc = self._sum.get(name)
         if acc is None:
+            reference = self.global_weights[name]
+            dtype = accumulation_dtype(reference.dtype)
             acc = self._kept.pop(name, None)
-            if acc is None or acc.size != size:
-                acc = mapped_zeros(size, np.dtype(np.float64))
+            if acc is None or acc.size != reference.size or acc.dtype != dtype:
+                acc = mapped_zeros(reference.size, dtype)
             else:
-                acc.fill(0.0)
+                acc.fill(0)
             self._sum[name] = acc
         return acc
 
@@ -74,7 +85,7 @@ class WeightedMean(Aggregator):
         largest = max((array.size for array in arrays.values()), default=0)
         scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
         for name, array in arrays.items():
-            acc = self._accumulator(name, array.size)
+            acc = self._accumulator(name)
             flat = array.reshape(-1)
             reference = self.global_weights[name].reshape(-1)
             for lo in range(0, flat.size, FOLD_ELEMENTS):
@@ -85,7 +96,7 @@ class WeightedMean(Aggregator):
                 else:
                     piece[...] = flat[lo:hi]
                 piece *= weight
-                acc[lo:hi] += piece
+                acc[lo:hi] += piece  # rounded once to the sum's dtype
             self._total[name] = self._total.get(name, 0.0) + weight
         return False
 
@@ -93,9 +104,9 @@ class WeightedMean(Aggregator):
         if not self._any_weight:
             raise AggregationError("the committed updates have a total weight of zero")
 
-    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
+    def _finish(self) -> dict[str, FloatArray]:
         self._check_weight()
-        delta: dict[str, npt.NDArray[np.float64]] = {}
+        delta: dict[str, FloatArray] = {}
         for name, acc in self._sum.items():  # handed over: not kept for the next round
             acc /= self._total[name]
             delta[name] = acc.reshape(self.global_weights[name].shape)

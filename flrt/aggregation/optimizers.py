@@ -11,9 +11,11 @@ update ``delta`` as a pseudo-gradient::
     x = x + server_lr * m / (sqrt(v) + tau)
 
 with ``m`` starting at 0 and ``v`` at ``tau**2`` (the paper's ``v_{-1} >= tau**2``), and no bias
-correction. State is kept in float64 per variable and exported by :meth:`ServerOptimizer.state` for
-checkpoints. Only floating-point variables are optimized; integer variables (counters) take the plain
-mean update. A variable that no update carried this round is left alone, its moments too.
+correction. The update may come in float32 (the sums of a float32 model are float32); the step is
+computed in float64 all the same. State is kept in float64 per variable and exported by
+:meth:`ServerOptimizer.state` for checkpoints. Only floating-point variables are optimized; integer
+variables (counters) take the plain mean update. A variable that no update carried this round is
+left alone, its moments too.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy.typing as npt
 
 from flrt.tasks import Weights
 
-from .base import cast_like
+from .base import FloatArray, cast_like
 
 __all__ = ["FedAdagrad", "FedAdam", "FedYogi", "ServerOptimizer", "ServerSGD", "make_optimizer"]
 
@@ -35,7 +37,7 @@ F64 = npt.NDArray[np.float64]
 
 
 class ServerOptimizer(abc.ABC):
-    """Applies an aggregated (float64) update to the global model."""
+    """Applies an aggregated update to the global model."""
 
     name: ClassVar[str]
 
@@ -45,7 +47,7 @@ class ServerOptimizer(abc.ABC):
         self.server_lr = server_lr
 
     @abc.abstractmethod
-    def step(self, weights: Weights, delta: Mapping[str, F64]) -> Weights:
+    def step(self, weights: Weights, delta: Mapping[str, FloatArray]) -> Weights:
         """The next global model, in ``weights``' dtypes."""
 
     def state(self) -> dict[str, Weights]:
@@ -61,7 +63,7 @@ class ServerSGD(ServerOptimizer):
 
     name: ClassVar[str] = "sgd"
 
-    def step(self, weights: Weights, delta: Mapping[str, F64]) -> Weights:
+    def step(self, weights: Weights, delta: Mapping[str, FloatArray]) -> Weights:
         out: Weights = {}
         for name, array in weights.items():
             d = delta.get(name)
@@ -98,13 +100,14 @@ class _Adaptive(ServerOptimizer):
     @abc.abstractmethod
     def _second_moment(self, v: F64, squared: F64) -> F64: ...
 
-    def step(self, weights: Weights, delta: Mapping[str, F64]) -> Weights:
+    def step(self, weights: Weights, delta: Mapping[str, FloatArray]) -> Weights:
         out: Weights = {}
         for name, array in weights.items():
             d = delta.get(name)
             if d is None:
                 out[name] = array
                 continue
+            d = np.asarray(d, dtype=np.float64)
             x = array.astype(np.float64)
             if array.dtype.kind != "f":
                 out[name] = cast_like(x + d, array.dtype)

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from flrt.errors import AggregationError
 from flrt.tasks import UpdateKind
 
-from .base import DEFAULT_STAGING_BYTES, Aggregator, Memory, Operation, Weighting
+from .base import DEFAULT_STAGING_BYTES, Aggregator, FloatArray, Memory, Operation, Weighting
 
 __all__ = ["CoordinateMedian", "Krum", "RetainingAggregator", "TrimmedMean"]
 
@@ -95,8 +95,8 @@ class RetainingAggregator(Aggregator):
 class _Coordinatewise(RetainingAggregator):
     requires: ClassVar[frozenset[Operation]] = frozenset({Operation.ORDER, Operation.ADD})
 
-    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
-        delta: dict[str, npt.NDArray[np.float64]] = {}
+    def _finish(self) -> dict[str, FloatArray]:
+        delta: dict[str, FloatArray] = {}
         for name, reference in self.global_weights.items():
             sites = self._contributors(name)
             if not sites:
@@ -166,7 +166,7 @@ class Krum(RetainingAggregator):
         self.select = select
         self.selected: tuple[str, ...] = ()
 
-    def _finish(self) -> dict[str, npt.NDArray[np.float64]]:
+    def _finish(self) -> dict[str, FloatArray]:
         sites = list(self.committed)
         n, f = len(sites), self.byzantine
         if n < 2 * f + 3:
@@ -188,7 +188,7 @@ class Krum(RetainingAggregator):
         order = np.argsort(scores, kind="stable")
         chosen = sorted(sites[i] for i in order[: min(self.select, n)])
         self.selected = tuple(chosen)
-        delta: dict[str, npt.NDArray[np.float64]] = {}
+        delta: dict[str, FloatArray] = {}
         for name, reference in self.global_weights.items():
             carriers = [s for s in chosen if name in self._names[s]]
             if not carriers:

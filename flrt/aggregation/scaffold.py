@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from flrt.tasks import Weights
 
-from .base import apply_delta, cast_like
+from .base import FloatArray, apply_delta, cast_like
 
 __all__ = ["control_for_sites", "initial_control", "scaffold_server_step"]
 
@@ -45,8 +45,8 @@ def control_for_sites(control: Mapping[str, F64], weights: Weights) -> Weights:
 def scaffold_server_step(
     weights: Weights,
     control: Mapping[str, F64],
-    delta_model: Mapping[str, F64],
-    delta_control: Mapping[str, F64],
+    delta_model: Mapping[str, FloatArray],
+    delta_control: Mapping[str, FloatArray],
     *,
     answered: int,
     population: int,
@@ -54,8 +54,9 @@ def scaffold_server_step(
 ) -> tuple[Weights, dict[str, F64]]:
     """The next global model and server control variate.
 
-    ``delta_model`` and ``delta_control`` are the round's mean updates (float64); ``answered`` is
-    ``|S|`` and ``population`` is ``N``. Variables absent from a delta are left alone.
+    ``delta_model`` and ``delta_control`` are the round's mean updates (float64, or float32 for a
+    float32 model); ``answered`` is ``|S|`` and ``population`` is ``N``. Variables absent from a
+    delta are left alone.
 
     Raises :class:`ValueError` unless ``0 < answered <= population`` and ``server_lr > 0``.
     """

@@ -80,6 +80,22 @@ def test_optimizer_state_round_trips_for_resumption(cls: type[ServerOptimizer]) 
     assert wa["n"][0] == 3 + 3 * 1 + 2  # integers take the plain mean update, not Adam's
 
 
+@pytest.mark.parametrize("cls", [FedAdagrad, FedAdam, FedYogi])
+def test_a_float32_update_is_stepped_in_float64(cls: type[ServerOptimizer]) -> None:
+    # The sums of a float32 model are float32: the optimizer widens the update, not its maths.
+    weights: Weights = {"x": np.array([0.5, -1.0, 2.0], dtype=np.float32)}
+    narrow, wide = cls(server_lr=0.3), cls(server_lr=0.3)
+    for d in ([0.1, -0.3, 1e-3], [0.7, 0.2, -0.4]):
+        d32 = np.array(d, dtype=np.float32)
+        a = narrow.step(weights, {"x": d32})
+        b = wide.step(weights, {"x": d32.astype(np.float64)})
+        assert np.array_equal(a["x"], b["x"])
+        weights = a
+    for group in ("m", "v"):
+        assert narrow.state()[group]["x"].dtype == np.float64
+        assert np.array_equal(narrow.state()[group]["x"], wide.state()[group]["x"])
+
+
 def test_variables_without_an_update_are_left_alone() -> None:
     opt = FedAdam(server_lr=1.0)
     w = {"a": np.ones(2), "b": np.ones(2)}
