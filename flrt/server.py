@@ -30,6 +30,7 @@ Inside is a :class:`ServerCore`, which the simulator also runs over in-memory li
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -69,6 +70,9 @@ log = structlog.get_logger("flrt.server")
 
 #: Called to learn who a peer is (``None``: not known).
 IdentityOf = Callable[[str], Identity | None]
+
+#: Admins watching a job hear of its saved rounds at most this often (seconds).
+PROGRESS_INTERVAL = 0.1
 
 
 def initial_weights(job: JobSpec) -> Weights:
@@ -116,6 +120,8 @@ class ServerCore:
         self.admin = _admin_service.AdminService(self)
         self._limiter = anyio.CapacityLimiter(max_jobs)
         self._tg: anyio.abc.TaskGroup | None = None
+        self._progress_told: dict[str, float] = {}  # job -> when its progress was last told
+        self._progress_pending: set[str] = set()  # jobs whose progress will be told shortly
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,6 +292,7 @@ class ServerCore:
                 running.controller.close()
             self.registry.flush()  # the job's last rounds' outcomes
             del self.jobs[job_id]
+            self._progress_told.pop(job_id, None)
             running.done.set()
 
     async def _run_workflow(self, job_id: str, running: _RunningJob) -> None:
@@ -372,6 +379,26 @@ class ServerCore:
                 await self.registry.wait_changed()
 
     def _progress(self, job_id: str, round: int) -> None:
+        """A round of ``job_id`` is saved: tell the admins watching it, at most once per
+        :data:`PROGRESS_INTERVAL` (building the view reads the job's record and parses its job
+        file, which costs a fast job's round a few percent); a round saved in between is told at
+        the end of the interval. A change of status is told at once (:meth:`_advance`)."""
+        now = anyio.current_time()
+        due = self._progress_told.get(job_id, -math.inf) + PROGRESS_INTERVAL
+        if now >= due:
+            self._progress_told[job_id] = now
+            self.admin.publish(job_id)
+        elif job_id not in self._progress_pending:
+            self._progress_pending.add(job_id)
+            self.task_group.start_soon(self._progress_later, job_id, due)
+
+    async def _progress_later(self, job_id: str, due: float) -> None:
+        try:
+            await anyio.sleep_until(due)
+        finally:
+            self._progress_pending.discard(job_id)
+        if job_id in self.jobs:
+            self._progress_told[job_id] = anyio.current_time()
         self.admin.publish(job_id)
 
     async def abort_job(self, job_id: str, reason: str) -> JobEntry:

@@ -1,0 +1,96 @@
+"""How often admins watching a job hear of its saved rounds: at most once per PROGRESS_INTERVAL,
+and never later than that after the last saved round."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import anyio
+import pytest
+
+from flrt.server import PROGRESS_INTERVAL, ServerCore
+from tests.nodes._federation import federation
+
+pytestmark = pytest.mark.anyio
+
+FAST_JOB = """\
+name = "fast"
+[workflow]
+name = "fedavg"
+rounds = 30
+sites_per_round = 3
+min_sites = 3
+seed = 3
+[trainer]
+spec = "tests.nodes._trainers:SiteBehaviour"
+[trainer.args]
+size_mib = 0.001
+"""
+
+
+class _Published:
+    """Stands in for ``AdminService.publish``: when it was called, and for which job."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str]] = []
+        self.changed = anyio.Event()
+
+    def __call__(self, job_id: str) -> None:
+        self.calls.append((anyio.current_time(), job_id))
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.calls) < count:
+            await self.changed.wait()
+
+
+async def test_rounds_saved_in_a_burst_are_told_once_at_once_and_once_at_the_interval(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with federation(kits, tmp_path, sites=()) as fed:
+        core: ServerCore = fed.server.core
+        published = _Published()
+        monkeypatch.setattr(core.admin, "publish", published)
+        start = anyio.current_time()
+        for round in range(1, 11):
+            core._progress("job-a", round)
+        core._progress("job-b", 1)  # another job has its own interval
+        assert [job for _, job in published.calls] == ["job-a", "job-b"]
+        with anyio.fail_after(5):
+            await published.wait_for(3)
+        at, job = published.calls[2]
+        assert job == "job-a"
+        assert at >= start + PROGRESS_INTERVAL
+        # The trailing one told the burst's last round: nothing else is pending.
+        await anyio.sleep(2 * PROGRESS_INTERVAL)
+        assert len(published.calls) == 3
+        # A round saved after a quiet interval is told at once.
+        core._progress("job-a", 11)
+        assert len(published.calls) == 4
+
+
+async def test_a_watching_admin_sees_every_status_and_the_last_round_of_a_fast_job(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with federation(kits, tmp_path) as fed:
+        core: ServerCore = fed.server.core
+        real = core.admin.publish
+        told: list[float] = []
+
+        def publish(job_id: str) -> None:
+            told.append(anyio.current_time())
+            real(job_id)
+
+        monkeypatch.setattr(core.admin, "publish", publish)
+        with anyio.fail_after(60):
+            job_id = await fed.admin.submit(fed.job_dir("fast", FAST_JOB))
+            seen = [view async for view in fed.admin.watch(job_id)]
+        assert seen[-1]["status"] == "finished"
+        assert seen[-1]["round"] == 30
+        assert [v["round"] for v in seen] == sorted(v["round"] for v in seen)
+        # Publishes less than the interval apart involve a change of status (running at the
+        # start; finished, then the trailing round, at the end), never two rounds.
+        close = sum(1 for a, b in itertools.pairwise(told) if b - a < PROGRESS_INTERVAL)
+        assert close <= 3, told
