@@ -47,6 +47,7 @@ The clock is AnyIO's (:func:`anyio.current_time`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections import OrderedDict, deque
@@ -287,6 +288,7 @@ class _NetScatter:
         extras = task.extras if isinstance(task, TrainTask) else {}
         # One payload for every site asked: its digest is computed once, not once per site.
         self._arrays: OutgoingObject | None = OutgoingObject(join_arrays(task.weights, extras))
+        self._body: dict[str, Any] | None = None  # the task message, without its tid
         self.status: dict[str, str] = {}
         self.tids: dict[str, str] = {}  # tid -> site
         self._ready: deque[Reply] = deque()
@@ -329,20 +331,24 @@ class _NetScatter:
     # ------------------------------------------------------------------ sending
 
     def _message(self, tid: str) -> dict[str, Any]:
-        ctl = self._controller
-        task = self._task
-        return TaskMessage(
-            tid=tid,
-            job_id=ctl.job_id,
-            kind="train" if isinstance(task, TrainTask) else "evaluate",
-            round=task.round,
-            model=task.model if isinstance(task, EvalTask) else None,
-            seed=ctl.seed,
-            trainer_spec=ctl.job.trainer.spec,
-            trainer_args=ctl.job.trainer.args,
-            filters=tuple(f.to_dict() for f in ctl.job.filters),
-            params=dict(task.params),
-        ).to_body()
+        """The task message for ``tid``: built once per scatter (the filters' configuration is
+        deep-copied), then only the task id differs from site to site."""
+        if self._body is None:
+            ctl = self._controller
+            task = self._task
+            self._body = TaskMessage(
+                tid="",
+                job_id=ctl.job_id,
+                kind="train" if isinstance(task, TrainTask) else "evaluate",
+                round=task.round,
+                model=task.model if isinstance(task, EvalTask) else None,
+                seed=ctl.seed,
+                trainer_spec=ctl.job.trainer.spec,
+                trainer_args=ctl.job.trainer.args,
+                filters=tuple(f.to_dict() for f in ctl.job.filters),
+                params=dict(task.params),
+            ).to_body()
+        return {**self._body, "tid": tid}
 
     def _dispatch(self, sites: Iterable[str]) -> None:
         ctl = self._controller
@@ -690,8 +696,9 @@ class NetworkController:
                     self.log.warning("cross_site.not_saved", reason=str(exc))
             case UpdateDiscarded():
                 self.log.info("update.discarded", **_loggable(record))
-            case _:
-                self.log.debug(record["event"], **_loggable(record))
+            case _:  # round_started and every site's metrics: debug, and not built unless shown
+                if self.log.is_enabled_for(logging.DEBUG):
+                    self.log.debug(record["event"], **_loggable(record))
 
     def _record(self, record: Mapping[str, Any]) -> None:
         try:
