@@ -383,12 +383,14 @@ class ServerCore:
         :data:`PROGRESS_INTERVAL` (building the view reads the job's record and parses its job
         file, which costs a fast job's round a few percent); a round saved in between is told at
         the end of the interval. A change of status is told at once (:meth:`_advance`)."""
+        if job_id in self._progress_pending:
+            return  # the pending publish is due within the interval and will tell this round
         now = anyio.current_time()
         due = self._progress_told.get(job_id, -math.inf) + PROGRESS_INTERVAL
         if now >= due:
             self._progress_told[job_id] = now
             self.admin.publish(job_id)
-        elif job_id not in self._progress_pending:
+        else:
             self._progress_pending.add(job_id)
             self.task_group.start_soon(self._progress_later, job_id, due)
 
