@@ -22,6 +22,7 @@ policy (the bus itself knows no PKI), and anything it raises refuses the connect
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import ssl
@@ -51,7 +52,13 @@ from transport.errors import (
     TransportError,
     UnknownActorError,
 )
-from transport.objects import DEFAULT_KEEP_IDLE, IncomingObject, LocalObject, RegionPool
+from transport.objects import (
+    DEFAULT_KEEP_IDLE,
+    DEFER_DIGEST_BYTES,
+    IncomingObject,
+    LocalObject,
+    RegionPool,
+)
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_frame
 from transport.tls import (
@@ -176,6 +183,8 @@ class Node:
             raise LocalProtocolError(f"bad node name {name!r}")
         self.name = name
         self.config = config or SessionConfig()
+        if self.config.defer_digest_bytes is None:  # large objects are hashed off the event loop
+            self.config = dataclasses.replace(self.config, defer_digest_bytes=DEFER_DIGEST_BYTES)
         self.on_actor_error = on_actor_error
         #: Called when a peer's session ends for good: closed (``None``), refused or expired. A
         #: :class:`ResumeRefusedError` lists the messages the peer never received.
@@ -537,6 +546,7 @@ class Node:
         )
         self._links[peer] = link
         self.task_group.start_soon(link.run_deliverer)
+        self.task_group.start_soon(link.run_digests)
         self._notify_peers()
         return link
 

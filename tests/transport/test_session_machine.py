@@ -23,6 +23,7 @@ and every message and object must have arrived whole, with its digest verified.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -71,9 +72,11 @@ def replayable(frame: WireFrame) -> bool:
 
 
 class FlakyNetwork(RuleBasedStateMachine):
+    config = SMALL
+
     def __init__(self) -> None:
         super().__init__()
-        self.pair = Pair(SMALL, auto_consume=False, auto_deliver=False)
+        self.pair = Pair(self.config, auto_consume=False, auto_deliver=False)
         self.pair.open()
         self.serial = itertools.count()
 
@@ -237,3 +240,23 @@ FlakyNetwork.TestCase.settings = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
 )
 test_flaky_network = FlakyNetwork.TestCase
+
+
+class FlakyNetworkDeferredDigests(FlakyNetwork):
+    """The same, with both drivers hashing objects themselves (as the link does for large ones)
+    and giving their verdicts late: after more bytes, cuts and resumptions."""
+
+    config = dataclasses.replace(SMALL, defer_digest_bytes=1)
+
+    @rule(side=SIDES)
+    def check_digests(self, side: Side) -> None:
+        endpoint = self.pair.endpoint(side)
+        if endpoint.due:
+            event("a late digest verdict")
+        endpoint.check_digests()
+
+
+FlakyNetworkDeferredDigests.TestCase.settings = settings(
+    FlakyNetwork.TestCase.settings, max_examples=60
+)
+test_flaky_network_deferred_digests = FlakyNetworkDeferredDigests.TestCase
