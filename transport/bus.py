@@ -166,6 +166,18 @@ class _Pending:
         return self._items.popleft()
 
 
+def _with_node_defaults(config: SessionConfig) -> SessionConfig:
+    """Fill in what a node decides when the configuration leaves it open (None): large objects are
+    hashed off the event loop, and an object the application has not started taking may send one
+    chunk (an actor that makes objects wait, like a server folding updates one at a time, then
+    holds a chunk of each rather than a whole window)."""
+    if config.defer_digest_bytes is None:
+        config = dataclasses.replace(config, defer_digest_bytes=DEFER_DIGEST_BYTES)
+    if config.first_object_window is None:
+        config = dataclasses.replace(config, first_object_window=config.chunk_size)
+    return config
+
+
 class Node:
     """A bus node: actors, links to peers, and the tasks that run them."""
 
@@ -182,9 +194,7 @@ class Node:
         if not name or "/" in name:
             raise LocalProtocolError(f"bad node name {name!r}")
         self.name = name
-        self.config = config or SessionConfig()
-        if self.config.defer_digest_bytes is None:  # large objects are hashed off the event loop
-            self.config = dataclasses.replace(self.config, defer_digest_bytes=DEFER_DIGEST_BYTES)
+        self.config = _with_node_defaults(config or SessionConfig())
         self.on_actor_error = on_actor_error
         #: Called when a peer's session ends for good: closed (``None``), refused or expired. A
         #: :class:`ResumeRefusedError` lists the messages the peer never received.

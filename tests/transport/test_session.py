@@ -907,6 +907,26 @@ def test_a_corrupted_byte_fails_the_digest() -> None:
     assert pair.server.bodies() == [b"tampered", b"after"]
 
 
+def test_an_object_not_yet_taken_may_send_only_the_first_window() -> None:
+    """Until the application starts taking an object, the peer may send ``first_object_window``
+    of it, across reconnections too; from the first byte taken, a whole ``object_window``."""
+    config = dataclasses.replace(SMALL, first_object_window=64)
+    pair = opened(config=config, auto_consume=False)
+    seq = pair.send("client", b"waits its turn", blob(1000))
+    for _ in range(2):
+        pair.pump()
+        assert pair.server.objects[seq].buffered == 64
+        pair.cut()
+        pair.open()
+    pair.server.consume(seq, 1)
+    pair.pump()
+    assert pair.server.objects[seq].buffered == config.object_window  # a whole window past it
+    take_all(pair, seq)
+    assert pair.server.objects[seq].completed
+    with pytest.raises(ValueError, match="first_object_window"):
+        dataclasses.replace(SMALL, first_object_window=SMALL.object_window + 1)
+
+
 DEFERRED = dataclasses.replace(SMALL, defer_digest_bytes=500)
 
 

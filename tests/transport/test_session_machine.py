@@ -243,10 +243,11 @@ test_flaky_network = FlakyNetwork.TestCase
 
 
 class FlakyNetworkDeferredDigests(FlakyNetwork):
-    """The same, with both drivers hashing objects themselves (as the link does for large ones)
-    and giving their verdicts late: after more bytes, cuts and resumptions."""
+    """The same with a node's settings: both drivers hash objects themselves (as the link does
+    for large ones) and give their verdicts late, after more bytes, cuts and resumptions; and an
+    object not yet taken may send only one chunk."""
 
-    config = dataclasses.replace(SMALL, defer_digest_bytes=1)
+    config = dataclasses.replace(SMALL, defer_digest_bytes=1, first_object_window=SMALL.chunk_size)
 
     @rule(side=SIDES)
     def check_digests(self, side: Side) -> None:

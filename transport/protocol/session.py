@@ -33,7 +33,9 @@ Flow control is credit based, as in HTTP/2: each side announces how many unconsu
 will hold per object and per connection; the receiver sends CREDIT as the application consumes
 bytes (:meth:`Session.consume`). A sender never has more than one window per object unconsumed at
 the receiver, so memory on both ends is bounded by configuration, and a broken connection re-sends
-at most one window per object.
+at most one window per object. The window announced for each new object may be smaller
+(``first_object_window``) until the application starts taking it: a receiver that lets objects
+wait their turn (a server folding one update at a time) holds little of each meanwhile.
 
 Liveness is judged by progress: any frame from the peer counts; HEARTBEAT is sent when this side has
 been quiet for ``heartbeat_interval``; a peer silent for ``liveness_timeout`` is declared dead. A
@@ -109,12 +111,24 @@ class SessionConfig:
     handshake_timeout: float = 10.0
     #: Objects at least this large are hashed by the driver (see :class:`DigestDue`); None: none.
     defer_digest_bytes: int | None = None
+    #: What the peer may send of an object before the application starts taking it (None: a whole
+    #: ``object_window``). A receiver that lets objects wait their turn holds this much of each.
+    first_object_window: int | None = None
+
+    @property
+    def announced_object_window(self) -> int:
+        """The per-object credit announced to the peer: what each new object may send at once."""
+        first = self.first_object_window
+        return self.object_window if first is None else first
 
     def __post_init__(self) -> None:
         if self.chunk_size > self.max_frame_size - 1024:
             raise ValueError("chunk_size must leave room for a frame header under max_frame_size")
         if self.object_window < self.chunk_size or self.connection_window < self.chunk_size:
             raise ValueError("flow-control windows must hold at least one chunk")
+        first = self.first_object_window
+        if first is not None and not 0 < first <= self.object_window:
+            raise ValueError("first_object_window must be positive and at most object_window")
         if self.heartbeat_interval >= self.liveness_timeout:
             raise ValueError("heartbeat_interval must be shorter than liveness_timeout")
 
@@ -457,7 +471,7 @@ class Session:
             self.session_id,
             self._received,
             {seq: inc.received for seq, inc in self._incoming.items()},
-            self.config.object_window,
+            self.config.announced_object_window,
             self._conn_granted,
             self.config.message_window,
         )
@@ -486,7 +500,7 @@ class Session:
                 "res": resumed,
                 "r": self._received,
                 "po": _wire_offsets({s: i.received for s, i in self._incoming.items()}),
-                "w": self.config.object_window,
+                "w": self.config.announced_object_window,
                 "cw": self._conn_granted,
                 "mw": self.config.message_window,
             },
@@ -588,7 +602,10 @@ class Session:
         # let a slow application buffer one more window. Computed now, not when the connection
         # came up: consume() grants nothing during the handshake.
         for seq, inc in self._incoming.items():
-            inc.granted = max(inc.received, inc.consumed + self.config.object_window)
+            window = (
+                self.config.object_window if inc.consumed else self.config.announced_object_window
+            )
+            inc.granted = max(inc.received, inc.consumed + window)
             if inc.received < inc.manifest.total:
                 self._out.extend(encode_frame(FrameKind.CREDIT, {"s": seq, "l": inc.granted}))
         # Likewise for the connection: what the application took during the handshake.
@@ -910,7 +927,7 @@ class Session:
             self._events.append(ObjectCompleted(seq))
             return
         self._incoming[seq] = _Incoming(
-            manifest, granted=self.config.object_window, deferred=deferred
+            manifest, granted=self.config.announced_object_window, deferred=deferred
         )
 
     def receive_target(self) -> tuple[int, int, int] | None:
