@@ -353,11 +353,12 @@ class IncomingObject:
         carry = b""
         while True:
             while self._held:
-                offset, data = self._held.popleft()
-                self._held_bytes -= len(data)
+                offset, held = self._held.popleft()
+                self._held_bytes -= len(held)
                 if carry:
                     offset -= len(carry)
-                    data, carry = carry + data, b""
+                    held, carry = carry + held, b""
+                data = memoryview(held)  # slices of it are views, not copies of a chunk
                 while data:
                     index, inner = manifest.locate(offset)
                     info = manifest.arrays[index]
@@ -371,7 +372,7 @@ class IncomingObject:
                         data = data[whole:]
                         offset += whole
                     if span != whole:  # a partial element: only ever at the end of the data
-                        carry, data = data, b""
+                        carry, data = bytes(data), memoryview(b"")
             if self._error is not None:
                 raise self._error
             if self._complete and not self._held:
