@@ -769,6 +769,10 @@ class Session:
             return
         if not inc.due:
             raise LocalProtocolError(f"object {seq}: no digest is due")
+        self._digest_verdict(seq, inc, matched)
+
+    def _digest_verdict(self, seq: int, inc: _Incoming, matched: bool) -> None:
+        """Fail the object, or mark it verified (and complete it if the application took it all)."""
         if not matched:
             del self._incoming[seq]
             self._completed.append(seq)
@@ -998,14 +1002,7 @@ class Session:
                 inc.due = True
                 self._events.append(DigestDue(seq, digest if isinstance(digest, bytes) else b""))
                 return
-            if digest != inc.hasher.digest():
-                del self._incoming[seq]
-                self._completed.append(seq)
-                self._events.append(ObjectFailed(seq, DigestMismatchError(seq)))
-                return
-            inc.verified = True
-            if inc.consumed == inc.manifest.total:
-                self._finish_incoming(seq)
+            self._digest_verdict(seq, inc, digest == inc.hasher.digest())
 
     def _finish_incoming(self, seq: int) -> None:
         del self._incoming[seq]
