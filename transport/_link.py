@@ -42,12 +42,11 @@ from transport.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from transport.objects import DigestPipeline, IncomingObject, RegionPool
+from transport.objects import IncomingObject, RegionPool
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import (
     ChunkReceived,
     ConnectionFailed,
-    DigestDue,
     MessageReceived,
     ObjectCompleted,
     ObjectFailed,
@@ -107,7 +106,6 @@ class Link:
             tuple[int, dict[str, Any], IncomingObject | None]
         ](math.inf)
         self._objects: dict[int, IncomingObject] = {}
-        self._digests = DigestPipeline()
         self._wakeup = anyio.Event()
         self._state_changed = anyio.Event()
         self._connection_scope: anyio.CancelScope | None = None
@@ -197,18 +195,6 @@ class Link:
                 if not self.closed:
                     self.session.message_delivered(seq, self._now())
                     self._timers_changed()
-
-    async def run_digests(self) -> None:
-        """Hash large incoming objects in a worker thread (see :mod:`transport.objects`)."""
-        await self._digests.run()
-
-    def _digest_checked(self, seq: int, matched: bool) -> None:
-        if self.closed:
-            return
-        self.session.digest_checked(seq, matched)
-        if self._connection_scope is not None:
-            self._handle_events(self._connection_scope)
-        self._wake()
 
     # -- one connection ------------------------------------------------------------------------
 
@@ -330,10 +316,6 @@ class Link:
                             )
                             if manifest.total:
                                 self._objects[seq] = obj
-                            if event.digest_deferred:
-                                obj.defer_digest(
-                                    self._digests, functools.partial(self._digest_checked, seq)
-                                )
                         if not self._queued and self._try_deliver(self, envelope, obj):
                             session.message_delivered(seq, self._now())
                         else:
@@ -347,8 +329,6 @@ class Link:
                         buffered = session.buffered_object_bytes
                         if buffered > self.peak_buffered_bytes:
                             self.peak_buffered_bytes = buffered
-                    case DigestDue(seq=seq, digest=digest):
-                        self._objects[seq].expect_digest(digest)
                     case ObjectCompleted(seq=seq):
                         completed = self._objects.pop(seq, None)
                         if completed is not None:
@@ -388,7 +368,6 @@ class Link:
         self.closed = True
         self.close_error = error
         self._inbound_send.close()
-        self._digests.close()
         for obj in self._objects.values():
             obj.fail(error or ConnectionClosedError(f"link to {self.peer} closed"))
         self._objects.clear()

@@ -52,13 +52,7 @@ from transport.errors import (
     TransportError,
     UnknownActorError,
 )
-from transport.objects import (
-    DEFAULT_KEEP_IDLE,
-    DEFER_DIGEST_BYTES,
-    IncomingObject,
-    LocalObject,
-    RegionPool,
-)
+from transport.objects import DEFAULT_KEEP_IDLE, IncomingObject, LocalObject, RegionPool
 from transport.protocol.objects import OutgoingObject
 from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_frame
 from transport.tls import (
@@ -167,12 +161,10 @@ class _Pending:
 
 
 def _with_node_defaults(config: SessionConfig) -> SessionConfig:
-    """Fill in what a node decides when the configuration leaves it open (None): large objects are
-    hashed off the event loop, and an object the application has not started taking may send one
-    chunk (an actor that makes objects wait, like a server folding updates one at a time, then
-    holds a chunk of each rather than a whole window)."""
-    if config.defer_digest_bytes is None:
-        config = dataclasses.replace(config, defer_digest_bytes=DEFER_DIGEST_BYTES)
+    """Fill in what a node decides when the configuration leaves it open (None): an object the
+    application has not started taking may send one chunk (an actor that makes objects wait, like
+    a server folding updates one at a time, then holds a chunk of each rather than a whole
+    window)."""
     if config.first_object_window is None:
         config = dataclasses.replace(config, first_object_window=config.chunk_size)
     return config
@@ -556,7 +548,6 @@ class Node:
         )
         self._links[peer] = link
         self.task_group.start_soon(link.run_deliverer)
-        self.task_group.start_soon(link.run_digests)
         self._notify_peers()
         return link
 

@@ -22,19 +22,12 @@ of the same size every round, and on a virtual machine the first touch of fresh 
 more than decrypting it (measured here: 0.25 to 1.4 GB/s). While an object arrives into fresh
 memory, a worker thread faults that memory in ahead of the data (``MADV_POPULATE_WRITE``, front
 to back), on another core where one is free; it stops as soon as the object is complete.
-
-A large object's SHA-256 is computed off the event loop (:class:`DigestPipeline`): the link takes
-the digest over from the session, and a worker thread hashes the bytes from where they lie (the
-arrays, or the held pieces, which nobody writes to) while the event loop decrypts what follows. A
-byte counts as consumed only once it is both taken by the application and hashed, so a hasher that
-falls behind slows the sender through flow control instead of holding more memory.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import hashlib
 import mmap
 import threading
 import weakref
@@ -58,8 +51,6 @@ from transport.protocol.objects import (
 
 __all__ = [
     "DEFAULT_KEEP_IDLE",
-    "DEFER_DIGEST_BYTES",
-    "DigestPipeline",
     "IncomingObject",
     "LocalObject",
     "ObjectPiece",
@@ -196,9 +187,6 @@ class IncomingObject:
         self._complete = manifest.total == 0
         self._error: TransportError | None = None
         self._changed = anyio.Event()
-        self._taken = 0  # bytes the application has taken
-        self._credited = 0  # bytes reported to the session as consumed
-        self._digest: _Digest | None = None
 
     # -- fed by the link -------------------------------------------------------------------------
 
@@ -207,14 +195,10 @@ class IncomingObject:
         self._received = offset + len(data)
         if self._sink is not None:
             self._sink.write(offset, data)
-            self._hash_in_place(offset, len(data))
-            self._take(len(data))
+            self._consume(len(data))
         else:
-            held = bytes(data)
-            self._held.append((offset, held))
-            self._held_bytes += len(held)
-            if self._digest is not None:
-                self._digest.add(offset, held)
+            self._held.append((offset, bytes(data)))
+            self._held_bytes += len(data)
         self._notify()
 
     def destination(self, offset: int, nbytes: int) -> memoryview | None:
@@ -227,46 +211,8 @@ class IncomingObject:
     def placed(self, offset: int, nbytes: int) -> None:
         """``nbytes`` bytes at ``offset`` were received straight into the arrays."""
         self._received = offset + nbytes
-        self._hash_in_place(offset, nbytes)
-        self._take(nbytes)
+        self._consume(nbytes)
         self._notify()
-
-    # -- the digest, when the link has taken it over from the session ----------------------------
-
-    def defer_digest(self, pipeline: DigestPipeline, verdict: Callable[[bool], None]) -> None:
-        """Hash every byte in ``pipeline``'s worker thread; ``verdict(matched)`` once
-        :meth:`expect_digest` has named the digest and every byte is hashed. Call it before the
-        first byte arrives."""
-        if self._digest is not None or self._received:
-            raise LocalProtocolError("defer the digest once, before any byte arrives")
-        self._digest = _Digest(self, pipeline, verdict)
-
-    def expect_digest(self, digest: bytes) -> None:
-        """Every byte has arrived and the peer says their SHA-256 is ``digest``."""
-        if self._digest is None:
-            raise LocalProtocolError("the object's digest is not deferred")
-        self._digest.expect(digest)
-
-    def _hash_in_place(self, offset: int, nbytes: int) -> None:
-        if self._digest is None or self._sink is None:
-            return
-        end = offset + nbytes
-        while offset < end:  # a piece the peer sent across two arrays comes in two views
-            view = self._sink.destination(offset, end - offset)
-            self._digest.add(offset, view)
-            offset += len(view)
-
-    def _hashed(self) -> None:
-        """The pipeline has hashed more bytes: they may count as consumed now."""
-        self._take(0)
-
-    def _take(self, nbytes: int) -> None:
-        """The application has taken ``nbytes`` more; report what is taken and hashed."""
-        self._taken += nbytes
-        ready = self._taken if self._digest is None else min(self._taken, self._digest.hashed)
-        if ready > self._credited:
-            more, self._credited = ready - self._credited, ready
-            self._consume(more)
 
     def complete(self) -> None:
         self._complete = True
@@ -275,8 +221,6 @@ class IncomingObject:
     def fail(self, error: TransportError) -> None:
         if not self._complete:
             self._error = error
-            if self._digest is not None:
-                self._digest.obj = None
             self._notify()
 
     @property
@@ -309,7 +253,7 @@ class IncomingObject:
                 offset, data = self._held.popleft()
                 self._sink.write(offset, memoryview(data))
                 self._held_bytes -= len(data)
-                self._take(len(data))
+                self._consume(len(data))
         region = self._sink.region
         if region is not None and not warm and not self._complete:
             stop = threading.Event()
@@ -368,7 +312,7 @@ class IncomingObject:
                     if whole:
                         values = np.frombuffer(data[:whole], dtype=np.dtype(info.dtype))
                         yield info.name, inner // itemsize, values
-                        self._take(whole)
+                        self._consume(whole)
                         data = data[whole:]
                         offset += whole
                     if span != whole:  # a partial element: only ever at the end of the data
@@ -384,111 +328,6 @@ class IncomingObject:
     def close(self) -> None:
         """Give up on the object (the link is gone)."""
         self.fail(ConnectionClosedError("connection closed before the object arrived"))
-
-
-#: Objects at least this large have their digest computed by a :class:`DigestPipeline`; below it,
-#: the hop to a worker thread costs more than hashing on the event loop.
-DEFER_DIGEST_BYTES = HUGE_PAGE_THRESHOLD
-
-_Buffer = bytes | memoryview
-
-
-class _Digest:
-    """One object's deferred SHA-256: bytes queued in order, hashed by the pipeline."""
-
-    __slots__ = (
-        *("expected", "hashed", "hasher", "obj", "pending", "pipeline", "queued", "total"),
-        "verdict",
-    )
-
-    def __init__(
-        self, obj: IncomingObject, pipeline: DigestPipeline, verdict: Callable[[bool], None]
-    ) -> None:
-        self.obj: IncomingObject | None = obj  # dropped at the verdict: no cycle outlives it
-        self.total = obj.manifest.total
-        self.hasher = hashlib.sha256()
-        self.hashed = 0  # bytes folded into the hasher
-        self.queued = 0  # bytes folded or waiting in ``pending``
-        self.pending: list[_Buffer] = []
-        self.pipeline = pipeline
-        self.verdict = verdict
-        self.expected: bytes | None = None
-
-    def add(self, offset: int, buffer: _Buffer) -> None:
-        """Queue the bytes at ``offset`` (they must not change until hashed)."""
-        if offset != self.queued:
-            raise LocalProtocolError(f"digest: bytes at {offset}, expected {self.queued}")
-        self.pending.append(buffer)
-        self.queued = offset + len(buffer)
-        self.pipeline.wake(self)
-
-    def expect(self, digest: bytes) -> None:
-        self.expected = digest
-        self.pipeline.wake(self)
-
-    def done(self, hashed: int) -> None:
-        """Back on the event loop after the pipeline hashed through ``hashed``."""
-        self.hashed = hashed
-        obj = self.obj
-        if obj is None:
-            return  # the object ended (failed) meanwhile
-        obj._hashed()
-        if self.expected is not None and hashed == self.total:
-            matched = self.hasher.digest() == self.expected
-            self.expected = None
-            self.obj = None
-            self.verdict(matched)
-
-
-class DigestPipeline:
-    """Hashes the deferred digests of one link's objects in a worker thread, a batch at a time:
-    every byte queued since the last batch, object by object, in order. :meth:`run` it in a task
-    for as long as the link lives."""
-
-    def __init__(self) -> None:
-        self._ready: dict[_Digest, None] = {}  # an ordered set
-        self._wakeup = anyio.Event()
-        self._closed = False
-
-    def wake(self, digest: _Digest) -> None:
-        self._ready[digest] = None
-        self._wakeup.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        self._closed = True
-        self._ready.clear()
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        while not self._closed:
-            if not self._ready:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
-                continue
-            digests = list(self._ready)
-            self._ready.clear()
-            work = [(d.hasher, d.pending) for d in digests if d.pending]
-            ends = [d.queued for d in digests]
-            for digest in digests:
-                digest.pending = []
-            if work:
-                await anyio.to_thread.run_sync(_hash_all, work)
-                del work  # the buffers keep a received object's memory leased
-            if self.closed:  # while hashing
-                return
-            for digest, end in zip(digests, ends, strict=True):
-                digest.done(end)
-
-
-def _hash_all(work: list[tuple[Any, list[_Buffer]]]) -> None:
-    """In a worker thread: hashlib releases the GIL while it hashes a large buffer."""
-    for hasher, buffers in work:
-        for buffer in buffers:
-            hasher.update(buffer)
 
 
 class LocalObject:

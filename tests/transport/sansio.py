@@ -15,9 +15,6 @@ Nothing here sleeps or opens a socket. :class:`Pair` owns the clock (``now``, mo
   call), checks as it goes that messages arrive exactly once and in order and that object bytes
   arrive contiguously (none re-delivered, none skipped), copies object bytes into preallocated
   arrays as the real link does, and, when told to, consumes them and marks messages delivered.
-- For an object whose digest the session leaves to its driver (``defer_digest_bytes`` in the
-  config), an endpoint hashes the bytes it is given and answers :class:`DigestDue` as the real
-  link does: at once when it consumes on its own, else when told to (:meth:`check_digests`).
 - The server side reads the HELLO of each new connection with a :class:`HelloReader` and accepts
   it (resuming) or refuses it with ``refuse_frame(..., "resume")`` when it names a session the
   server does not hold, as the bus does.
@@ -27,7 +24,6 @@ The checks raise ``AssertionError``, so every test that uses the harness checks 
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +39,6 @@ from transport.protocol.objects import IncomingArrays, Manifest, OutgoingObject
 from transport.protocol.session import (
     ChunkReceived,
     ConnectionFailed,
-    DigestDue,
     HelloReader,
     MessageReceived,
     ObjectCompleted,
@@ -227,10 +222,6 @@ class Endpoint:
     ) -> None:
         self.session = session
         self.clock = clock
-        #: Deferred digests: seq -> (the hasher, the bytes it held when the session handed it over).
-        self.hashers: dict[int, tuple[Any, int]] = {}
-        #: Digests the session waits for a verdict on (answered with the application's consumption).
-        self.due: dict[int, bytes] = {}
         self.auto_consume = auto_consume
         self.auto_deliver = auto_deliver
         self.messages: list[MessageReceived] = []
@@ -276,8 +267,6 @@ class Endpoint:
                 self.order.append(("message", seq))
                 if manifest is not None:
                     self.objects[seq] = IncomingState(manifest, IncomingArrays(manifest))
-                    if event.digest_deferred:
-                        self.hashers[seq] = (hashlib.sha256(), 0)
             case ChunkReceived(seq=seq, offset=offset, data=data):
                 inc = self.objects[seq]
                 assert inc.open, f"bytes of object {seq} after it ended"
@@ -288,14 +277,6 @@ class Endpoint:
                 inc.arrays.write(offset, data)
                 inc.data += data
                 self.order.append(("chunk", seq))
-                if seq in self.hashers:
-                    hasher, start = self.hashers[seq]
-                    hasher.update(data[max(start - offset, 0) :])
-            case DigestDue(seq=seq, digest=digest):
-                assert len(self.objects[seq].data) == self.objects[seq].manifest.total
-                self.due[seq] = digest
-                if self.auto_consume:
-                    self._check_digests()
             case ObjectCompleted(seq=seq):
                 inc = self.objects[seq]
                 assert inc.open, f"object {seq} completed twice"
@@ -312,12 +293,6 @@ class Endpoint:
                 assert not self.ended, "session ended twice"
                 self.ended.append(event)
 
-    def _check_digests(self) -> None:
-        for seq, digest in list(self.due.items()):
-            del self.due[seq]
-            hasher, _start = self.hashers.pop(seq)
-            self.session.digest_checked(seq, hasher.digest() == digest)
-
     def _consume(self, seq: int, nbytes: int) -> None:
         inc = self.objects[seq]
         assert 0 <= nbytes <= inc.buffered
@@ -327,7 +302,6 @@ class Endpoint:
     def catch_up(self) -> None:
         """The application takes everything it holds, and from now on takes what arrives."""
         self.auto_consume = self.auto_deliver = True
-        self._check_digests()
         for seq, inc in list(self.objects.items()):
             if inc.buffered and inc.open:
                 self._consume(seq, inc.buffered)
@@ -338,11 +312,6 @@ class Endpoint:
     def consume(self, seq: int, nbytes: int) -> None:
         """The application takes ``nbytes`` more of object ``seq``."""
         self._consume(seq, nbytes)
-        self.collect()
-
-    def check_digests(self) -> None:
-        """Answer every :class:`DigestDue` so far (a deferred hasher catching up)."""
-        self._check_digests()
         self.collect()
 
     def deliver_messages(self, upto: int | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -13,8 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from transport.errors import DigestMismatchError, LocalProtocolError
-from transport.objects import DigestPipeline, IncomingObject, RegionPool
+from transport.objects import IncomingObject, RegionPool
 from transport.protocol.objects import HUGE_PAGE_THRESHOLD, OutgoingObject, region_size
 
 MiB = 1024 * 1024
@@ -152,93 +150,3 @@ async def test_small_objects_do_not_use_the_pool() -> None:
     got = await receive(IncomingObject(source.manifest, lambda n: None, pool), source)
     np.testing.assert_array_equal(got["x"], np.arange(10))
     assert pool.created == 0
-
-
-# -- digests hashed in a worker thread -----------------------------------------------------------
-
-
-class Changes:
-    """Wakes a waiting test whenever a wrapped callback runs."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def after(self, callback: Callable[[Any], None]) -> Callable[[Any], None]:
-        def wrapped(value: Any) -> None:
-            callback(value)
-            self._event.set()
-
-        return wrapped
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        with anyio.fail_after(10):
-            while not done():
-                await self._event.wait()
-                self._event = anyio.Event()
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("mode", ["arrays", "pieces"])
-@pytest.mark.parametrize("tamper", [False, True], ids=["intact", "tampered"])
-async def test_a_deferred_digest_is_hashed_off_the_loop_before_bytes_count_as_consumed(
-    mode: str, tamper: bool
-) -> None:
-    """The pipeline hashes the bytes where they lie (the arrays, or the held pieces); a byte is
-    reported consumed only once taken *and* hashed, and the verdict compares the digests."""
-    model = {"w": np.random.default_rng(3).standard_normal(3 * MiB // 4, dtype=np.float32)}
-    source = OutgoingObject(model)
-    digest = source.digest()
-    consumed: list[int] = []
-    verdicts: list[bool] = []
-    changed = Changes()
-    obj = IncomingObject(source.manifest, changed.after(consumed.append), RegionPool())
-    pipeline = DigestPipeline()
-    obj.defer_digest(pipeline, changed.after(verdicts.append))
-    taken: list[npt.NDArray[Any]] = []
-
-    async def application() -> None:
-        try:
-            if mode == "arrays":
-                taken.append((await obj.arrays())["w"])
-            else:
-                taken.extend([values async for _name, _start, values in obj.pieces()])
-        except DigestMismatchError:
-            assert tamper
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(pipeline.run)
-        tg.start_soon(application)
-        await anyio.wait_all_tasks_blocked()
-        pieces = [source.view(offset, MiB // 2) for offset in range(0, source.total, MiB // 2)]
-        for offset, piece in zip(range(0, source.total, MiB // 2), pieces, strict=True):
-            if tamper and offset == MiB:
-                piece = memoryview(bytes(piece[:-1]) + bytes([piece[-1] ^ 1]))
-            obj.feed(offset, piece)
-        # Every byte is here (arrays: written in place; pieces: held), none hashed yet: the
-        # pipeline has had no chance to run, so nothing may count as consumed.
-        assert consumed == []
-        await changed.until(lambda: sum(consumed) == source.total)
-        assert verdicts == []  # every byte hashed, but the peer's digest not named yet
-        obj.expect_digest(digest)
-        await changed.until(lambda: bool(verdicts))
-        assert verdicts == [not tamper]
-        if tamper:
-            obj.fail(DigestMismatchError(1))
-        else:
-            obj.complete()
-        pipeline.close()
-    assert sum(consumed) == source.total
-    if not tamper:
-        got = taken[0] if mode == "arrays" else np.concatenate(taken)
-        np.testing.assert_array_equal(got, model["w"])
-
-
-def test_a_digest_is_deferred_once_and_before_any_byte() -> None:
-    source = OutgoingObject({"w": np.zeros(MiB, dtype=np.uint8)})
-    obj = IncomingObject(source.manifest, lambda n: None)
-    pipeline = DigestPipeline()
-    obj.feed(0, source.view(0, 10))
-    with pytest.raises(LocalProtocolError, match="before any byte"):
-        obj.defer_digest(pipeline, lambda matched: None)
-    with pytest.raises(LocalProtocolError, match="not deferred"):
-        obj.expect_digest(b"x")

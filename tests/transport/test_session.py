@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,6 @@ from transport.protocol.objects import ALLOWED_DTYPES, Manifest, OutgoingObject
 from transport.protocol.session import (
     TRANSITIONS,
     ConnectionFailed,
-    DigestDue,
     Hello,
     HelloReader,
     ObjectCompleted,
@@ -927,9 +925,6 @@ def test_an_object_not_yet_taken_may_send_only_the_first_window() -> None:
         dataclasses.replace(SMALL, first_object_window=SMALL.object_window + 1)
 
 
-DEFERRED = dataclasses.replace(SMALL, defer_digest_bytes=500)
-
-
 def take_all(pair: Pair, *seqs: int) -> None:
     """The server's application takes every byte of ``seqs`` as it arrives."""
     for _ in range(100):
@@ -943,46 +938,6 @@ def take_all(pair: Pair, *seqs: int) -> None:
         ):
             return
     raise AssertionError("the objects did not arrive")
-
-
-def test_a_large_object_waits_for_the_drivers_digest_verdict() -> None:
-    """Objects of at least ``defer_digest_bytes`` are hashed by the driver: the session hashes
-    none of their bytes, says which digest the peer sent, and completes only on a match."""
-    pair = opened(config=DEFERRED, auto_consume=False)
-    small = pair.send("client", b"small", blob(499))
-    large = pair.send("client", b"large", blob(1000, seed=1))
-    take_all(pair, small, large)
-    flags = {m.seq: m.digest_deferred for m in pair.server.messages}
-    assert flags == {small: False, large: True}
-    [due] = [e for e in pair.server.log if isinstance(e, DigestDue)]
-    assert due.seq == large
-    assert due.digest == hashlib.sha256(bytes(blob(1000, seed=1)["blob"])).digest()
-    assert not pair.server.objects[large].completed  # every byte taken, the verdict not yet in
-    pair.server.check_digests()  # a match
-    pair.pump()
-    assert pair.server.objects[small].completed
-    assert pair.server.objects[large].completed
-    assert pair.client.session.unacked_bytes == 0
-    early = pair.send("client", b"x", blob(600))
-    pair.pump()  # announced, partly received: no verdict can be due
-    with pytest.raises(LocalProtocolError, match="no digest is due"):
-        pair.server.session.digest_checked(early, True)
-
-
-def test_a_deferred_digest_that_does_not_match_fails_the_object() -> None:
-    pair = opened(config=DEFERRED, auto_consume=False)
-    seq = pair.send("client", b"large", blob(1000))
-    take_all(pair, seq)
-    assert [e.seq for e in pair.server.log if isinstance(e, DigestDue)] == [seq]
-    pair.server.session.digest_checked(seq, False)
-    pair.server.collect()
-    inc = pair.server.objects[seq]
-    assert isinstance(inc.failed, DigestMismatchError)
-    assert not inc.completed
-    pair.server.session.digest_checked(seq, True)  # too late: the object is over, ignored
-    pair.pump()
-    assert pair.client.session.unacked_bytes == 0  # the sender forgets it; the session goes on
-    assert pair.server.state is SessionState.OPEN
 
 
 def test_a_last_chunk_without_digest_is_a_protocol_error() -> None:

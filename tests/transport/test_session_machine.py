@@ -242,22 +242,13 @@ FlakyNetwork.TestCase.settings = settings(
 test_flaky_network = FlakyNetwork.TestCase
 
 
-class FlakyNetworkDeferredDigests(FlakyNetwork):
-    """The same with a node's settings: both drivers hash objects themselves (as the link does
-    for large ones) and give their verdicts late, after more bytes, cuts and resumptions; and an
-    object not yet taken may send only one chunk."""
+class FlakyNetworkFirstWindow(FlakyNetwork):
+    """The same with a node's setting: an object not yet taken may send only one chunk."""
 
-    config = dataclasses.replace(SMALL, defer_digest_bytes=1, first_object_window=SMALL.chunk_size)
-
-    @rule(side=SIDES)
-    def check_digests(self, side: Side) -> None:
-        endpoint = self.pair.endpoint(side)
-        if endpoint.due:
-            event("a late digest verdict")
-        endpoint.check_digests()
+    config = dataclasses.replace(SMALL, first_object_window=SMALL.chunk_size)
 
 
-FlakyNetworkDeferredDigests.TestCase.settings = settings(
+FlakyNetworkFirstWindow.TestCase.settings = settings(
     FlakyNetwork.TestCase.settings, max_examples=60
 )
-test_flaky_network_deferred_digests = FlakyNetworkDeferredDigests.TestCase
+test_flaky_network_first_window = FlakyNetworkFirstWindow.TestCase

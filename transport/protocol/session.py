@@ -22,13 +22,6 @@ never waits behind a gigabyte. An object's message is delivered when it is annou
 then reported as :class:`ChunkReceived` events, and :class:`ObjectCompleted` ends it once the SHA-256
 digest in the last chunk matches the bytes received.
 
-The session hashes an object's bytes as they arrive, except objects of at least
-``defer_digest_bytes`` (when configured): their driver hashes them (it can do so in another thread
-while this one decrypts; the SHA-256 of a large object costs as much CPU as its TLS). Their
-:class:`MessageReceived` says so; the session reports the digest the peer sent
-(:class:`DigestDue`) and waits for the driver's verdict (:meth:`Session.digest_checked`) before it
-completes the object.
-
 Flow control is credit based, as in HTTP/2: each side announces how many unconsumed object bytes it
 will hold per object and per connection; the receiver sends CREDIT as the application consumes
 bytes (:meth:`Session.consume`). A sender never has more than one window per object unconsumed at
@@ -76,7 +69,6 @@ from transport.protocol.objects import Manifest, OutgoingObject
 __all__ = [
     "ChunkReceived",
     "ConnectionFailed",
-    "DigestDue",
     "Hello",
     "HelloReader",
     "MessageReceived",
@@ -109,8 +101,6 @@ class SessionConfig:
     heartbeat_interval: float = 5.0
     liveness_timeout: float = 20.0
     handshake_timeout: float = 10.0
-    #: Objects at least this large are hashed by the driver (see :class:`DigestDue`); None: none.
-    defer_digest_bytes: int | None = None
     #: What the peer may send of an object before the application starts taking it (None: a whole
     #: ``object_window``). A receiver that lets objects wait their turn holds this much of each.
     first_object_window: int | None = None
@@ -189,8 +179,6 @@ class MessageReceived:
     seq: int
     body: bytes
     manifest: Manifest | None = None
-    #: The driver hashes this object's bytes and answers :class:`DigestDue`.
-    digest_deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,16 +193,6 @@ class ChunkReceived:
     offset: int
     data: memoryview
     placed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DigestDue:
-    """Every byte of object ``seq`` has arrived; the driver, which hashes it (see
-    :attr:`MessageReceived.digest_deferred`), must compare its SHA-256 with ``digest`` and say so
-    (:meth:`Session.digest_checked`)."""
-
-    seq: int
-    digest: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +230,6 @@ SessionEvent: TypeAlias = (
     SessionOpened
     | MessageReceived
     | ChunkReceived
-    | DigestDue
     | ObjectCompleted
     | ObjectFailed
     | ConnectionFailed
@@ -387,8 +364,6 @@ class _Incoming:
     granted: int = 0  # the sender may send object bytes below this offset
     verified: bool = False  # every byte received and the digest matched
     hasher: Any = field(default_factory=hashlib.sha256)
-    deferred: bool = False  # the driver hashes the bytes and checks the digest
-    due: bool = False  # deferred, every byte here: waiting for the driver's verdict
 
 
 class Session:
@@ -759,29 +734,6 @@ class Session:
             if self._ack_due_since is None:
                 self._ack_due_since = now
 
-    def digest_checked(self, seq: int, matched: bool) -> None:
-        """The driver's verdict on object ``seq``'s digest, after :class:`DigestDue`.
-
-        An object that has ended meanwhile (the session closed, say) is ignored.
-        """
-        inc = self._incoming.get(seq)
-        if inc is None:
-            return
-        if not inc.due:
-            raise LocalProtocolError(f"object {seq}: no digest is due")
-        self._digest_verdict(seq, inc, matched)
-
-    def _digest_verdict(self, seq: int, inc: _Incoming, matched: bool) -> None:
-        """Fail the object, or mark it verified (and complete it if the application took it all)."""
-        if not matched:
-            del self._incoming[seq]
-            self._completed.append(seq)
-            self._events.append(ObjectFailed(seq, DigestMismatchError(seq)))
-            return
-        inc.verified = True
-        if inc.consumed == inc.manifest.total:
-            self._finish_incoming(seq)
-
     def consume(self, seq: int, nbytes: int) -> None:
         """The application has taken ``nbytes`` more of object ``seq``; grant the sender credit."""
         inc = self._incoming.get(seq)
@@ -916,23 +868,14 @@ class Session:
         if seq - self._delivered > self.config.message_window:
             raise RemoteProtocolError("sender exceeded the message window")
         self._received = seq
-        threshold = self.config.defer_digest_bytes
-        deferred = (
-            manifest is not None
-            and manifest.total > 0
-            and threshold is not None
-            and manifest.total >= threshold
-        )
-        self._events.append(MessageReceived(seq, bytes(payload), manifest, deferred))
+        self._events.append(MessageReceived(seq, bytes(payload), manifest))
         if manifest is None:
             return
         if manifest.total == 0:  # nothing to stream: complete on arrival
             self._completed.append(seq)
             self._events.append(ObjectCompleted(seq))
             return
-        self._incoming[seq] = _Incoming(
-            manifest, granted=self.config.announced_object_window, deferred=deferred
-        )
+        self._incoming[seq] = _Incoming(manifest, granted=self.config.announced_object_window)
 
     def receive_target(self) -> tuple[int, int, int] | None:
         """Where the next bytes from the peer go, if they can be received in place.
@@ -990,19 +933,21 @@ class Session:
         if self._conn_received > self._conn_granted:
             raise RemoteProtocolError("sender exceeded its connection flow-control credit")
         if len(data):
-            if not inc.deferred:
-                inc.hasher.update(data)
+            inc.hasher.update(data)
             inc.received += len(data)
             self._events.append(ChunkReceived(seq, offset, data, placed))
-        if piece.last and inc.received == inc.manifest.total and not (inc.verified or inc.due):
+        if piece.last and inc.received == inc.manifest.total and not inc.verified:
             digest = header.get("h")
             if digest is None:
                 raise RemoteProtocolError(f"object {seq}: last chunk carries no digest")
-            if inc.deferred:
-                inc.due = True
-                self._events.append(DigestDue(seq, digest if isinstance(digest, bytes) else b""))
+            if digest != inc.hasher.digest():
+                del self._incoming[seq]
+                self._completed.append(seq)
+                self._events.append(ObjectFailed(seq, DigestMismatchError(seq)))
                 return
-            self._digest_verdict(seq, inc, digest == inc.hasher.digest())
+            inc.verified = True
+            if inc.consumed == inc.manifest.total:
+                self._finish_incoming(seq)
 
     def _finish_incoming(self, seq: int) -> None:
         del self._incoming[seq]
