@@ -63,9 +63,17 @@ def add_noise(
     elif out.shape != array.shape or out.dtype != array.dtype or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous {array.dtype} array of shape {array.shape}")
     target = out.reshape(-1)
-    for start in range(0, flat.size, NOISE_BLOCK):
-        stop = min(start + NOISE_BLOCK, flat.size)
-        np.add(flat[start:stop], block[: stop - start], out=target[start:stop], casting="unsafe")
+    if not flat.size:
+        return out
+    # The block repeated along the array, in one call (rows of the block's length), then the rest.
+    whole = flat.size - flat.size % block.size
+    np.add(
+        flat[:whole].reshape(-1, block.size),
+        block,
+        out=target[:whole].reshape(-1, block.size),
+        casting="unsafe",
+    )
+    np.add(flat[whole:], block[: flat.size - whole], out=target[whole:], casting="unsafe")
     return out
 
 
