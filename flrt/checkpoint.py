@@ -23,6 +23,8 @@ Older checkpoints beyond ``keep`` are removed only after the new one is in place
 
 **Loading** checks the format version and every array file against its digest, so a corrupt or
 truncated checkpoint is a :class:`~flrt.errors.CheckpointError`, never a silently different model.
+:func:`latest_checkpoint` then falls back to the next older one (``keep`` is 2 by default), and
+says so.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,12 +222,25 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(job_id, round_, weights, arrays, state, job)
 
 
-def latest_checkpoint(directory: str | os.PathLike[str]) -> Checkpoint | None:
-    """The newest checkpoint in ``directory``, or ``None`` if there is none.
+def latest_checkpoint(
+    directory: str | os.PathLike[str],
+    on_skipped: Callable[[CheckpointError], None] | None = None,
+) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` that loads, or ``None`` if there is none.
 
-    Raises :class:`~flrt.errors.CheckpointError` if the newest one cannot be loaded.
+    A newer checkpoint that cannot be loaded (corrupt, truncated, another format) is passed to
+    ``on_skipped`` and the next older one is tried: a job resumes from its last good round rather
+    than not at all. Nothing is deleted; saving that round again replaces the bad copy. Raises the
+    newest one's :class:`~flrt.errors.CheckpointError` if none loads.
     """
-    rounds = checkpoint_rounds(directory)
-    if not rounds:
-        return None
-    return load_checkpoint(Path(directory) / f"round-{rounds[-1]:06d}")
+    newest_error: CheckpointError | None = None
+    for round_ in reversed(checkpoint_rounds(directory)):
+        try:
+            return load_checkpoint(Path(directory) / f"round-{round_:06d}")
+        except CheckpointError as exc:
+            newest_error = newest_error or exc
+            if on_skipped is not None:
+                on_skipped(exc)
+    if newest_error is not None:
+        raise newest_error
+    return None

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from flrt._durable import fsync_directory
 from flrt.checkpoint import latest_checkpoint
 from flrt.errors import CheckpointError, JobError
@@ -35,6 +37,8 @@ from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job
 from flrt.workflows.state import WorkflowState
 
 __all__ = ["JobEntry", "JobStore", "atomic_write"]
+
+log = structlog.get_logger("flrt.jobstore")
 
 JOB_FILE = "job.toml"
 RECORD_FILE = "record.json"
@@ -179,11 +183,16 @@ class JobStore:
         return self.folder(job_id) / CHECKPOINTS
 
     def latest_state(self, job_id: str) -> WorkflowState | None:
-        """The workflow state of the newest checkpoint, or ``None`` before the first.
+        """The workflow state of the newest checkpoint that loads, or ``None`` before the first.
 
-        Raises :class:`~flrt.errors.CheckpointError` if it cannot be loaded.
+        A newer one that does not load is logged (``checkpoint.skipped``) and passed over. Raises
+        :class:`~flrt.errors.CheckpointError` if none loads.
         """
-        checkpoint = latest_checkpoint(self.checkpoints(job_id))
+
+        def skipped(error: CheckpointError) -> None:
+            log.warning("checkpoint.skipped", job=job_id, reason=str(error))
+
+        checkpoint = latest_checkpoint(self.checkpoints(job_id), on_skipped=skipped)
         if checkpoint is None:
             return None
         try:

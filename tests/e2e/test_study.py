@@ -197,3 +197,41 @@ async def test_a_server_killed_mid_job_resumes_to_the_same_model(
     assert sorted(set(completed)) == list(range(1, 9))
     assert len(completed) == len(set(completed))  # no completed round was run twice
     assert_centralised(load_weights(out / "model.safetensors"), rounds=8)
+
+
+async def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Killed, then its newest checkpoint damaged on disk: the restarted server says which one it
+    passed over, runs that round again, and ends with the uninterrupted run's model."""
+    cluster.start()
+    with anyio.fail_after(120):
+        async with cluster.admin() as admin:
+            job_id = await admin.submit(cluster.job_dir("corrupt", logreg_job(8, delay=0.3)))
+            async for view in admin.watch(job_id):
+                if view["round"] >= 3:
+                    break
+            cluster.kill("server")
+            checkpoints = cluster.root / "server" / "jobs" / job_id / "checkpoints"
+            newest = sorted(checkpoints.glob("round-*"))[-1]
+            model = newest / "model.safetensors"
+            data = bytearray(model.read_bytes())
+            data[-1] ^= 0xFF
+            model.write_bytes(bytes(data))
+            cluster.start_server()
+            job = await admin.wait(job_id)
+            assert job["status"] == "finished", job
+            out = await admin.download(job_id, tmp_path / "out")
+    log = cluster.log("server")
+    [skipped] = [e for e in log if e["event"] == "checkpoint.skipped"]
+    assert newest.name in skipped["reason"]
+    assert "does not match its digest" in skipped["reason"]
+    [resumed] = [e for e in log if e["event"] == "job.resumed"]
+    assert resumed["round"] == int(newest.name.removeprefix("round-")) - 1
+    completed = [
+        e["round"]
+        for e in map(_json, (out / "metrics.jsonl").read_text().splitlines())
+        if e["event"] == "round_completed"
+    ]
+    assert sorted(set(completed)) == list(range(1, 9))
+    assert_centralised(load_weights(out / "model.safetensors"), rounds=8)

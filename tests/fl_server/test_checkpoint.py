@@ -136,6 +136,28 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "round-999999")
 
 
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _checkpoint(1))
+    newest = save_checkpoint(tmp_path, _checkpoint(2))
+    model = newest / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+    skipped: list[CheckpointError] = []
+    latest = latest_checkpoint(tmp_path, on_skipped=skipped.append)
+    assert latest is not None
+    assert latest.round == 1
+    assert [e.path for e in skipped] == [newest]
+    assert "does not match its digest" in str(skipped[0])
+    assert checkpoint_rounds(tmp_path) == [1, 2]  # nothing is deleted by looking
+
+    save_checkpoint(tmp_path, _checkpoint(2))  # the round run again replaces the bad copy
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None
+    assert latest.round == 2
+
+
 def test_workflow_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     cross = CrossSiteResults(
         round=4,
