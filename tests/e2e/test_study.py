@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,32 +172,45 @@ def _json(line: str) -> dict[str, Any]:
     return value
 
 
-async def test_a_server_killed_mid_job_resumes_to_the_same_model(
-    cluster: Cluster, tmp_path: Path
-) -> None:
+async def restart_server_mid_job(
+    cluster: Cluster,
+    out: Path,
+    name: str,
+    while_down: Callable[[str], None] = lambda job_id: None,
+) -> list[int]:
+    """Run an 8-round job, kill the server after round 3, call ``while_down(job_id)``, start the
+    server again and wait for the job to finish; the job's results go to ``out``. Returns the
+    rounds reported completed, in order."""
     cluster.start()
     with anyio.fail_after(120):
         async with cluster.admin() as admin:
-            job_id = await admin.submit(cluster.job_dir("restart", logreg_job(8, delay=0.3)))
+            job_id = await admin.submit(cluster.job_dir(name, logreg_job(8, delay=0.3)))
             async for view in admin.watch(job_id):
                 if view["round"] >= 3:
                     break
             cluster.kill("server")
+            while_down(job_id)
             cluster.start_server()
             job = await admin.wait(job_id)  # the client opens a new session and watches again
             assert job["status"] == "finished", job
-            out = await admin.download(job_id, tmp_path / "out")
-    resumed = [e for e in cluster.log("server") if e["event"] == "job.resumed"]
-    assert resumed
-    assert resumed[0]["round"] >= 3
-    completed = [
+            await admin.download(job_id, out)
+    assert_centralised(load_weights(out / "model.safetensors"), rounds=8)
+    return [
         e["round"]
         for e in map(_json, (out / "metrics.jsonl").read_text().splitlines())
         if e["event"] == "round_completed"
     ]
+
+
+async def test_a_server_killed_mid_job_resumes_to_the_same_model(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    completed = await restart_server_mid_job(cluster, tmp_path / "out", "restart")
+    resumed = [e for e in cluster.log("server") if e["event"] == "job.resumed"]
+    assert resumed
+    assert resumed[0]["round"] >= 3
     assert sorted(set(completed)) == list(range(1, 9))
     assert len(completed) == len(set(completed))  # no completed round was run twice
-    assert_centralised(load_weights(out / "model.safetensors"), rounds=8)
 
 
 async def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(
@@ -204,34 +218,25 @@ async def test_a_corrupt_newest_checkpoint_resumes_from_the_one_before(
 ) -> None:
     """Killed, then its newest checkpoint damaged on disk: the restarted server says which one it
     passed over, runs that round again, and ends with the uninterrupted run's model."""
-    cluster.start()
-    with anyio.fail_after(120):
-        async with cluster.admin() as admin:
-            job_id = await admin.submit(cluster.job_dir("corrupt", logreg_job(8, delay=0.3)))
-            async for view in admin.watch(job_id):
-                if view["round"] >= 3:
-                    break
-            cluster.kill("server")
-            checkpoints = cluster.root / "server" / "jobs" / job_id / "checkpoints"
-            newest = sorted(checkpoints.glob("round-*"))[-1]
-            model = newest / "model.safetensors"
-            data = bytearray(model.read_bytes())
-            data[-1] ^= 0xFF
-            model.write_bytes(bytes(data))
-            cluster.start_server()
-            job = await admin.wait(job_id)
-            assert job["status"] == "finished", job
-            out = await admin.download(job_id, tmp_path / "out")
+    damaged: list[Path] = []
+
+    def damage_newest_checkpoint(job_id: str) -> None:
+        checkpoints = cluster.root / "server" / "jobs" / job_id / "checkpoints"
+        newest = sorted(checkpoints.glob("round-*"))[-1]
+        model = newest / "model.safetensors"
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 0xFF
+        model.write_bytes(bytes(data))
+        damaged.append(newest)
+
+    completed = await restart_server_mid_job(
+        cluster, tmp_path / "out", "corrupt", damage_newest_checkpoint
+    )
+    [newest] = damaged
     log = cluster.log("server")
     [skipped] = [e for e in log if e["event"] == "checkpoint.skipped"]
     assert newest.name in skipped["reason"]
     assert "does not match its digest" in skipped["reason"]
     [resumed] = [e for e in log if e["event"] == "job.resumed"]
     assert resumed["round"] == int(newest.name.removeprefix("round-")) - 1
-    completed = [
-        e["round"]
-        for e in map(_json, (out / "metrics.jsonl").read_text().splitlines())
-        if e["event"] == "round_completed"
-    ]
     assert sorted(set(completed)) == list(range(1, 9))
-    assert_centralised(load_weights(out / "model.safetensors"), rounds=8)
