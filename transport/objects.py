@@ -27,7 +27,6 @@ to back), on another core where one is free; it stops as soon as the object is c
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import mmap
 import threading
 import weakref
@@ -41,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from transport.errors import ConnectionClosedError, LocalProtocolError, TransportError
+from transport.memory import populate
 from transport.protocol.objects import (
     HUGE_PAGE_THRESHOLD,
     IncomingArrays,
@@ -61,29 +61,13 @@ __all__ = [
 #: How many bytes of idle receive memory a node keeps for its next objects, by default.
 DEFAULT_KEEP_IDLE = 256 * 1024 * 1024
 
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_PREFAULT_STEP = 16 * 1024 * 1024
-_libc: ctypes.CDLL | None = None
-
 
 def prefault(region: mmap.mmap, stop: threading.Event) -> None:
     """Fault in ``region``'s pages front to back until done or ``stop`` is set (blocking: run it
-    in a worker thread; ctypes releases the GIL during each call). Does nothing where the kernel
-    cannot populate ahead."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    in a worker thread; see :func:`transport.memory.populate`)."""
     anchor = ctypes.c_char.from_buffer(region)  # keeps the mapping exported while we work
     try:
-        base = ctypes.addressof(anchor)
-        size = len(region)
-        for offset in range(0, size, _PREFAULT_STEP):
-            if stop.is_set():
-                return
-            length = min(_PREFAULT_STEP, size - offset)
-            if _libc.madvise(base + offset, length, _MADV_POPULATE_WRITE) != 0:
-                return  # an older kernel: the receiving path faults pages in as usual
+        populate(ctypes.addressof(anchor), len(region), stop)
     finally:
         del anchor
 

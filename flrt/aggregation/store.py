@@ -32,8 +32,6 @@ but resident heap after three rounds.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import mmap
 import shutil
 import tempfile
@@ -45,6 +43,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from transport.memory import populate
+from transport.protocol.objects import new_region
+
 __all__ = ["DEFAULT_BUDGET_BYTES", "MAPPED_BYTES", "UpdateStore", "mapped_zeros", "prefault"]
 
 #: The default in-memory budget of a store: 256 MiB.
@@ -53,28 +54,17 @@ DEFAULT_BUDGET_BYTES = 256 * 1024 * 1024
 #: Arrays at least this large get an anonymous mapping of their own (see the module docstring).
 MAPPED_BYTES = 4 * 1024 * 1024
 
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+
-_PREFAULT_STEP = 16 * 1024 * 1024
-_libc: ctypes.CDLL | None = None
-
 
 def prefault(arrays: Iterable[npt.NDArray[Any]]) -> None:
-    """Fault in the memory of ``arrays`` without changing their values (``MADV_POPULATE_WRITE``),
-    so that writing them later does not pay for the first touch of each page. Blocking: run it in a
-    worker thread (ctypes releases the GIL during each call); it is safe while another thread
-    writes the same arrays. Does nothing where the kernel cannot populate ahead."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    """Fault in the memory of ``arrays`` without changing their values, so that writing them later
+    does not pay for the first touch of each page. Blocking: run it in a worker thread; it is safe
+    while another thread writes the same arrays (see :func:`transport.memory.populate`)."""
     page = mmap.PAGESIZE
     for array in arrays:
         start = -(-array.ctypes.data // page) * page  # whole pages inside the array only
         end = (array.ctypes.data + array.nbytes) // page * page
-        for offset in range(start, end, _PREFAULT_STEP):
-            length = min(_PREFAULT_STEP, end - offset)
-            if _libc.madvise(offset, length, _MADV_POPULATE_WRITE) != 0:
-                return  # an older kernel (or not anonymous memory): pages fault in as written
+        if end > start and not populate(start, end - start):
+            return
 
 
 def mapped_zeros(shape: int | tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
@@ -88,9 +78,7 @@ def mapped_zeros(shape: int | tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDAr
     count = int(np.prod(dims, dtype=np.int64))
     if count * dtype.itemsize < MAPPED_BYTES:
         return np.zeros(dims, dtype=dtype)
-    region = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(mmap, "MADV_HUGEPAGE"):
-        region.madvise(mmap.MADV_HUGEPAGE)
+    region = new_region(count * dtype.itemsize)
     # The array holds the mapping's buffer; the mapping is unmapped when the last view goes.
     return np.frombuffer(region, dtype=dtype, count=count).reshape(dims)
 
