@@ -541,16 +541,10 @@ class Aggregator(abc.ABC):
         if pending._aggregator is not self or self._status.get(site) is not _Status.FOLDING:
             raise AggregatorStateError(f"site {site!r} has no update being folded")
         staged = self._staged.pop(site, None)
-        if pending.folded:
-            self._status[site] = _Status.COMMITTED
-            if not pending.kept and staged is not None:
-                for name in staged.layout:
-                    self._store.delete((site, name))
-        else:
-            if staged is not None:
-                for name in staged.layout:
-                    self._store.delete((site, name))
-            self._status[site] = _Status.DISCARDED
+        if staged is not None and not pending.kept:  # kept: the aggregator holds it until finish
+            for name in staged.layout:
+                self._store.delete((site, name))
+        self._status[site] = _Status.COMMITTED if pending.folded else _Status.DISCARDED
         self._released()
 
     def discard(self, site: str) -> None:
