@@ -43,9 +43,12 @@ back to the model's dtype (integers are rounded).
 dtype when it is a float of 32 bits or more (float32 sums for a float32 model, float64 for float64),
 float32 for float16, float64 for integers and booleans. This is what NVFlare and Flower do; a
 float64 sum of a float32 model would make the server's largest buffer twice the model for digits
-the model cannot hold. Each update's weighted difference is computed in float64, a slice at a time,
-and rounded once as it is added to the sum, so for k folded float32 updates each element of the mean
-is within about ``(k + 1) * 2**-24 * sum(w_i * |d_i|) / sum(w_i)`` of the exact mean of the
+the model cannot hold. Each update's weighted difference is computed in the sum's dtype too, a
+slice at a time (widening a float32 slice to float64 and back cost more than the whole fold):
+``w_i * (x_i - g)`` is rounded at most twice, once for the difference (exact when ``x_i`` and ``g``
+are within a factor of two of each other, as a model and its update usually are) and once for the
+product, and again as it is added. So for k folded float32 updates each element of the mean is
+within about ``(k + 2) * 2**-24 * sum(w_i * |d_i|) / sum(w_i)`` of the exact mean of the
 differences ``d_i`` (a relative error of order ``k * 6e-8``, when the differences do not cancel),
 before the new model is rounded to float32 itself. Float64 models are summed in float64.
 :meth:`Aggregator.finish_delta` returns the mean difference in the sums' dtype.
@@ -74,6 +77,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flrt.errors import AggregationError, AggregatorStateError, UpdateError
+from flrt.model import all_finite
 from flrt.tasks import TrainResult, UpdateKind, Weights
 
 from .store import UpdateStore, mapped_zeros
@@ -99,10 +103,7 @@ _R = TypeVar("_R")
 #: An aggregated difference: float64, or the sums' dtype (see "Precision" above).
 FloatArray = npt.NDArray[np.floating[Any]]
 
-#: Elements processed at a time when converting or checking a large array (bounds temporaries).
-CHUNK_ELEMENTS = 1 << 20
-
-#: Elements folded at a time: small enough that the float64 temporary stays in the CPU's cache.
+#: Elements folded at a time: small enough that the slice's temporaries stay in the CPU's cache.
 FOLD_ELEMENTS = 1 << 16
 
 #: The default staging budget of an aggregator: 64 MiB in memory, then disk.
@@ -683,9 +684,5 @@ class Aggregator(abc.ABC):
     @staticmethod
     def _check_finite(site: str, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         for name, array in arrays.items():
-            if array.dtype.kind != "f":
-                continue
-            flat = array.reshape(-1)
-            for lo in range(0, flat.size, CHUNK_ELEMENTS):
-                if not np.isfinite(flat[lo : lo + CHUNK_ELEMENTS]).all():
-                    raise UpdateError("holds a NaN or an infinity", site=site, variable=name)
+            if not all_finite(array):
+                raise UpdateError("holds a NaN or an infinity", site=site, variable=name)

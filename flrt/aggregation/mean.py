@@ -5,7 +5,7 @@ committed update is folded into the sum and then freed. The sum is kept in the m
 dtype (float32 for a float32 model: see "Precision" in :mod:`flrt.aggregation.base`), in memory
 that goes back to the operating system once freed (:func:`~flrt.aggregation.store.mapped_zeros`).
 The fold goes through the update in slices of :data:`~flrt.aggregation.base.FOLD_ELEMENTS` (the
-float64 difference of a slice stays in the CPU's cache and is rounded once, as it is added), touches
+weighted difference of a slice, computed in the sum's dtype, stays in the CPU's cache), touches
 only the update and the sum, and so may run in a worker thread
 (:attr:`~flrt.aggregation.base.Aggregator.fold_in_thread`). The sums are kept from one round to the
 next (zeroed, not reallocated), and :meth:`WeightedMean.finish` builds the new model in slices, in a
@@ -83,20 +83,23 @@ class WeightedMean(Aggregator):
             return False
         self._any_weight = True
         largest = max((array.size for array in arrays.values()), default=0)
-        scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
+        scratch: dict[np.dtype[Any], FloatArray] = {}  # one slice per sum dtype, reused
         for name, array in arrays.items():
             acc = self._accumulator(name)
+            if acc.dtype not in scratch:
+                scratch[acc.dtype] = np.empty(min(FOLD_ELEMENTS, largest), dtype=acc.dtype)
+            buffer = scratch[acc.dtype]
             flat = array.reshape(-1)
             reference = self.global_weights[name].reshape(-1)
             for lo in range(0, flat.size, FOLD_ELEMENTS):
                 hi = min(lo + FOLD_ELEMENTS, flat.size)
-                piece = scratch[: hi - lo]
+                piece = buffer[: hi - lo]
                 if kind is UpdateKind.FULL:
-                    np.subtract(flat[lo:hi], reference[lo:hi], out=piece, dtype=np.float64)
+                    np.subtract(flat[lo:hi], reference[lo:hi], out=piece, dtype=acc.dtype)
                 else:
                     piece[...] = flat[lo:hi]
-                piece *= weight
-                acc[lo:hi] += piece  # rounded once to the sum's dtype
+                piece *= weight  # a Python float: the slice keeps the sum's dtype
+                acc[lo:hi] += piece
             self._total[name] = self._total.get(name, 0.0) + weight
         return False
 

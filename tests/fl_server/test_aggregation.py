@@ -84,13 +84,13 @@ U32 = 2.0**-24
 
 def _float32_error(items: list[tuple[str, Weights, int]], g: Weights) -> dict[str, FloatArray]:
     """Per element, what float32 sums may be off by in the mean difference (see "Precision" in
-    flrt.aggregation.base): ``(k + 1) * 2**-24 * sum(n_i * |w_i - g|) / sum(n_i)``, with a margin
+    flrt.aggregation.base): ``(k + 2) * 2**-24 * sum(n_i * |w_i - g|) / sum(n_i)``, with a margin
     of 1 %."""
     total = sum(n for _, _, n in items)
     out: dict[str, FloatArray] = {}
     for name in SHAPES:
         spread = sum(n * np.abs(w[name].astype(np.float64) - g[name]) for _, w, n in items)
-        out[name] = 1.01 * (len(items) + 1) * U32 * np.asarray(spread) / total
+        out[name] = 1.01 * (len(items) + 2) * U32 * np.asarray(spread) / total
     return out
 
 
