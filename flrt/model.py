@@ -51,6 +51,7 @@ from flrt.tasks import Weights
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "all_finite",
     "check_compatible",
     "decode_weights",
     "encode_weights",
@@ -404,6 +405,31 @@ def weights_digest(weights: Weights) -> str:
     for chunk in _chunks(weights, None):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+#: Elements checked at a time by :func:`all_finite`.
+_FINITE_ELEMENTS = 1 << 16
+
+
+def all_finite(array: npt.NDArray[Any]) -> bool:
+    """True when ``array`` holds no NaN and no infinity (always true for integers and booleans).
+
+    A contiguous array is checked a slice at a time into one small reused mask, which stays in
+    the CPU's cache: ``np.isfinite(array).all()`` on a large model first builds a mask of one byte
+    per element in fresh memory, and faulting that in costs several times the check itself.
+    """
+    if array.dtype.kind not in "fc":
+        return True
+    if not array.flags.c_contiguous:
+        return bool(np.isfinite(array).all())
+    flat = array.reshape(-1)
+    mask = np.empty(min(flat.size, _FINITE_ELEMENTS), dtype=np.bool_)
+    for lo in range(0, flat.size, _FINITE_ELEMENTS):
+        piece = mask[: min(flat.size - lo, _FINITE_ELEMENTS)]
+        np.isfinite(flat[lo : lo + _FINITE_ELEMENTS], out=piece)
+        if not piece.all():
+            return False
+    return True
 
 
 def _describe(array: npt.NDArray[Any]) -> str:

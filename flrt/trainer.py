@@ -41,7 +41,7 @@ from flrt.errors import (
     TrainerOutputError,
     TrainingAbortedError,
 )
-from flrt.model import check_compatible
+from flrt.model import all_finite, check_compatible
 from flrt.tasks import EvalResult, Metrics, TrainResult, TrainTask, UpdateKind, Weights
 
 __all__ = [
@@ -161,7 +161,7 @@ def _check_weights(value: object, what: str, method: str, spec: str | None) -> W
                 method=method,
                 spec=spec,
             )
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        if not all_finite(array):
             raise TrainerOutputError(
                 f"returned {what} {name!r} with NaN or infinite values", method=method, spec=spec
             )

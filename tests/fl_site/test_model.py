@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from flrt.errors import IncompatibleWeightsError, ModelFileError
 from flrt.model import (
+    all_finite,
     check_compatible,
     decode_weights,
     encode_weights,
@@ -337,3 +338,35 @@ def test_check_compatible_names_the_first_difference(
         expected,
         actual,
     )
+
+
+# ----------------------------------------------------------------------------- all_finite
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(0, 3 * (1 << 16) + 5),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    where=st.floats(0, 1),
+    dtype=st.sampled_from([np.float16, np.float32, np.float64, np.complex64]),
+)
+def test_all_finite_finds_one_bad_value_anywhere(
+    size: int, bad: float, where: float, dtype: type[np.generic]
+) -> None:
+    array = np.ones(size, dtype=dtype)
+    assert all_finite(array)
+    if size:
+        array[min(int(where * size), size - 1)] = bad
+        assert not all_finite(array)
+        assert not all_finite(array.reshape(1, -1))
+
+
+def test_all_finite_checks_non_contiguous_arrays_and_passes_integers() -> None:
+    array = np.ones((4, 6), dtype=np.float32)
+    array[3, 4] = np.nan
+    assert not all_finite(array[:, ::2])  # column 4
+    assert all_finite(array[:, 1::2])
+    assert not all_finite(array.T)
+    assert all_finite(array[:3].T)
+    assert all_finite(np.arange(10))
+    assert all_finite(np.zeros(3, dtype=bool))
