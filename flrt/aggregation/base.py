@@ -50,7 +50,8 @@ are within a factor of two of each other, as a model and its update usually are)
 product, and again as it is added. So for k folded float32 updates each element of the mean is
 within about ``(k + 2) * 2**-24 * sum(w_i * |d_i|) / sum(w_i)`` of the exact mean of the
 differences ``d_i`` (a relative error of order ``k * 6e-8``, when the differences do not cancel),
-before the new model is rounded to float32 itself. Float64 models are summed in float64.
+before the mean is divided out and added to the model in float32 too (two more roundings, the
+last of them the new model's own). Float64 models are summed in float64.
 :meth:`Aggregator.finish_delta` returns the mean difference in the sums' dtype.
 
 **Missing variables.** An update may leave variables out (a site's ``exclude_variables`` filter):
@@ -202,8 +203,8 @@ def cast_like(values: npt.NDArray[np.floating[Any]], dtype: np.dtype[Any]) -> np
     raise TypeError(f"cannot cast aggregated values to {dtype}")
 
 
-def _cast_into(out: npt.NDArray[Any], values: npt.NDArray[np.float64]) -> None:
-    """Write float64 ``values`` into ``out`` as :func:`cast_like` would convert them."""
+def _cast_into(out: npt.NDArray[Any], values: FloatArray) -> None:
+    """Write floating ``values`` into ``out`` as :func:`cast_like` would convert them."""
     kind = out.dtype.kind
     if kind in "fc":
         out[...] = values  # rounds to nearest, as astype does
@@ -220,26 +221,34 @@ def _cast_into(out: npt.NDArray[Any], values: npt.NDArray[np.float64]) -> None:
 
 def new_model_into(
     global_weights: Weights,
-    delta: Callable[[str, int, int, npt.NDArray[np.float64]], bool],
+    delta: Callable[[str, int, int, FloatArray], bool],
     allocate: Callable[[tuple[int, ...], np.dtype[Any]], npt.NDArray[Any]] | None = None,
+    *,
+    in_sum_dtype: bool = False,
 ) -> Weights:
     """The global model plus an aggregated difference, in the model's dtypes, built chunk by chunk.
 
-    ``delta(name, lo, hi, out)`` writes the float64 difference of elements ``[lo, hi)`` of ``name``
-    into ``out`` and returns ``True``, or returns ``False`` if the variable has none (it is then
-    returned as it is, the same array object). ``allocate(shape, dtype)`` gives the new arrays
-    (:func:`~flrt.aggregation.store.mapped_zeros` by default: a large one goes back to the operating
-    system when it is dropped). Only one chunk of float64 temporaries is ever held.
+    ``delta(name, lo, hi, out)`` writes the difference of elements ``[lo, hi)`` of ``name`` into
+    ``out`` and returns ``True``, or returns ``False`` if the variable has none (it is then
+    returned as it is, the same array object). ``out`` is float64, or with ``in_sum_dtype`` the
+    variable's :func:`accumulation_dtype` (a float32 model is then built in float32: one more
+    rounding of the difference, of order ``2**-24`` of it, and no widening of the model).
+    ``allocate(shape, dtype)`` gives the new arrays (:func:`~flrt.aggregation.store.mapped_zeros`
+    by default: a large one goes back to the operating system when it is dropped). Only one chunk
+    of temporaries per dtype is ever held.
     """
     largest = max((array.size for array in global_weights.values()), default=0)
-    scratch = np.empty(min(FOLD_ELEMENTS, largest), dtype=np.float64)
+    scratch: dict[np.dtype[Any], FloatArray] = {}
     out: Weights = {}
     for name, array in global_weights.items():
         flat = array.reshape(-1)
+        dtype = accumulation_dtype(array.dtype) if in_sum_dtype else np.dtype(np.float64)
+        if dtype not in scratch:
+            scratch[dtype] = np.empty(min(FOLD_ELEMENTS, largest), dtype=dtype)
         result: npt.NDArray[Any] | None = None
         for lo in range(0, max(flat.size, 1), FOLD_ELEMENTS):
             hi = min(lo + FOLD_ELEMENTS, flat.size)
-            piece = scratch[: hi - lo]
+            piece = scratch[dtype][: hi - lo]
             if not delta(name, lo, hi, piece):
                 break
             if result is None:
@@ -261,7 +270,7 @@ def apply_delta(global_weights: Weights, delta: Mapping[str, FloatArray]) -> Wei
     Variables without a difference are returned as they are (the same array objects).
     """
 
-    def piece(name: str, lo: int, hi: int, out: npt.NDArray[np.float64]) -> bool:
+    def piece(name: str, lo: int, hi: int, out: FloatArray) -> bool:
         d = delta.get(name)
         if d is None:
             return False

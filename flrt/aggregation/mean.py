@@ -120,7 +120,7 @@ class WeightedMean(Aggregator):
         self._check_weight()
         sums, totals = self._sum, self._total
 
-        def piece(name: str, lo: int, hi: int, out: npt.NDArray[np.float64]) -> bool:
+        def piece(name: str, lo: int, hi: int, out: FloatArray) -> bool:
             acc = sums.get(name)
             if acc is None:
                 return False
@@ -131,7 +131,7 @@ class WeightedMean(Aggregator):
             reused = self.store.take_free(shape, dtype)
             return np.empty(shape, dtype) if reused is None else reused
 
-        model = new_model_into(self.global_weights, piece, allocate)
+        model = new_model_into(self.global_weights, piece, allocate, in_sum_dtype=True)
         self._kept.update(sums)
         self._sum = {}
         return model
