@@ -13,11 +13,18 @@ A job folder appears whole or not at all: it is written under a dot-name and ren
 Every other durable file is written to a temporary file, flushed, fsynced and renamed, then the
 folder is fsynced (:func:`atomic_write`). Nothing here is ever unpickled: JSON, TOML, msgpack and
 safetensors only.
+
+``metrics.jsonl`` is a record, not state, and is not fsynced: a running job keeps it open
+(:class:`MetricsLog`) and hands each event to the operating system as one whole-line ``write`` the
+moment it is reported, so a crash of the server loses none of them and a power cut only the last
+ones. What a job resumes from is its checkpoints, which are durable (:mod:`flrt.checkpoint`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
 import shutil
@@ -36,7 +43,7 @@ from flrt.errors import CheckpointError, JobError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
 from flrt.workflows.state import WorkflowState
 
-__all__ = ["JobEntry", "JobStore", "atomic_write"]
+__all__ = ["JobEntry", "JobStore", "MetricsLog", "atomic_write"]
 
 log = structlog.get_logger("flrt.jobstore")
 
@@ -202,11 +209,16 @@ class JobStore:
                 f"not a workflow's checkpoint: {exc!r}", path=self.checkpoints(job_id)
             ) from None
 
+    def metrics_log(self, job_id: str) -> MetricsLog:
+        """The job's ``metrics.jsonl``, to append to while the job runs (close it after)."""
+        return MetricsLog(self.folder(job_id) / METRICS_FILE)
+
     def append_metric(self, job_id: str, event: Mapping[str, Any]) -> None:
-        line = json.dumps(event, sort_keys=True, allow_nan=False) + "\n"
-        with (self.folder(job_id) / METRICS_FILE).open("a", encoding="utf-8") as out:
-            out.write(line)
-            out.flush()
+        """Append one event (opening the file for it alone). Raises :class:`OSError`, and
+        :class:`ValueError` for an event that is not JSON (a NaN, say)."""
+        log = self.metrics_log(job_id)
+        log.close()
+        log.append(event)
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         """Every recorded event, in order (a torn line left by a crash is skipped)."""
@@ -224,6 +236,67 @@ class JobStore:
             return None
         data: dict[str, Any] = json.loads(path.read_bytes())
         return data
+
+
+class MetricsLog:
+    """Appends events to a ``metrics.jsonl`` through one file kept open until :meth:`close`.
+
+    Each event is one ``write`` of a whole line to a file opened with ``O_APPEND`` (no buffer in
+    this process, no fsync: see the module docstring), so a reader sees every event appended so
+    far. A file whose last line a crash tore is first ended with a newline, so that the torn line
+    is skipped alone, not with the event after it. After :meth:`close`, each append opens the file
+    for itself (a result that arrives after its job ended is still recorded).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: io.FileIO | None = None
+        self._closed = False
+
+    def append(self, event: Mapping[str, Any]) -> None:
+        """Raises :class:`OSError`, and :class:`ValueError` for an event that is not JSON."""
+        line = (json.dumps(event, sort_keys=True, allow_nan=False) + "\n").encode()
+        if self._file is None:
+            self._file = _open_for_append(self.path)
+        try:
+            _write_all(self._file, line)
+        except OSError:
+            self._drop()  # the line may be torn: the next append opens the file and ends it
+            raise
+        if self._closed:
+            self._drop()
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def _drop(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+
+def _open_for_append(path: Path) -> io.FileIO:
+    file = io.FileIO(path, "a+")  # O_APPEND: every write lands at the end, whatever the offset
+    try:
+        size = file.seek(0, os.SEEK_END)
+        if size:
+            file.seek(size - 1)
+            if file.read(1) != b"\n":
+                _write_all(file, b"\n")
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _write_all(file: io.FileIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = file.write(view)  # short only when the disk is full, and then it raises next
+        if not written:
+            raise OSError(errno.EIO, "nothing written", str(file.name))
+        view = view[written:]
 
 
 def _json_lines(path: Path) -> Iterator[dict[str, Any]]:

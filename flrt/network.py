@@ -616,6 +616,7 @@ class NetworkController:
         #: The last round whose checkpoint is on disk.
         self.rounds_done = 0
         self.log = log.bind(job=job_id)
+        self._metrics = store.metrics_log(job_id)  # open while the job runs: see close()
 
     # ------------------------------------------------------------------ Controller
 
@@ -702,7 +703,7 @@ class NetworkController:
 
     def _record(self, record: Mapping[str, Any]) -> None:
         try:
-            self.store.append_metric(self.job_id, record)
+            self._metrics.append(record)
         except (OSError, ValueError) as exc:  # metrics are a record, never a reason to stop a job
             self.log.warning("metrics.not_saved", reason=str(exc))
 
@@ -733,9 +734,11 @@ class NetworkController:
             await self.send(f"{site}/site", {"v": PROTOCOL_VERSION, **body}, None)
 
     def close(self) -> None:
-        """The job is over: close what is still open (results still on their way are late)."""
+        """The job is over: close what is still open (results still on their way are late, and
+        still recorded: each opens the metrics file for itself)."""
         for scatter in list(self._scatters):
             scatter.closed = True
+        self._metrics.close()
 
 
 def _loggable(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Jobs on disk: whole or absent, atomic records, refused job files, metrics that survive a torn
-line, and the registry's histories."""
+line (and a restart, when appended to an open log), and the registry's histories."""
 
 from __future__ import annotations
 
@@ -68,6 +68,48 @@ def test_metrics_skip_a_torn_last_line(tmp_path: Path) -> None:
     assert store.latest_state(job_id) is None
     store.save_cross_site(job_id, {"round": 3})
     assert store.cross_site(job_id) == {"round": 3}
+
+
+def test_metrics_appended_to_an_open_log_are_read_at_once_and_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    store = JobStore(tmp_path / "jobs")
+    entry, _ = store.create(JOB, submitted_by="lead", organisation="Lead")
+    job_id = entry.record.job_id
+    log = store.metrics_log(job_id)
+    try:
+        log.append({"event": "a", "round": 1})
+        assert store.metrics(job_id) == [{"event": "a", "round": 1}]  # not held in a buffer
+        log.append({"event": "b", "round": 1})
+        # A server that restarts (a new store, a new log) appends after what is there.
+        again = JobStore(tmp_path / "jobs").metrics_log(job_id)
+        again.append({"event": "c", "round": 2})
+        again.close()
+        log.append({"event": "d", "round": 2})
+    finally:
+        log.close()
+    log.append({"event": "late"})  # after close, the append opens the file for itself
+    assert [e["event"] for e in store.metrics(job_id)] == ["a", "b", "c", "d", "late"]
+    with pytest.raises(ValueError, match="JSON compliant"):
+        log.append({"event": "bad", "value": float("nan")})
+    assert len(store.metrics(job_id)) == 5
+
+
+@pytest.mark.parametrize("kept_open", [True, False])
+def test_the_event_after_a_torn_line_is_kept(tmp_path: Path, kept_open: bool) -> None:
+    store = JobStore(tmp_path / "jobs")
+    entry, _ = store.create(JOB, submitted_by="lead", organisation="Lead")
+    job_id = entry.record.job_id
+    store.append_metric(job_id, {"event": "a"})
+    with (store.folder(job_id) / "metrics.jsonl").open("a") as out:
+        out.write('{"event": "b", "tor')  # a crash in the middle of a line
+    if kept_open:
+        log = store.metrics_log(job_id)
+        log.append({"event": "c"})
+        log.close()
+    else:
+        store.append_metric(job_id, {"event": "c"})
+    assert store.metrics(job_id) == [{"event": "a"}, {"event": "c"}]
 
 
 def test_the_registry_keeps_connections_and_histories(tmp_path: Path) -> None:
