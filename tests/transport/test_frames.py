@@ -1,14 +1,19 @@
 """The frame codec, pure: round trips, every split of the input, trailing bytes, bad input.
 
-Streamed kinds (CHUNK) come out as :class:`PayloadPiece` events whose views are only valid until
-the next call into the decoder, so :func:`drain` copies each piece at once and joins a frame's
-pieces back into one :class:`Frame` for comparison.
+Streamed kinds (CHUNK) come out as :class:`PayloadPiece` events whose views are only valid as long
+as the caller's input is, so :func:`drain` copies each piece at once and joins a frame's pieces
+back into one :class:`Frame` for comparison.
+
+The decoder reads its input in place (only cut-short frames are copied into its buffer), so the
+split tests also feed through one reused receive buffer, as the link does, and overwrite it after
+every drain: a byte the decoder still needed from it would come back as garbage.
 """
 
 from __future__ import annotations
 
 import itertools
 import struct
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -24,6 +29,7 @@ from transport.errors import (
 )
 from transport.protocol.frames import (
     DEFAULT_MAX_FRAME_SIZE,
+    KEEP_CAPACITY,
     PREFIX,
     WIRE_VERSION,
     Frame,
@@ -60,10 +66,15 @@ def encode(frame: Frame) -> bytes:
 STREAM = b"".join(encode(f) for f in SAMPLES)
 
 
-def drain(decoder: FrameDecoder, partial: dict[str, Any] | None = None) -> list[Frame]:
-    """Every whole frame available; CHUNK pieces are copied and joined (state in ``partial``)."""
+def drain(
+    decoder: FrameDecoder,
+    partial: dict[str, Any] | None = None,
+    frames: list[Frame] | None = None,
+) -> list[Frame]:
+    """Every whole frame available, appended to ``frames`` as it comes (so that they are there
+    if the decoder raises); CHUNK pieces are copied and joined (state in ``partial``)."""
     partial = {} if partial is None else partial
-    frames: list[Frame] = []
+    frames = [] if frames is None else frames
     while (event := decoder.next_event()) is not None:
         if isinstance(event, Frame):
             frames.append(event)
@@ -370,11 +381,12 @@ def test_a_valid_prefix_then_arbitrary_bytes(
     assert frames[0].payload == payload
 
 
-# -- held pieces (the BufferError path) ----------------------------------------------------------
+# -- held pieces ---------------------------------------------------------------------------------
 
 
 def test_a_held_piece_survives_more_data() -> None:
-    """Holding a piece's view pins the decoder's buffer; feeding more must still work."""
+    """A piece is a view of the caller's input, not of the decoder's buffer: an immutable input
+    keeps it valid however much more is fed."""
     payload = bytes(range(256)) * 4
     chunk = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0}, payload))
     cut = len(chunk) - 500
@@ -400,7 +412,7 @@ def test_a_held_piece_survives_more_data() -> None:
 
 
 def test_a_held_piece_survives_compaction() -> None:
-    """Over 1 MiB consumed: the decoder would compact its buffer, but a view pins it."""
+    """Over 1 MiB consumed, then more data: the held view still shows the payload."""
     payload = bytes(range(256)) * (5 * 1024)  # 1.25 MiB
     chunk = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0}, payload))
     decoder = FrameDecoder()
@@ -414,8 +426,8 @@ def test_a_held_piece_survives_compaction() -> None:
     assert drain(decoder) == SAMPLES
 
 
-def test_compaction_without_held_pieces() -> None:
-    """Over 1 MiB consumed and a partial frame left: the decoder compacts its buffer."""
+def test_a_partial_frame_after_a_large_chunk() -> None:
+    """A 2 MiB chunk then a partial frame in one input: only the partial frame is buffered."""
     payload = b"\x07" * (1 << 21)
     chunk = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0}, payload))
     decoder = FrameDecoder()
@@ -426,6 +438,219 @@ def test_compaction_without_held_pieces() -> None:
         got += event.data
     assert got == payload
     assert decoder.buffered == 5
+    assert decoder.capacity <= KEEP_CAPACITY
     decoder.receive_data(STREAM[5:])
     assert decoder.buffered == len(STREAM)
+    assert drain(decoder) == SAMPLES
+
+
+# -- reading the input in place --------------------------------------------------------------------
+
+GARBAGE = 0xA5
+
+
+def decode_through_scratch(stream: bytes, cuts: list[int], undrained: set[int]) -> list[Frame]:
+    """Feed ``stream`` cut at ``cuts`` as the link does: each read lands in one reused receive
+    buffer, the decoder is drained, then the buffer is overwritten before the next read.
+
+    A read whose index is in ``undrained`` is fed without draining (into a buffer of its own, as
+    the contract asks): the next ``receive_data`` must keep what is left of it.
+    """
+    bounds = [0, *sorted(cuts), len(stream)]
+    scratch = bytearray(max(len(stream), 1))
+    decoder = FrameDecoder()
+    partial: dict[str, Any] = {}
+    frames: list[Frame] = []
+    pending: list[bytearray] = []  # inputs fed since the last drain
+    for index, (start, end) in enumerate(itertools.pairwise(bounds)):
+        if index in undrained and end != len(stream):
+            own = bytearray(stream[start:end])
+            decoder.receive_data(own)
+            pending.append(own)
+            continue
+        scratch[: end - start] = stream[start:end]
+        decoder.receive_data(memoryview(scratch)[: end - start])
+        frames += drain(decoder, partial)
+        # next_event() returned None: the decoder must hold nothing of what it was given.
+        for used in [scratch, *pending]:
+            used[:] = bytes([GARBAGE]) * len(used)
+        pending.clear()
+    assert not partial, "a CHUNK was left unfinished"
+    assert decoder.buffered == 0
+    return frames
+
+
+HEADERS = st.dictionaries(
+    st.text(max_size=3),
+    st.one_of(st.integers(0, 1 << 40), st.binary(max_size=40), st.none()),
+    max_size=4,
+)
+FRAMES = st.lists(
+    st.builds(Frame, st.sampled_from(list(FrameKind)), HEADERS, st.binary(max_size=300)),
+    max_size=8,
+)
+
+
+@given(FRAMES, st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_frames_any_split_through_a_reused_buffer(frames: list[Frame], data: Any) -> None:
+    stream = b"".join(encode(f) for f in frames)
+    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=16))
+    undrained = data.draw(st.sets(st.integers(0, len(cuts)), max_size=4))
+    assert decode_through_scratch(stream, cuts, undrained) == frames
+
+
+@given(st.lists(st.integers(0, len(STREAM)), max_size=12), st.sets(st.integers(0, 12)))
+@settings(max_examples=200, deadline=None)
+def test_samples_any_split_through_a_reused_buffer(cuts: list[int], undrained: set[int]) -> None:
+    assert decode_through_scratch(STREAM, cuts, undrained) == SAMPLES
+
+
+BAD_TAILS = [
+    prefix(0, FrameKind.HELLO, 1, 0),
+    prefix(WIRE_VERSION, 99, 1, 0),
+    prefix(WIRE_VERSION, FrameKind.MESSAGE, 1, 0) + b"\xc1",
+    prefix(WIRE_VERSION, FrameKind.CHUNK, 2, 5) + b"\x92\x01" + b"12345",
+    prefix(WIRE_VERSION, FrameKind.MESSAGE, 1 << 30, 0),
+    prefix(WIRE_VERSION, FrameKind.CHUNK, 0, 0),
+]
+
+
+def decode_until_error(pieces: list[bytes]) -> tuple[list[Frame], RemoteProtocolError]:
+    decoder = FrameDecoder()
+    partial: dict[str, Any] = {}
+    frames: list[Frame] = []
+    scratch = bytearray(sum(map(len, pieces)) or 1)
+    for piece in pieces:
+        scratch[: len(piece)] = piece
+        decoder.receive_data(memoryview(scratch)[: len(piece)])
+        try:
+            drain(decoder, partial, frames)
+        except RemoteProtocolError as exc:
+            return frames, exc
+        scratch[:] = bytes([GARBAGE]) * len(scratch)
+    raise AssertionError("no error")
+
+
+@pytest.mark.parametrize("tail", BAD_TAILS)
+@given(st.lists(st.integers(0, len(STREAM) + 20), max_size=8))
+@settings(max_examples=50, deadline=None)
+def test_errors_come_at_the_same_frame_however_the_input_is_cut(
+    tail: bytes, cuts: list[int]
+) -> None:
+    stream = STREAM + tail
+    whole_frames, whole_error = decode_until_error([stream])
+    bounds = [0, *sorted(min(c, len(stream)) for c in cuts), len(stream)]
+    frames, error = decode_until_error([stream[a:b] for a, b in itertools.pairwise(bounds)])
+    assert frames == whole_frames == SAMPLES
+    assert type(error) is type(whole_error)
+    assert str(error) == str(whole_error)
+
+
+def test_a_piece_is_a_view_of_the_input_not_a_copy() -> None:
+    """A chunk's payload goes from the caller's buffer to the piece without being copied."""
+    payload = bytes(range(256)) * 8
+    raw = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0}, payload))
+    received = bytearray(raw)
+    decoder = FrameDecoder()
+    decoder.receive_data(memoryview(received))
+    piece = decoder.next_event()
+    assert isinstance(piece, PayloadPiece)
+    assert piece.data.obj is received
+    assert bytes(piece.data) == payload
+    assert decoder.capacity == 0  # nothing was buffered: not even the header
+
+
+def test_a_piece_continued_in_the_next_input_is_a_view_of_that_input() -> None:
+    payload = bytes(range(200))
+    raw = encode(Frame(FrameKind.CHUNK, {"s": 3, "o": 0}, payload))
+    cut = len(raw) - 120
+    first, second = bytearray(raw[:cut]), bytearray(raw[cut:])
+    decoder = FrameDecoder()
+    decoder.receive_data(first)
+    head = decoder.next_event()
+    assert isinstance(head, PayloadPiece)
+    assert head.data.obj is first
+    assert decoder.next_event() is None
+    decoder.receive_data(second)
+    rest = decoder.next_event()
+    assert isinstance(rest, PayloadPiece)
+    assert rest.data.obj is second
+    assert bytes(head.data) + bytes(rest.data) == payload
+
+
+def test_a_header_cut_short_is_copied_before_next_event_returns_none() -> None:
+    raw = encode(SAMPLES[7])  # a CHUNK
+    received = bytearray(raw[:15])  # the prefix and part of the header
+    decoder = FrameDecoder()
+    decoder.receive_data(received)
+    assert decoder.next_event() is None
+    received[:] = bytes([GARBAGE]) * len(received)
+    decoder.receive_data(raw[15:])
+    assert drain(decoder) == [SAMPLES[7]]
+
+
+def test_the_buffer_keeps_its_capacity_across_reads() -> None:
+    """Reads that each end inside a chunk's header: those few bytes are buffered every time, in
+    the same small buffer (not in a fresh allocation per read)."""
+    chunk = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0, "h": b"\x01" * 32}, b"\x07" * 99_999))
+    stream = chunk * 40
+    cut_in_header = PREFIX.size + 20
+    bounds = [0, *(i * len(chunk) + cut_in_header for i in range(1, 40)), len(stream)]
+    decoder = FrameDecoder()
+    capacities = []
+    got = 0
+    for start, end in itertools.pairwise(bounds):
+        decoder.receive_data(stream[start:end])
+        while (event := decoder.next_event()) is not None:
+            assert isinstance(event, PayloadPiece)
+            got += len(event.data)
+        capacities.append(decoder.capacity)
+        # The prefix was parsed (from the input); the part of the header after it waits.
+        assert decoder.buffered == (cut_in_header - PREFIX.size if end != len(stream) else 0)
+    assert got == 40 * 99_999
+    assert capacities == [4096] * 40
+
+
+def test_decoding_chunks_allocates_nothing_like_their_size() -> None:
+    """Feeding 8 MiB of chunk frames in 1 MiB reads allocates a small, bounded amount: payload
+    bytes are not appended to a buffer (which costs a 1 MiB allocation per read)."""
+    chunk = encode(Frame(FrameKind.CHUNK, {"s": 1, "o": 0}, b"\x07" * 100_000))
+    reads = [
+        bytearray(b"".join([chunk] * 84)[i : i + (1 << 20)]) for i in range(0, 8 << 20, 1 << 20)
+    ]
+    decoder = FrameDecoder()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for data in reads:
+            decoder.receive_data(data)
+            while decoder.next_event() is not None:
+                pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 64 * 1024
+
+
+def test_a_buffer_grown_for_a_large_frame_is_let_go() -> None:
+    frame = Frame(FrameKind.MESSAGE, {"s": 1}, b"\x01" * (1 << 20))
+    raw = encode(frame)
+    decoder = FrameDecoder()
+    decoder.receive_data(raw[:-1])
+    assert decoder.next_event() is None
+    assert decoder.capacity > KEEP_CAPACITY
+    decoder.receive_data(raw[-1:])
+    assert decoder.next_event() == frame
+    assert decoder.capacity <= KEEP_CAPACITY
+
+
+def test_take_buffered_returns_unread_input_too() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode(SAMPLES[0]) + STREAM[:7])
+    assert decoder.next_event() == SAMPLES[0]
+    assert decoder.take_buffered() == STREAM[:7]
+    assert not decoder.in_frame
+    decoder.receive_data(STREAM)
     assert drain(decoder) == SAMPLES
