@@ -135,7 +135,7 @@ class AdminService:
             done = checkpoint_rounds(self.core.store.checkpoints(job_id))
             rounds_done = done[-1] if done else 0
         try:
-            total: int | None = self.core.store.spec(job_id).workflow.rounds
+            total: int | None = self.core.job_spec(job_id).workflow.rounds
         except JobError:
             total = None
         if entry.record.status.terminal:

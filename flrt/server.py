@@ -86,6 +86,7 @@ def initial_weights(job: JobSpec) -> Weights:
 @dataclass(slots=True)
 class _RunningJob:
     scope: anyio.CancelScope
+    spec: JobSpec | None = None  # read once when it starts: job.toml never changes
     controller: NetworkController | None = None
     detail: str = ""
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -270,6 +271,14 @@ class ServerCore:
         rounds = running.controller.rounds_done if running.controller is not None else None
         return running.detail, rounds
 
+    def job_spec(self, job_id: str) -> JobSpec:
+        """The job as submitted: a running job's from memory (its views are built every round),
+        another's read from its stored job file. Raises :class:`~flrt.errors.JobError`."""
+        running = self.jobs.get(job_id)
+        if running is not None and running.spec is not None:
+            return running.spec
+        return self.store.spec(job_id)
+
     def _advance(self, job_id: str, status: JobStatus, reason: str | None = None) -> JobEntry:
         entry = self.store.entry(job_id)
         record = entry.record.advance(status, now=time.time(), reason=reason)
@@ -304,6 +313,7 @@ class ServerCore:
         except FlrtError as exc:
             self._end(job_id, JobStatus.FAILED, f"the stored job cannot be read: {exc}")
             return
+        running.spec = spec
         if entry.record.status is JobStatus.SUBMITTED:
             try:
                 entry = self._advance(job_id, JobStatus.RUNNING)
@@ -380,9 +390,9 @@ class ServerCore:
 
     def _progress(self, job_id: str, round: int) -> None:
         """A round of ``job_id`` is saved: tell the admins watching it, at most once per
-        :data:`PROGRESS_INTERVAL` (building the view reads the job's record and parses its job
-        file, which costs a fast job's round a few percent); a round saved in between is told at
-        the end of the interval. A change of status is told at once (:meth:`_advance`)."""
+        :data:`PROGRESS_INTERVAL` (each tell reads the job's record and sends every watcher a
+        message, which a fast job's rounds need not each pay for); a round saved in between is
+        told at the end of the interval. A change of status is told at once (:meth:`_advance`)."""
         if job_id in self._progress_pending:
             return  # the pending publish is due within the interval and will tell this round
         now = anyio.current_time()
@@ -412,7 +422,7 @@ class ServerCore:
             running.scope.cancel()
             with anyio.move_on_after(10):
                 await running.done.wait()
-        spec = self.store.spec(job_id)
+        spec = self.job_spec(job_id)
         await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": reason})
         return entry
 

@@ -1,5 +1,5 @@
 """How often admins watching a job hear of its saved rounds: at most once per PROGRESS_INTERVAL,
-and never later than that after the last saved round."""
+and never later than that after the last saved round; and what building those views reads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from flrt.job import JobSpec
 from flrt.server import PROGRESS_INTERVAL, ServerCore
 from tests.nodes._federation import federation
 
@@ -95,3 +96,33 @@ async def test_a_watching_admin_sees_every_status_and_the_last_round_of_a_fast_j
         # start; finished, then the trailing round, at the end), never two rounds.
         close = sum(1 for a, b in itertools.pairwise(told) if b - a < PROGRESS_INTERVAL)
         assert close <= 3, told
+
+
+async def test_views_of_a_running_job_do_not_read_its_job_file_again(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with federation(kits, tmp_path) as fed:
+        core: ServerCore = fed.server.core
+        real = core.store.spec
+        read: list[str] = []  # whose job file was read (and parsed)
+
+        def spec(job_id: str) -> JobSpec:
+            read.append(job_id)
+            return real(job_id)
+
+        monkeypatch.setattr(core.store, "spec", spec)
+        with anyio.fail_after(60):
+            job_id = await fed.admin.submit(fed.job_dir("fast", FAST_JOB))
+            seen = [view async for view in fed.admin.watch(job_id)]
+        assert len(seen) > 3
+        assert all(v["rounds"] == 30 for v in seen)
+        # Read when the job started, and for the answers to submit and watch if they came
+        # before: not for each view told while it ran.
+        assert set(read) == {job_id}
+        assert len(read) <= 3, read
+        # Once the job is over, nothing of it is held: a view reads the file.
+        assert job_id not in core.jobs
+        before = len(read)
+        view = core.admin.view(core.store.entry(job_id))
+        assert (view["status"], view["round"], view["rounds"]) == ("finished", 30, 30)
+        assert len(read) == before + 1
