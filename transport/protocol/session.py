@@ -183,7 +183,11 @@ class MessageReceived:
 
 @dataclass(frozen=True, slots=True)
 class ChunkReceived:
-    """Object bytes at ``offset``; ``data`` is valid until the next call into the session.
+    """Object bytes at ``offset``.
+
+    ``data`` is usually a view of the bytes given to :meth:`Session.receive_data`: valid until
+    the next call into the session or until the caller reuses that buffer, whichever comes first.
+    Copy it (or write it to its place) before then.
 
     ``placed`` is true when the bytes were received straight into their final place (see
     :meth:`Session.receive_target`): there is nothing to copy.
@@ -757,7 +761,14 @@ class Session:
             self._out.extend(encode_frame(FrameKind.CREDIT, {"l": self._conn_granted}))
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
-        """Feed bytes from the current connection."""
+        """Feed bytes from the current connection.
+
+        ``data`` is read in place, not copied: every frame in it is decoded before this returns
+        (object bytes become :class:`ChunkReceived` events whose data are views of ``data``),
+        and the bytes of a frame it cuts short are copied. So the caller may reuse ``data`` once
+        it has handled the events. (The session stops reading only when it ends, and then reads
+        nothing more from this connection.)
+        """
         if self.state not in (SessionState.OPEN, SessionState.HANDSHAKING):
             return
         self._last_received = now
