@@ -5,8 +5,9 @@ Every round: choose the sites (seeded by the job's seed and the round), send the
 (the aggregator is also the scatter's sink, so a controller may stream arrays into it), close on the
 quorum and grace period, apply the server step, optionally evaluate the new model on the sites, and
 checkpoint the state through the controller. One aggregator serves every round of a job, so its
-buffers are reused; large folds and the server step run in a worker thread, so the event loop keeps
-receiving the other sites' updates meanwhile. A round without quorum raises
+buffers are reused; large folds and the server step of a large model run in a worker thread, so the
+event loop keeps receiving the other sites' updates meanwhile (small ones run inline: the hop would
+cost more). A round without quorum raises
 :class:`~flrt.errors.RoundFailedError` (the job fails with that reason); a resumed workflow continues
 after the last checkpointed round and, with the same seed and site behaviour, reaches the same model
 as a run that never stopped.
@@ -78,6 +79,23 @@ async def fold_pending(aggregator: Aggregator, pending: PendingUpdate) -> None:
             pending.fold()
     finally:
         aggregator.settle(pending)
+
+
+#: A server step over a model and array groups smaller than this runs on the event loop: a hop
+#: to a worker thread and back would cost more than the step.
+_THREAD_STEP_BYTES = 1 * _MB
+
+
+async def _server_step(
+    strategy: _Strategy, state: WorkflowState, aggregator: Aggregator, outcome: RoundOutcome
+) -> tuple[Weights, Mapping[str, Weights]]:
+    """The round's new model and array groups, built in a worker thread if they are large (so the
+    event loop keeps serving the sites meanwhile)."""
+    size = sum(a.nbytes for a in state.weights.values())
+    size += sum(a.nbytes for group in state.arrays.values() for a in group.values())
+    if size < _THREAD_STEP_BYTES:
+        return strategy.step(state, aggregator, outcome)
+    return await anyio.to_thread.run_sync(strategy.step, state, aggregator, outcome)
 
 
 def job_seed(job: JobSpec, job_id: str) -> int:
@@ -391,10 +409,7 @@ async def train(
                     failure = exc
             if failure is not None:
                 raise failure
-            # The server step builds the new model in a worker thread (a large model takes a while).
-            weights, arrays = await anyio.to_thread.run_sync(
-                strategy.step, state, aggregator, outcome
-            )
+            weights, arrays = await _server_step(strategy, state, aggregator, outcome)
             for site in sorted(trained):
                 metrics, n = trained[site]
                 controller.report(MetricsReported(r, "train", site, metrics, n))

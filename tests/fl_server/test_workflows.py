@@ -3,6 +3,7 @@ sleeps, every test has a deadline."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from flrt.workflows import (
     WorkflowState,
     event_fields,
     run_workflow,
+    training,
 )
 from flrt.workflows.run import WORKFLOWS
 
@@ -90,6 +92,27 @@ async def test_fedavg_round_is_the_sample_weighted_mean() -> None:
     means = [e for e in _events(ctl, MetricsReported) if e.site is None and e.kind == "train"]
     assert means[0].metrics == {"loss": pytest.approx(step)}
     assert means[0].num_samples == 100
+
+
+@pytest.mark.parametrize(("elements", "inline"), [(1000, True), (300_000, False)])
+async def test_the_server_step_of_a_small_model_runs_on_the_event_loop(
+    elements: int, inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+    real = training._FedAvg.step
+
+    def step(self: Any, *args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(self, *args)
+
+    monkeypatch.setattr(training._FedAvg, "step", step)
+    ctl = LocalController({s: LocalSite(train=OffsetSite(1.0, 10).train) for s in ("a", "b")})
+    start = {"x": np.zeros(elements, dtype=np.float32)}  # 4 kB, or 1.2 MB
+    state = await _run(ctl, job(rounds=2, min_sites=2), initial_weights=start)
+    assert np.array_equal(state.weights["x"], np.full(elements, 2.0, dtype=np.float32))
+    assert len(threads) == 2
+    assert (threading.get_ident() in threads) is inline
+    assert len(set(threads)) == 1 or not inline
 
 
 async def test_fedavg_trains_a_linear_model_and_evaluates_it() -> None:
