@@ -29,6 +29,7 @@ says so.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -42,7 +43,7 @@ import msgpack
 
 from flrt._durable import fsync_directory
 from flrt.errors import CheckpointError, ModelFileError
-from flrt.model import load_weights, save_weights, weights_digest
+from flrt.model import encode_weights, load_weights, save_weights, weights_digest
 from flrt.tasks import Weights
 
 __all__ = [
@@ -60,6 +61,11 @@ FORMAT_VERSION = 1
 _STATE = "state.msgpack"
 _MODEL = "model.safetensors"
 _ROUND_DIR = re.compile(r"round-(\d{6,})")
+
+#: Array groups up to this size are encoded in memory and written in one piece; a larger one is
+#: streamed from the arrays' own memory (:func:`~flrt.model.save_weights`), so that saving never
+#: holds a second copy of a large model.
+_ENCODE_IN_MEMORY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +92,14 @@ class Checkpoint:
 
 
 def _write_arrays(path: Path, weights: Weights) -> str:
-    """Write ``weights`` to ``path`` (flushed and fsynced) and return their digest (hashed as they
-    are written: one pass over the arrays)."""
-    return save_weights(path, weights)
+    """Write ``weights`` to the new file ``path`` (flushed and fsynced) and return their digest
+    (:func:`~flrt.model.weights_digest`: the SHA-256 of the bytes written). The file needs no
+    atomic write of its own: it is in the checkpoint's temporary directory."""
+    if sum(getattr(array, "nbytes", 0) for array in weights.values()) > _ENCODE_IN_MEMORY_BYTES:
+        return save_weights(path, weights)
+    data = encode_weights(weights)
+    _write_file(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _read_arrays(path: Path) -> tuple[Weights, str]:
@@ -109,15 +120,27 @@ def _write_file(path: Path, data: bytes) -> None:
 
 def checkpoint_rounds(directory: str | os.PathLike[str]) -> list[int]:
     """The rounds that have a complete checkpoint in ``directory``, ascending."""
-    root = Path(directory)
-    if not root.is_dir():
+    try:
+        rounds, _ = _scan(Path(directory))
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    rounds = []
-    for entry in root.iterdir():
-        match = _ROUND_DIR.fullmatch(entry.name)
-        if match and entry.is_dir():
-            rounds.append(int(match.group(1)))
     return sorted(rounds)
+
+
+def _scan(root: Path) -> tuple[set[int], list[str]]:
+    """One listing of ``root``: the rounds that have a checkpoint, and the temporary directories
+    (``.round-*``) that a crash during a save left behind."""
+    rounds: set[int] = set()
+    debris: list[str] = []
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name.startswith(".round-"):
+                debris.append(entry.path)
+                continue
+            match = _ROUND_DIR.fullmatch(entry.name)
+            if match and entry.is_dir():
+                rounds.add(int(match.group(1)))
+    return rounds, debris
 
 
 def save_checkpoint(
@@ -126,7 +149,8 @@ def save_checkpoint(
     """Save ``checkpoint`` atomically under ``directory`` (created if needed) and keep only the
     ``keep`` newest checkpoints. Returns the checkpoint's directory.
 
-    Saving a round that already has a checkpoint replaces it. Raises :class:`TypeError` for state
+    Saving a round that already has a checkpoint replaces it. One save at a time per directory
+    (a job writes its checkpoints in order). Raises :class:`TypeError` for state
     that msgpack cannot encode, :class:`~flrt.errors.ModelFileError` for arrays that cannot be
     stored (both before anything is renamed into place), :class:`ValueError` for ``keep < 1``, and
     :class:`OSError` when the file system refuses.
@@ -134,8 +158,12 @@ def save_checkpoint(
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".round-*"):  # left by a crash during an earlier save
+    try:
+        rounds, debris = _scan(root)
+    except FileNotFoundError:
+        root.mkdir(parents=True, exist_ok=True)
+        rounds, debris = set(), []
+    for stale in debris:  # left by a crash during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
     name = f"round-{checkpoint.round:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
@@ -159,7 +187,7 @@ def save_checkpoint(
         _write_file(tmp / _STATE, msgpack.packb(header, use_bin_type=True))
         fsync_directory(tmp)
         target = root / name
-        if target.exists():
+        if checkpoint.round in rounds:
             old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
             os.replace(target, old / name)
             os.replace(tmp, target)
@@ -170,7 +198,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old_round in checkpoint_rounds(root)[:-keep]:
+    for old_round in sorted(rounds | {checkpoint.round})[:-keep]:  # one save at a time per folder
         shutil.rmtree(root / f"round-{old_round:06d}", ignore_errors=True)
     return target
 

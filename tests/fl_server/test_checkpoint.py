@@ -11,6 +11,7 @@ import msgpack
 import numpy as np
 import pytest
 
+import flrt.checkpoint
 from flrt.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -22,6 +23,7 @@ from flrt.checkpoint import (
 from flrt.errors import CheckpointError
 from flrt.filters import Task
 from flrt.job import JobRecord
+from flrt.model import encode_weights
 from flrt.tasks import EvalResult, Weights
 from flrt.workflows import (
     CrossSiteResults,
@@ -70,6 +72,25 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     assert not any(p.suffix == ".pkl" for p in path.iterdir())
     header = msgpack.unpackb((path / "state.msgpack").read_bytes())
     assert header["format"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_small_and_large_array_groups_are_written_as_the_same_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+) -> None:
+    if not in_memory:  # every group counts as large: streamed by save_weights
+        monkeypatch.setattr(flrt.checkpoint, "_ENCODE_IN_MEMORY_BYTES", 0)
+    original = _checkpoint()
+    path = save_checkpoint(tmp_path, original)
+    assert (path / "model.safetensors").read_bytes() == encode_weights(original.weights)
+    assert sorted(p.name for p in path.iterdir()) == [  # no temporary files
+        "arrays-000.safetensors",
+        "arrays-001.safetensors",
+        "model.safetensors",
+        "state.msgpack",
+    ]
+    assert _same(load_checkpoint(path).weights, original.weights)  # the digests match
+    assert [p.name for p in tmp_path.iterdir()] == ["round-000003"]
 
 
 def test_only_the_newest_checkpoints_are_kept_and_the_latest_is_found(tmp_path: Path) -> None:
