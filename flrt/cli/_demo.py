@@ -5,27 +5,16 @@ per-round metrics and cross-site validation, and stop everything."""
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 from typing import Any
-
-from flrt.cli._run import run
-from flrt.demo import run_demo
-from flrt.logs import configure_logging
 
 __all__ = ["register"]
 
 
 def _handle(args: argparse.Namespace) -> int:
-    configure_logging(console=None)
-    workspace = args.workspace or Path(tempfile.mkdtemp(prefix="flrt-demo-"))
-    mlp = False if args.no_mlp else None
-    try:
-        code: int = run(run_demo, workspace, backend="trio", mlp=mlp)
-    except FileExistsError as exc:
-        print(f"flrt: error: {exc}")
-        return 1
-    return code
+    from flrt.cli._demo_run import handle  # the demo's modules load only when it runs
+
+    return handle(args)
 
 
 def register(subparsers: Any) -> None:

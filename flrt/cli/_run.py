@@ -3,7 +3,6 @@ SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import signal
 import sys
@@ -19,28 +18,9 @@ from flrt.logs import configure_logging
 
 T = TypeVar("T")
 
-__all__ = ["BACKENDS", "add_common_options", "parse_address", "run", "run_node", "until_signal"]
+__all__ = ["run", "run_node", "until_signal"]
 
 log = structlog.get_logger("flrt.cli")
-
-BACKENDS = ("trio", "asyncio")
-
-
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default="trio", help="the event loop (default: trio)"
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="log to the JSON file only, not to the terminal"
-    )
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8443`` for IPv6) as a pair. Raises :class:`argparse.ArgumentTypeError`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
 
 
 async def until_signal() -> int:

@@ -11,37 +11,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flrt.cli._run import add_common_options, run_node, until_signal
-from flrt.server import ServerNode
+from flrt.cli._args import add_common_options
 
 __all__ = ["register"]
 
 
-async def _serve(args: argparse.Namespace, workspace: Path) -> None:
-    async with ServerNode(
-        args.kit,
-        workspace,
-        host=args.host,
-        port=args.port,
-        site_wait=args.site_wait,
-        max_jobs=args.max_jobs,
-    ) as server:
-        admin = f", admins on port {server.admin_port}" if server.admin_port is not None else ""
-        print(f"flrt server listening on {args.host}:{server.port}{admin}", flush=True)
-        await until_signal()
-
-
 def _start(args: argparse.Namespace) -> int:
-    workspace = args.workspace or args.kit
-    return run_node(
-        _serve,
-        args,
-        workspace,
-        workspace=workspace,
-        log_name="server",
-        quiet=args.quiet,
-        backend=args.backend,
-    )
+    from flrt.cli._server_run import start  # the node's modules load only when it starts
+
+    return start(args)
 
 
 def register(subparsers: Any) -> None:

@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flrt.cli._run import add_common_options, parse_address, run_node, until_signal
-from flrt.site import SiteNode
+from flrt.cli._args import add_common_options, parse_address
 
 __all__ = ["register"]
 
@@ -25,24 +24,10 @@ def _data(text: str) -> tuple[str, Path]:
     return key, Path(path)
 
 
-async def _run(args: argparse.Namespace, workspace: Path) -> None:
-    async with SiteNode(args.kit, workspace, data=dict(args.data), server=args.server) as site:
-        assert site.kit is not None
-        print(f"flrt site {site.kit.config.name} started", flush=True)
-        await until_signal()
-
-
 def _start(args: argparse.Namespace) -> int:
-    workspace = args.workspace or args.kit
-    return run_node(
-        _run,
-        args,
-        workspace,
-        workspace=workspace,
-        log_name="site",
-        quiet=args.quiet,
-        backend=args.backend,
-    )
+    from flrt.cli._site_run import start  # the node's modules load only when it starts
+
+    return start(args)
 
 
 def register(subparsers: Any) -> None:

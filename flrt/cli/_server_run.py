@@ -1,0 +1,38 @@
+"""What ``flrt server start`` runs: a :class:`~flrt.server.ServerNode` until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flrt.cli._run import run_node, until_signal
+from flrt.server import ServerNode
+
+__all__ = ["start"]
+
+
+async def _serve(args: argparse.Namespace, workspace: Path) -> None:
+    async with ServerNode(
+        args.kit,
+        workspace,
+        host=args.host,
+        port=args.port,
+        site_wait=args.site_wait,
+        max_jobs=args.max_jobs,
+    ) as server:
+        admin = f", admins on port {server.admin_port}" if server.admin_port is not None else ""
+        print(f"flrt server listening on {args.host}:{server.port}{admin}", flush=True)
+        await until_signal()
+
+
+def start(args: argparse.Namespace) -> int:
+    workspace = args.workspace or args.kit
+    return run_node(
+        _serve,
+        args,
+        workspace,
+        workspace=workspace,
+        log_name="server",
+        quiet=args.quiet,
+        backend=args.backend,
+    )

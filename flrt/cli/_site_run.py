@@ -1,0 +1,31 @@
+"""What ``flrt site start`` runs: a :class:`~flrt.site.SiteNode` until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flrt.cli._run import run_node, until_signal
+from flrt.site import SiteNode
+
+__all__ = ["start"]
+
+
+async def _run(args: argparse.Namespace, workspace: Path) -> None:
+    async with SiteNode(args.kit, workspace, data=dict(args.data), server=args.server) as site:
+        assert site.kit is not None
+        print(f"flrt site {site.kit.config.name} started", flush=True)
+        await until_signal()
+
+
+def start(args: argparse.Namespace) -> int:
+    workspace = args.workspace or args.kit
+    return run_node(
+        _run,
+        args,
+        workspace,
+        workspace=workspace,
+        log_name="site",
+        quiet=args.quiet,
+        backend=args.backend,
+    )
