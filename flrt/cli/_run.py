@@ -23,9 +23,13 @@ __all__ = ["run", "run_node", "until_signal"]
 log = structlog.get_logger("flrt.cli")
 
 
-async def until_signal() -> int:
-    """Wait for SIGINT or SIGTERM; returns the signal's number."""
+async def until_signal(announce: str) -> int:
+    """Print ``announce``, then wait for SIGINT or SIGTERM; returns the signal's number.
+
+    The line is printed once the signals are caught, so that whoever waits for it (a service
+    manager, a test) may stop the node right away: before, a SIGTERM still kills the process."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        print(announce, flush=True)
         async for received in signals:
             log.info("node.stopping", signal=signal.Signals(received).name)
             return int(received)

@@ -21,8 +21,7 @@ async def _serve(args: argparse.Namespace, workspace: Path) -> None:
         max_jobs=args.max_jobs,
     ) as server:
         admin = f", admins on port {server.admin_port}" if server.admin_port is not None else ""
-        print(f"flrt server listening on {args.host}:{server.port}{admin}", flush=True)
-        await until_signal()
+        await until_signal(f"flrt server listening on {args.host}:{server.port}{admin}")
 
 
 def start(args: argparse.Namespace) -> int:

@@ -14,8 +14,7 @@ __all__ = ["start"]
 async def _run(args: argparse.Namespace, workspace: Path) -> None:
     async with SiteNode(args.kit, workspace, data=dict(args.data), server=args.server) as site:
         assert site.kit is not None
-        print(f"flrt site {site.kit.config.name} started", flush=True)
-        await until_signal()
+        await until_signal(f"flrt site {site.kit.config.name} started")
 
 
 def start(args: argparse.Namespace) -> int:
