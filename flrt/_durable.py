@@ -1,12 +1,13 @@
-"""Making a rename or a new file durable: fsync the folder that holds it."""
+"""Making a rename or a new file durable: fsync the folder that holds it; write a file whole."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_directory"]
+__all__ = ["atomic_write", "fsync_directory"]
 
 
 def fsync_directory(directory: Path) -> None:
@@ -18,3 +19,24 @@ def fsync_directory(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old content or the new, never a part.
+
+    ``durable`` also fsyncs the file and its folder, so the new content survives a power cut (not
+    needed for advisory data that a crash may lose)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            if durable:
+                os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_directory(path.parent)

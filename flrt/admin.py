@@ -28,10 +28,10 @@ from typing import Any, Self
 import anyio
 import structlog
 
+from flrt._durable import atomic_write
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
 from flrt.errors import AdminError
-from flrt.jobstore import atomic_write
 from flrt.model import save_weights
 from security.errors import KitError
 from security.kit import Kit, load_kit
