@@ -1,0 +1,120 @@
+"""A process imports only what its command runs.
+
+Sites run on small machines at the hospitals, so a site process must not load the server's
+modules (the job store, the workflows, the aggregators, the admin service); nor must an admin
+client load the server's or the site's. Each probe runs a command through :func:`flrt.cli.main` in
+a fresh interpreter, as ``python -m flrt`` does, and prints ``sys.modules`` when the command is
+over: what the command imported while it ran, not only at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.nodes._project import free_port, provision_project
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """\
+import json, sys
+from flrt.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+#: What only the server runs: its node, its job store and what it keeps there, the workflows and
+#: the aggregators that drive the rounds, the admin service and the site registry.
+SERVER_ONLY = (
+    "flrt.server",
+    "flrt.network",
+    "flrt.jobstore",
+    "flrt.checkpoint",
+    "flrt.registry",
+    "flrt._admin_service",
+    "flrt.workflows",
+    "flrt.aggregation",
+)
+#: What neither a site nor an admin client runs.
+NOBODY_ELSE = ("flrt.simulator", "flrt.demo", "security.provision")
+
+
+def _loaded(modules: list[str], roots: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if any(m == r or m.startswith(r + ".") for r in roots)]
+
+
+def _popen(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _report(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
+    out, err = proc.communicate(timeout=30)
+    lines = out.strip().splitlines()
+    assert lines, f"the probe printed nothing; stderr:\n{err}"
+    report = json.loads(lines[-1])
+    return int(report["code"]), list(report["modules"])
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return provision_project(tmp_path_factory.mktemp("project") / "ws", port=free_port())
+
+
+@pytest.mark.timeout(60)
+def test_a_running_site_imports_nothing_of_the_server(kits: Path, tmp_path: Path) -> None:
+    # Nobody listens on the port: the site starts, keeps dialling, and stops on SIGTERM.
+    proc = _popen(
+        "site",
+        "start",
+        str(kits / "site-1"),
+        "--workspace",
+        str(tmp_path),
+        "--server",
+        f"127.0.0.1:{free_port()}",
+        "--quiet",
+    )
+    try:
+        assert proc.stdout is not None
+        started = proc.stdout.readline()  # EOF (""), not a hang, if the site fails to start
+        assert started.startswith("flrt site site-1 started"), proc.communicate(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        code, modules = _report(proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert code == 0
+    assert "flrt.site" in modules
+    assert _loaded(modules, (*SERVER_ONLY, *NOBODY_ELSE, "flrt.admin")) == []
+
+
+@pytest.mark.timeout(60)
+def test_an_admin_client_imports_nothing_of_the_server_or_the_site(tmp_path: Path) -> None:
+    # A kit that is not there: the command imports all it runs, then fails to load the kit (a
+    # kit and no server would spend the client's 30 s connect timeout).
+    code, modules = _report(_popen("admin", str(tmp_path / "no-kit"), "jobs"))
+    assert code == 1
+    assert "flrt.admin" in modules
+    assert _loaded(modules, (*SERVER_ONLY, *NOBODY_ELSE, "flrt.site", "flrt.trainer")) == []
+
+
+@pytest.mark.timeout(60)
+def test_the_server_imports_nothing_of_the_site_or_the_admin_client(tmp_path: Path) -> None:
+    # Also shows that the probe sees what a command imports: the server's own modules are there.
+    code, modules = _report(_popen("server", "start", str(tmp_path / "no-kit"), "--quiet"))
+    assert code == 1
+    assert "flrt.server" in modules
+    assert _loaded(modules, ("flrt.site", "flrt.admin", *NOBODY_ELSE)) == []
