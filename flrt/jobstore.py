@@ -11,8 +11,8 @@ Layout (``<workspace>/jobs/<job-id>/``)::
 
 A job folder appears whole or not at all: it is written under a dot-name and renamed into place.
 Every other durable file is written to a temporary file, flushed, fsynced and renamed, then the
-folder is fsynced (:func:`atomic_write`). Nothing here is ever unpickled: JSON, TOML, msgpack and
-safetensors only.
+folder is fsynced (:func:`atomic_write`, from :mod:`flrt._durable`). Nothing here is ever
+unpickled: JSON, TOML, msgpack and safetensors only.
 
 ``metrics.jsonl`` is a record, not state, and is not fsynced: a running job keeps it open
 (:class:`MetricsLog`) and hands each event to the operating system as one whole-line ``write`` the
@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from flrt._durable import fsync_directory
+from flrt._durable import atomic_write, fsync_directory
 from flrt.checkpoint import latest_checkpoint
 from flrt.errors import CheckpointError, JobError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
@@ -52,27 +52,6 @@ RECORD_FILE = "record.json"
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CROSS_SITE_FILE = "cross_site.json"
-
-
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old content or the new, never a part.
-
-    ``durable`` also fsyncs the file and its folder, so the new content survives a power cut (not
-    needed for advisory data that a crash may lose)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_directory(path.parent)
 
 
 def _json(data: Any) -> bytes:
