@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_directory"]
+__all__ = ["atomic_file", "atomic_write", "fsync_directory"]
 
 
 def fsync_directory(directory: Path) -> None:
@@ -21,15 +23,17 @@ def fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old content or the new, never a part.
+@contextlib.contextmanager
+def atomic_file(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A new file that replaces ``path`` whole when the block ends, and not at all if it raises.
 
-    ``durable`` also fsyncs the file and its folder, so the new content survives a power cut (not
-    needed for advisory data that a crash may lose)."""
+    Written under a temporary name in the same folder, then renamed over ``path``: readers see the
+    old content or the new, never a part. ``durable`` also fsyncs the file and its folder, so the
+    new content survives a power cut (not needed for advisory data that a crash may lose)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            yield out
             out.flush()
             if durable:
                 os.fsync(out.fileno())
@@ -40,3 +44,9 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` as :func:`atomic_file` does."""
+    with atomic_file(path, durable=durable) as out:
+        out.write(data)

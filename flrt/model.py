@@ -29,14 +29,12 @@ over the target, then the directory is fsynced, so a crash leaves either the old
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from flrt._durable import fsync_directory
+from flrt._durable import atomic_file
 from flrt.errors import IncompatibleWeightsError, ModelFileError
 from flrt.tasks import Weights
 
@@ -186,25 +184,14 @@ def save_weights(
     Raises :class:`~flrt.errors.ModelFileError` for a name, dtype or metadata that cannot be stored
     (before anything is written), and :class:`OSError` when the file system refuses.
     """
-    target = Path(path)
     chunks = _chunks(weights, metadata)
     first = next(chunks)  # validates everything before a file is created
     digest = hashlib.sha256(first)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(first)
-            for chunk in chunks:
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    fsync_directory(target.parent)
+    with atomic_file(Path(path)) as out:
+        out.write(first)
+        for chunk in chunks:
+            digest.update(chunk)
+            out.write(chunk)
     return digest.hexdigest()
 
 
