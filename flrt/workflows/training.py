@@ -51,6 +51,7 @@ from flrt.aggregation import (
 )
 from flrt.errors import UpdateError, WorkflowError
 from flrt.job import FedAvgParams, FedOptParams, FedProxParams, JobSpec, ScaffoldParams
+from flrt.model import all_finite
 from flrt.tasks import Metrics, TrainResult, TrainTask, UpdateKind, Weights
 
 from .controller import Controller, MetricsReported, ResultArrived, Workflow
@@ -253,7 +254,7 @@ class _Scaffold(_Strategy):
         try:
             for name, array in delta.items():
                 control.accept(site, name, array)
-                if array.dtype.kind == "f" and not np.isfinite(array).all():
+                if not all_finite(array):
                     raise UpdateError("holds a NaN or an infinity", site=site, variable=name)
             await super().fold(site, reply, aggregator)  # the model update, checked and folded
         except BaseException:

@@ -357,6 +357,19 @@ async def test_scaffold_carries_control_variates_both_ways() -> None:
         await _run(ctl2, job("scaffold", rounds=1, min_sites=2), initial_weights=initial_model())
 
 
+async def test_a_scaffold_control_delta_with_a_nan_is_an_invalid_update() -> None:
+    def poisoned(task: TrainTask) -> TrainResult:
+        delta = {"w": np.array([0.0, np.nan, 0.0]), "b": np.zeros(())}
+        return TrainResult(
+            weights=dict(task.weights), num_samples=1, extras={"scaffold_delta": delta}
+        )
+
+    sites = _sites("p")
+    ctl = LocalController({"p": sites["p"].local_site(), "q": LocalSite(train=poisoned)})
+    with pytest.raises(RoundFailedError, match="NaN"):
+        await _run(ctl, job("scaffold", rounds=1, min_sites=2), initial_weights=initial_model())
+
+
 async def test_fedopt_applies_fedadam_to_the_mean_update() -> None:
     offsets = {"a": (0.5, 1), "b": (1.5, 1)}
     ctl = LocalController(
