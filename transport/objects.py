@@ -9,6 +9,8 @@ keeps under one object window. Then either:
 
 - :meth:`IncomingObject.arrays` preallocates every array, moves the held pieces in, and has every
   later piece copied straight to its place: memory is the object's size plus at most one window;
+- :meth:`IncomingObject.receive_into` does the same with arrays the caller provides (an
+  aggregator's staging for a site's update): the object costs no memory of its own;
 - :meth:`IncomingObject.pieces` yields ``(name, start, values)`` slices as they arrive, so a
   streaming consumer (a running weighted sum) never holds more than one window of the object.
 
@@ -166,6 +168,7 @@ class IncomingObject:
         self._held: deque[tuple[int, bytes]] = deque()
         self._held_bytes = 0
         self._sink: IncomingArrays | None = None
+        self._destinations: dict[str, npt.NDArray[Any]] | None = None  # the caller's arrays
         self._streaming = False
         self._received = 0
         self._complete = manifest.total == 0
@@ -232,12 +235,11 @@ class IncomingObject:
             raise LocalProtocolError("object is being consumed piece by piece")
         warm = False
         if self._sink is None:
-            self._sink, warm = self._allocate()
-            while self._held:
-                offset, data = self._held.popleft()
-                self._sink.write(offset, memoryview(data))
-                self._held_bytes -= len(data)
-                self._consume(len(data))
+            sink, warm = self._allocate()
+            self._take_over(sink)
+        elif self._sink.arrays is self._destinations:
+            raise LocalProtocolError("object is being received into the caller's arrays")
+        assert self._sink is not None
         region = self._sink.region
         if region is not None and not warm and not self._complete:
             stop = threading.Event()
@@ -250,6 +252,36 @@ class IncomingObject:
         else:
             await self._wait_complete()
         return self._sink.arrays
+
+    async def receive_into(self, destinations: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Receive the object straight into the caller's arrays and wait until it is complete
+        and verified.
+
+        ``destinations`` maps every array name of the manifest (and nothing else) to a writable
+        C-contiguous numpy array of the announced dtype and shape. Bytes held so far are moved
+        in; later ones are decrypted in place where the link can, copied there otherwise. Until
+        this returns, the arrays must be left alone; if it raises a TransportError, bytes may
+        still land in them for a moment (a read under way), so drop them rather than reuse them.
+
+        Raises :class:`LocalProtocolError` (before anything is written) if a destination does
+        not fit or the object is already being consumed, and the object's
+        :class:`TransportError` if it fails (a digest mismatch, a lost connection).
+        """
+        if self._sink is not None or self._streaming:
+            raise LocalProtocolError("object is already being consumed")
+        sink = IncomingArrays(self.manifest, destinations=destinations)
+        self._destinations = sink.arrays
+        self._take_over(sink)
+        await self._wait_complete()
+
+    def _take_over(self, sink: IncomingArrays) -> None:
+        """Receive into ``sink`` from now on, starting with the bytes held so far."""
+        self._sink = sink
+        while self._held:
+            offset, data = self._held.popleft()
+            sink.write(offset, memoryview(data))
+            self._held_bytes -= len(data)
+            self._consume(len(data))
 
     def _allocate(self) -> tuple[IncomingArrays, bool]:
         """The arrays to receive into, and whether their memory is resident already."""

@@ -43,6 +43,7 @@ __all__ = [
     "Manifest",
     "OutgoingObject",
     "allocate_arrays",
+    "check_destinations",
     "new_region",
     "region_size",
 ]
@@ -246,13 +247,57 @@ def allocate_arrays(
     return arrays, region
 
 
-class IncomingArrays:
-    """Preallocated arrays that an object's chunks are copied into."""
+def check_destinations(
+    manifest: Manifest, destinations: Mapping[str, npt.NDArray[Any]]
+) -> dict[str, npt.NDArray[Any]]:
+    """Check that ``destinations`` can receive ``manifest``'s arrays: one writable C-contiguous
+    numpy array of the announced dtype and shape per array name, and nothing else. Returns them
+    in manifest order.
 
-    def __init__(self, manifest: Manifest, region: mmap.mmap | None = None) -> None:
+    Raises :class:`LocalProtocolError` naming the first array that does not fit.
+    """
+    checked: dict[str, npt.NDArray[Any]] = {}
+    for info in manifest.arrays:
+        array = destinations.get(info.name)
+        if array is None:
+            raise LocalProtocolError(f"no destination for array {info.name!r}")
+        if not isinstance(array, np.ndarray):
+            raise LocalProtocolError(f"destination of {info.name!r} is not a numpy array")
+        if array.dtype != np.dtype(info.dtype) or tuple(array.shape) != info.shape:
+            raise LocalProtocolError(
+                f"destination of {info.name!r} is {array.dtype}{list(array.shape)},"
+                f" the object's array is {info.dtype}{list(info.shape)}"
+            )
+        if not array.flags.c_contiguous or not array.flags.writeable:
+            raise LocalProtocolError(
+                f"destination of {info.name!r} is not a writable C-contiguous array"
+            )
+        checked[info.name] = array
+    unknown = sorted(set(destinations) - set(checked))
+    if unknown:
+        raise LocalProtocolError(f"the object has no array {unknown[0]!r}")
+    return checked
+
+
+class IncomingArrays:
+    """Arrays that an object's chunks are copied into: preallocated here, or the caller's own
+    (``destinations``, checked by :func:`check_destinations`)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        region: mmap.mmap | None = None,
+        *,
+        destinations: Mapping[str, npt.NDArray[Any]] | None = None,
+    ) -> None:
         self.manifest = manifest
-        #: The mapping behind a large object's arrays (None for small objects).
-        self.arrays, self.region = allocate_arrays(manifest, region)
+        #: The mapping behind a large object's arrays (None for small objects and for the
+        #: caller's own arrays).
+        self.region: mmap.mmap | None
+        if destinations is None:
+            self.arrays, self.region = allocate_arrays(manifest, region)
+        else:
+            self.arrays, self.region = check_destinations(manifest, destinations), None
         self._views = [_byte_view(self.arrays[info.name]) for info in manifest.arrays]
 
     def destination(self, offset: int, nbytes: int) -> memoryview:
