@@ -7,6 +7,7 @@ An aggregator lives for one round at a time::
     begin(global_weights)
         open(site, num_samples=..., kind=..., layout=...)     # the update was announced
         accept(site, name, piece, offset=...)                 # ...as its arrays arrive, in any order
+      | staging_for(site) ... mark_filled(site)               # ...or straight into its staging
         commit(site)                                          # verified and accepted by the quorum
       | discard(site)                                         # failed, late, or refused
       | add(site, result)                                     # a whole verified result at once
@@ -25,6 +26,13 @@ bit what it would have been without it. A committed update cannot be removed (su
 would not be exact in floating point, and the quorum never takes back what it accepted). Staging
 holds only the updates *in flight*, which the bus bounds; :meth:`Aggregator.add` folds a complete
 result with no staging copy at all.
+
+**Receiving in place.** Instead of handing pieces to :meth:`Aggregator.accept` (one copy each),
+a receiver may ask for the site's staging arrays (:meth:`Aggregator.staging_for`), have the
+transport write the update straight into them, and say when every element is written
+(:meth:`Aggregator.mark_filled`). Until then the arrays are *lent*: if the update is discarded
+meanwhile (late, failed), its staging is dropped, never kept for another update, since bytes may
+still land in it.
 
 **Folding off the event loop.** :meth:`Aggregator.commit` is :meth:`Aggregator.prepare_commit`
 (checks and bookkeeping), :meth:`PendingUpdate.fold` (the arithmetic, which reads only the update's
@@ -340,6 +348,8 @@ class _Staged:
     kind: UpdateKind
     layout: dict[str, ArraySpec]
     filled: dict[str, int]
+    #: The staging arrays are handed out (:meth:`Aggregator.staging_for`) and not yet filled.
+    lent: bool = False
 
 
 class Aggregator(abc.ABC):
@@ -485,6 +495,52 @@ class Aggregator(abc.ABC):
         target = self._store.get(key).reshape(-1)
         target[offset : offset + flat.size] = flat
         staged.filled[name] += flat.size
+
+    def staging_for(self, site: str) -> dict[str, npt.NDArray[Any]]:
+        """The staging arrays of ``site``'s open update, one per announced variable (shaped and
+        typed as announced; their values are undefined), for a receiver to write the whole update
+        into. Call :meth:`mark_filled` once every element is written; until then they are lent
+        (see "Receiving in place" in the module docstring). Pieces already accepted are kept.
+
+        Raises :class:`~flrt.errors.AggregatorStateError` if the site has no open update (or its
+        staging was handed out already); :class:`OSError` if a spill file cannot be created.
+        """
+        self._require_collecting("staging_for")
+        if self._status.get(site) is not _Status.OPEN:
+            raise AggregatorStateError(f"site {site!r} has no open update")
+        staged = self._staged[site]
+        if staged.lent:
+            raise AggregatorStateError(f"the staging of {site!r} was handed out already")
+        staged.lent = True
+        arrays: dict[str, npt.NDArray[Any]] = {}
+        for name, spec in staged.layout.items():
+            key = (site, name)
+            if key in self._store:
+                arrays[name] = self._store.lend(key)
+            else:
+                arrays[name] = self._store.allocate(
+                    key, spec.shape, spec.dtype, zeroed=False, lent=True
+                )
+        return arrays
+
+    def mark_filled(self, site: str) -> None:
+        """Every element of the arrays :meth:`staging_for` handed out for ``site`` is written, and
+        nothing writes them any more: the update may be committed. Ignored for a discarded site.
+
+        Raises :class:`~flrt.errors.AggregatorStateError` if the site's staging was not handed out
+        or the site is not open.
+        """
+        self._require_collecting("mark_filled")
+        status = self._status.get(site)
+        if status is _Status.DISCARDED:
+            return
+        staged = self._staged.get(site)
+        if status is not _Status.OPEN or staged is None or not staged.lent:
+            raise AggregatorStateError(f"site {site!r} has no staging handed out")
+        staged.lent = False
+        for name, spec in staged.layout.items():
+            staged.filled[name] = spec.size
+            self._store.returned((site, name))
 
     def commit(self, site: str) -> None:
         """Fold a completely received, verified and accepted update into the aggregate.

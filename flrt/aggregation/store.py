@@ -17,6 +17,11 @@ count against the budget (they are dropped first when a new array would not fit)
 raises the store's memory. :meth:`UpdateStore.take_free` hands one out for good (the aggregator
 builds the next global model in it) and :meth:`UpdateStore.close` frees them all.
 
+**Lent arrays.** An array allocated with ``lent=True`` is being written by someone else (the
+transport receives a site's update straight into its staging). Deleted while lent (the update was
+dropped mid-transfer, when bytes may still land in it), it is never kept for reuse: it goes back
+to the operating system once the writer lets go. :meth:`UpdateStore.returned` ends the loan.
+
 **Memory that goes back to the operating system.** Every large in-memory array of the store (and
 of the aggregators: running sums, the new global model) is made by :func:`mapped_zeros`, in an
 anonymous mapping of its own that is unmapped as soon as the array and its last view are gone. An
@@ -113,6 +118,7 @@ class UpdateStore:
         self._counter = 0
         self._free: dict[tuple[tuple[int, ...], np.dtype[Any]], list[npt.NDArray[Any]]] = {}
         self._free_bytes = 0
+        self._lent: set[Hashable] = set()
 
     @property
     def memory_bytes(self) -> int:
@@ -139,11 +145,18 @@ class UpdateStore:
         return iter(list(self._arrays))
 
     def allocate(
-        self, key: Hashable, shape: tuple[int, ...], dtype: np.dtype[Any], *, zeroed: bool = True
+        self,
+        key: Hashable,
+        shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        *,
+        zeroed: bool = True,
+        lent: bool = False,
     ) -> npt.NDArray[Any]:
         """A new array for ``key`` (replacing any previous one), in memory or on disk; zero-filled
         unless ``zeroed`` is false (its values are then undefined, for a caller that overwrites
-        every element).
+        every element). A ``lent`` array is never reused once deleted, until :meth:`returned`
+        (see the module docstring).
 
         Raises :class:`OSError` when the spill file cannot be created.
         """
@@ -166,7 +179,21 @@ class UpdateStore:
             self._files[key] = path
             self._disk_bytes += nbytes
         self._arrays[key] = array
+        if lent:
+            self._lent.add(key)
         return array
+
+    def lend(self, key: Hashable) -> npt.NDArray[Any]:
+        """The array stored under ``key``, now lent (see the module docstring); raises
+        :class:`KeyError` if there is none."""
+        array = self._arrays[key]
+        self._lent.add(key)
+        return array
+
+    def returned(self, key: Hashable) -> None:
+        """The array lent under ``key`` is back in the owner's hands alone: once deleted, it may
+        be reused again."""
+        self._lent.discard(key)
 
     def reserve(
         self, layout: Iterable[tuple[tuple[int, ...], np.dtype[Any]]]
@@ -233,9 +260,12 @@ class UpdateStore:
         if array is None:
             return
         path = self._files.pop(key, None)
+        lent = key in self._lent
+        self._lent.discard(key)
         if path is None:
             self._memory_bytes -= array.nbytes
-            if self.reuse and array.nbytes:  # made by allocate: the store's own, whole array
+            # Made by allocate: the store's own, whole array (unless someone may still write it).
+            if self.reuse and array.nbytes and not lent:
                 self._free.setdefault((array.shape, array.dtype), []).append(array)
                 self._free_bytes += array.nbytes
         else:
