@@ -72,7 +72,7 @@ from flrt._protocol import (
     split_arrays,
     split_wire_name,
 )
-from flrt.aggregation import ArraySpec
+from flrt.aggregation import Aggregator, ArraySpec
 from flrt.checkpoint import Checkpoint, save_checkpoint
 from flrt.errors import NodeProtocolError, UpdateError
 from flrt.filters import Task
@@ -540,7 +540,13 @@ class _NetScatter:
     async def _stream(
         self, site: str, message: ResultMessage, obj: IncomingObject
     ) -> dict[str, Weights]:
-        """Stream the model's pieces into the sink; collect the extras. Returns the extras."""
+        """Receive the model into the sink and the extras into new arrays. Returns the extras.
+
+        An :class:`~flrt.aggregation.Aggregator` hands out the site's staging, and the bytes are
+        received straight into it (no copy of each piece); any other sink is fed piece by piece.
+        A site no longer wanted once its update is in is not marked filled: its staging is
+        dropped (see :meth:`_answer`), never folded.
+        """
         assert self.sink is not None
         layout: dict[str, ArraySpec] = {}
         extras: dict[str, Weights] = {}
@@ -557,12 +563,26 @@ class _NetScatter:
         if not self._wanted(site):
             await drain(obj)
             return extras
-        self.sink.open(site, num_samples=message.num_samples, kind=message.update, layout=layout)
+        sink = self.sink
+        sink.open(site, num_samples=message.num_samples, kind=message.update, layout=layout)
+        if isinstance(sink, Aggregator):
+            staging = sink.staging_for(site)
+            destinations = {}
+            for info in obj.manifest.arrays:
+                group, variable = split_wire_name(info.name)
+                assert group is not None  # checked above
+                destinations[info.name] = (
+                    staging[variable] if group == "" else extras[group][variable]
+                )
+            await obj.receive_into(destinations)
+            if self._wanted(site):
+                sink.mark_filled(site)
+            return extras
         async for name, start, values in obj.pieces():
             group, variable = split_wire_name(name)
             if group == "":
                 if self._wanted(site):
-                    self.sink.accept(site, variable, values, offset=start)
+                    sink.accept(site, variable, values, offset=start)
             elif group is not None:
                 target = extras[group][variable].reshape(-1)
                 target[start : start + values.size] = values
