@@ -501,8 +501,10 @@ class _NetScatter:
                     )
                     self._answer(site, message, reply)
                     # The update's memory is in use until the workflow has folded it in (or it
-                    # is dropped): admitting the next one earlier would stage two at once.
-                    while sink.staging(site):
+                    # is dropped): admitting the next one earlier would stage two at once. Once
+                    # this scatter has closed, the aggregator's staging for the site (if any) is
+                    # a later round's, and none of this receipt's business.
+                    while self.sink is sink and sink.staging(site):
                         await self._controller.staging_released.wait()
                 return
             else:
