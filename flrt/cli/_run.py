@@ -3,6 +3,7 @@ SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import signal
 import sys
@@ -37,19 +38,20 @@ async def until_signal(announce: str) -> int:
 
 
 def run_node(
-    main: Callable[..., Awaitable[Any]],
-    *args: Any,
-    workspace: Path,
+    main: Callable[[argparse.Namespace, Path], Awaitable[Any]],
+    args: argparse.Namespace,
+    *,
     log_name: str,
-    quiet: bool,
-    backend: str,
 ) -> int:
-    """Log JSON lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless
-    ``quiet``), then run ``main(*args)`` on ``backend`` until it returns."""
+    """Run a node command: its workspace is ``args.workspace`` or else the kit's folder; log JSON
+    lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless ``args.quiet``),
+    then run ``main(args, workspace)`` on ``args.backend`` until it returns."""
+    workspace: Path = args.workspace or args.kit
     configure_logging(
-        json_file=workspace / "logs" / f"{log_name}.jsonl", console=None if quiet else sys.stderr
+        json_file=workspace / "logs" / f"{log_name}.jsonl",
+        console=None if args.quiet else sys.stderr,
     )
-    run(main, *args, backend=backend)
+    run(main, args, workspace, backend=args.backend)
     return 0
 
 

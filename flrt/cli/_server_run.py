@@ -25,13 +25,4 @@ async def _serve(args: argparse.Namespace, workspace: Path) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
-    workspace = args.workspace or args.kit
-    return run_node(
-        _serve,
-        args,
-        workspace,
-        workspace=workspace,
-        log_name="server",
-        quiet=args.quiet,
-        backend=args.backend,
-    )
+    return run_node(_serve, args, log_name="server")

@@ -18,13 +18,4 @@ async def _run(args: argparse.Namespace, workspace: Path) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
-    workspace = args.workspace or args.kit
-    return run_node(
-        _run,
-        args,
-        workspace,
-        workspace=workspace,
-        log_name="site",
-        quiet=args.quiet,
-        backend=args.backend,
-    )
+    return run_node(_run, args, log_name="site")
