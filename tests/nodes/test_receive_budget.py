@@ -41,12 +41,7 @@ async def test_one_model_of_budget_stages_one_update_at_a_time(
         staged_at_open.append(sum(self.staging(s) for s in self._status))
 
     monkeypatch.setattr(Aggregator, "open", counting_open)
-    folder = tmp_path / "job"
-    folder.mkdir()
-    (folder / "job.toml").write_text(JOB)
-    with anyio.fail_after(60):
-        result = await simulate(folder, sites=4, workspace=tmp_path / "ws")
-    assert result.status == "finished", result.reason
+    await _simulate_job(tmp_path)
     assert len(staged_at_open) == 12  # 4 sites, 3 rounds: every update was staged
     assert max(staged_at_open) == 1, staged_at_open
 
@@ -78,12 +73,17 @@ async def test_updates_are_received_straight_into_the_aggregators_staging(
     monkeypatch.setattr(Aggregator, "staging_for", staging_for)
     monkeypatch.setattr(Aggregator, "mark_filled", mark_filled)
     monkeypatch.setattr(Aggregator, "accept", accept)
+    await _simulate_job(tmp_path)
+    assert len(handed_out) == 12
+    assert sorted(filled) == sorted(handed_out)
+    assert accepted == []
+
+
+async def _simulate_job(tmp_path: Path) -> None:
+    """Run JOB in the simulator on 4 sites; it must finish."""
     folder = tmp_path / "job"
     folder.mkdir()
     (folder / "job.toml").write_text(JOB)
     with anyio.fail_after(60):
         result = await simulate(folder, sites=4, workspace=tmp_path / "ws")
     assert result.status == "finished", result.reason
-    assert len(handed_out) == 12
-    assert sorted(filled) == sorted(handed_out)
-    assert accepted == []
