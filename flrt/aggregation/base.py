@@ -515,12 +515,9 @@ class Aggregator(abc.ABC):
         arrays: dict[str, npt.NDArray[Any]] = {}
         for name, spec in staged.layout.items():
             key = (site, name)
-            if key in self._store:
-                arrays[name] = self._store.lend(key)
-            else:
-                arrays[name] = self._store.allocate(
-                    key, spec.shape, spec.dtype, zeroed=False, lent=True
-                )
+            if key not in self._store:
+                self._store.allocate(key, spec.shape, spec.dtype, zeroed=False)
+            arrays[name] = self._store.lend(key)
         return arrays
 
     def mark_filled(self, site: str) -> None:

@@ -17,10 +17,10 @@ count against the budget (they are dropped first when a new array would not fit)
 raises the store's memory. :meth:`UpdateStore.take_free` hands one out for good (the aggregator
 builds the next global model in it) and :meth:`UpdateStore.close` frees them all.
 
-**Lent arrays.** An array allocated with ``lent=True`` is being written by someone else (the
-transport receives a site's update straight into its staging). Deleted while lent (the update was
-dropped mid-transfer, when bytes may still land in it), it is never kept for reuse: it goes back
-to the operating system once the writer lets go. :meth:`UpdateStore.returned` ends the loan.
+**Lent arrays.** An array handed out by :meth:`UpdateStore.lend` is being written by someone else
+(the transport receives a site's update straight into its staging). Deleted while lent (the update
+was dropped mid-transfer, when bytes may still land in it), it is never kept for reuse: it goes
+back to the operating system once the writer lets go. :meth:`UpdateStore.returned` ends the loan.
 
 **Memory that goes back to the operating system.** Every large in-memory array of the store (and
 of the aggregators: running sums, the new global model) is made by :func:`mapped_zeros`, in an
@@ -37,6 +37,7 @@ but resident heap after three rounds.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import shutil
 import tempfile
@@ -80,7 +81,7 @@ def mapped_zeros(shape: int | tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDAr
     arrays are ordinary numpy arrays."""
     dtype = np.dtype(dtype)
     dims = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)
     if count * dtype.itemsize < MAPPED_BYTES:
         return np.zeros(dims, dtype=dtype)
     region = new_region(count * dtype.itemsize)
@@ -151,12 +152,10 @@ class UpdateStore:
         dtype: np.dtype[Any],
         *,
         zeroed: bool = True,
-        lent: bool = False,
     ) -> npt.NDArray[Any]:
         """A new array for ``key`` (replacing any previous one), in memory or on disk; zero-filled
         unless ``zeroed`` is false (its values are then undefined, for a caller that overwrites
-        every element). A ``lent`` array is never reused once deleted, until :meth:`returned`
-        (see the module docstring).
+        every element).
 
         Raises :class:`OSError` when the spill file cannot be created.
         """
@@ -179,13 +178,11 @@ class UpdateStore:
             self._files[key] = path
             self._disk_bytes += nbytes
         self._arrays[key] = array
-        if lent:
-            self._lent.add(key)
         return array
 
     def lend(self, key: Hashable) -> npt.NDArray[Any]:
-        """The array stored under ``key``, now lent (see the module docstring); raises
-        :class:`KeyError` if there is none."""
+        """The array stored under ``key``, now lent (see the module docstring): once deleted it is
+        never reused, until :meth:`returned`. Raises :class:`KeyError` if there is none."""
         array = self._arrays[key]
         self._lent.add(key)
         return array
