@@ -552,10 +552,12 @@ class _NetScatter:
         assert self.sink is not None
         layout: dict[str, ArraySpec] = {}
         extras: dict[str, Weights] = {}
+        names: list[tuple[str, str, str]] = []  # wire name, group ("" for the model), variable
         for info in obj.manifest.arrays:
             group, variable = split_wire_name(info.name)
             if group is None:
                 raise NodeProtocolError(f"array {info.name!r} is neither w/ nor x/", peer=site)
+            names.append((info.name, group, variable))
             if group == "":
                 layout[variable] = ArraySpec(tuple(info.shape), np.dtype(info.dtype))
             else:
@@ -569,14 +571,12 @@ class _NetScatter:
         sink.open(site, num_samples=message.num_samples, kind=message.update, layout=layout)
         if isinstance(sink, Aggregator):
             staging = sink.staging_for(site)
-            destinations = {}
-            for info in obj.manifest.arrays:
-                group, variable = split_wire_name(info.name)
-                assert group is not None  # checked above
-                destinations[info.name] = (
-                    staging[variable] if group == "" else extras[group][variable]
-                )
-            await obj.receive_into(destinations)
+            await obj.receive_into(
+                {
+                    name: staging[variable] if group == "" else extras[group][variable]
+                    for name, group, variable in names
+                }
+            )
             if self._wanted(site):
                 sink.mark_filled(site)
             return extras

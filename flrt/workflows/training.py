@@ -65,8 +65,9 @@ __all__ = ["TRAINING_WORKFLOWS", "fedavg", "fedopt", "fedprox", "job_seed", "sca
 
 _MB = 1024 * 1024
 
-#: Updates smaller than this are folded on the event loop (a worker thread would cost more).
-_THREAD_FOLD_BYTES = 1 * _MB
+#: A fold or server step over fewer bytes than this runs on the event loop: a hop to a worker
+#: thread and back would cost more than the work.
+_THREAD_BYTES = 1 * _MB
 
 
 async def fold_pending(aggregator: Aggregator, pending: PendingUpdate) -> None:
@@ -74,17 +75,12 @@ async def fold_pending(aggregator: Aggregator, pending: PendingUpdate) -> None:
     and settle it, whatever happens. Raises :class:`~flrt.errors.UpdateError` like ``commit``."""
     try:
         size = sum(array.nbytes for array in pending.arrays.values())
-        if aggregator.fold_in_thread and size >= _THREAD_FOLD_BYTES:
+        if aggregator.fold_in_thread and size >= _THREAD_BYTES:
             await anyio.to_thread.run_sync(pending.fold)
         else:
             pending.fold()
     finally:
         aggregator.settle(pending)
-
-
-#: A server step over a model and array groups smaller than this runs on the event loop: a hop
-#: to a worker thread and back would cost more than the step.
-_THREAD_STEP_BYTES = 1 * _MB
 
 
 async def _server_step(
@@ -94,7 +90,7 @@ async def _server_step(
     event loop keeps serving the sites meanwhile)."""
     size = sum(a.nbytes for a in state.weights.values())
     size += sum(a.nbytes for group in state.arrays.values() for a in group.values())
-    if size < _THREAD_STEP_BYTES:
+    if size < _THREAD_BYTES:
         return strategy.step(state, aggregator, outcome)
     return await anyio.to_thread.run_sync(strategy.step, state, aggregator, outcome)
 
@@ -391,7 +387,7 @@ async def train(
             failure: Exception | None = None
             async with anyio.create_task_group() as tg:
                 fresh = aggregator.new_buffers()
-                if sum(buffer.nbytes for buffer in fresh) >= _THREAD_FOLD_BYTES:
+                if sum(buffer.nbytes for buffer in fresh) >= _THREAD_BYTES:
                     # First touch of fresh memory is slow here: take it while the task goes out.
                     tg.start_soon(anyio.to_thread.run_sync, prefault, fresh)
                 del fresh
