@@ -29,7 +29,6 @@ says so.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -43,7 +42,7 @@ import msgpack
 
 from flrt._durable import fsync_directory
 from flrt.errors import CheckpointError, ModelFileError
-from flrt.model import encode_weights, load_weights, save_weights, weights_digest
+from flrt.model import load_weights, weights_digest, write_weights
 from flrt.tasks import Weights
 
 __all__ = [
@@ -61,11 +60,6 @@ FORMAT_VERSION = 1
 _STATE = "state.msgpack"
 _MODEL = "model.safetensors"
 _ROUND_DIR = re.compile(r"round-(\d{6,})")
-
-#: Array groups up to this size are encoded in memory and written in one piece; a larger one is
-#: streamed from the arrays' own memory (:func:`~flrt.model.save_weights`), so that saving never
-#: holds a second copy of a large model.
-_ENCODE_IN_MEMORY_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +89,11 @@ def _write_arrays(path: Path, weights: Weights) -> str:
     """Write ``weights`` to the new file ``path`` (flushed and fsynced) and return their digest
     (:func:`~flrt.model.weights_digest`: the SHA-256 of the bytes written). The file needs no
     atomic write of its own: it is in the checkpoint's temporary directory."""
-    if sum(getattr(array, "nbytes", 0) for array in weights.values()) > _ENCODE_IN_MEMORY_BYTES:
-        return save_weights(path, weights)
-    data = encode_weights(weights)
-    _write_file(path, data)
-    return hashlib.sha256(data).hexdigest()
+    with path.open("xb") as out:
+        digest = write_weights(out, weights)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest
 
 
 def _read_arrays(path: Path) -> tuple[Weights, str]:

@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +58,7 @@ __all__ = [
     "read_metadata",
     "save_weights",
     "weights_digest",
+    "write_weights",
 ]
 
 #: The largest header we accept (the reference implementation's limit).
@@ -186,12 +188,28 @@ def save_weights(
     """
     chunks = _chunks(weights, metadata)
     first = next(chunks)  # validates everything before a file is created
-    digest = hashlib.sha256(first)
     with atomic_file(Path(path)) as out:
-        out.write(first)
-        for chunk in chunks:
-            digest.update(chunk)
-            out.write(chunk)
+        return _write_chunks(out, itertools.chain((first,), chunks))
+
+
+def write_weights(
+    out: BinaryIO, weights: Weights, metadata: Mapping[str, str] | None = None
+) -> str:
+    """Write a model to the open file ``out`` as safetensors bytes, streamed from the arrays' own
+    memory (no copy of the model), and return the SHA-256 (hex) of the bytes written (without
+    ``metadata``, that is :func:`weights_digest`). Flushing and syncing are the caller's.
+
+    Raises :class:`~flrt.errors.ModelFileError` for a name, dtype or metadata that cannot be stored
+    (before anything is written).
+    """
+    return _write_chunks(out, _chunks(weights, metadata))
+
+
+def _write_chunks(out: BinaryIO, chunks: Iterable[bytes | memoryview]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+        out.write(chunk)
     return digest.hexdigest()
 
 

@@ -11,7 +11,6 @@ import msgpack
 import numpy as np
 import pytest
 
-import flrt.checkpoint
 from flrt.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -74,12 +73,7 @@ def test_a_checkpoint_round_trips(tmp_path: Path) -> None:
     assert header["format"] == FORMAT_VERSION
 
 
-@pytest.mark.parametrize("in_memory", [True, False])
-def test_small_and_large_array_groups_are_written_as_the_same_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
-) -> None:
-    if not in_memory:  # every group counts as large: streamed by save_weights
-        monkeypatch.setattr(flrt.checkpoint, "_ENCODE_IN_MEMORY_BYTES", 0)
+def test_array_groups_are_written_as_their_encoding_and_nothing_else(tmp_path: Path) -> None:
     original = _checkpoint()
     path = save_checkpoint(tmp_path, original)
     assert (path / "model.safetensors").read_bytes() == encode_weights(original.weights)
