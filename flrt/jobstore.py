@@ -43,7 +43,7 @@ from flrt.errors import CheckpointError, JobError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
 from flrt.workflows.state import WorkflowState
 
-__all__ = ["JobEntry", "JobStore", "MetricsLog", "atomic_write"]
+__all__ = ["JobEntry", "JobStore", "MetricsLog"]
 
 log = structlog.get_logger("flrt.jobstore")
 
@@ -191,13 +191,6 @@ class JobStore:
     def metrics_log(self, job_id: str) -> MetricsLog:
         """The job's ``metrics.jsonl``, to append to while the job runs (close it after)."""
         return MetricsLog(self.folder(job_id) / METRICS_FILE)
-
-    def append_metric(self, job_id: str, event: Mapping[str, Any]) -> None:
-        """Append one event (opening the file for it alone). Raises :class:`OSError`, and
-        :class:`ValueError` for an event that is not JSON (a NaN, say)."""
-        log = self.metrics_log(job_id)
-        log.close()
-        log.append(event)
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         """Every recorded event, in order (a torn line left by a crash is skipped)."""

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from flrt.jobstore import atomic_write
+from flrt._durable import atomic_write
 from flrt.workflows.quorum import SiteOutcome
 from flrt.workflows.sampling import SiteHistory
 
