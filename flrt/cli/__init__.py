@@ -5,7 +5,9 @@ them. A command's handler returns the process exit code. Errors from the three p
 as one line naming the problem, never as a stack trace.
 
 The parser is built whichever command runs, so a command's module declares its arguments and
-imports little more than :mod:`argparse`. What a command runs, if it needs more, is in
+imports little more than :mod:`argparse` (``_kit`` is the exception: it still loads the kit and
+seal code, and with them ``cryptography``, for every command). What a command runs, if it needs
+more, is in
 ``_<command>_run``, which the handler imports when it is called: a site process never loads the
 server, its job store, workflows and aggregators, nor an admin client the site's trainer
 (``tests/test_imports.py`` checks it).

@@ -156,7 +156,8 @@ class NoiseTrainer:
         if previous is None or previous.shape != like.shape or previous.dtype != like.dtype:
             return None
         # References: the dict, ``previous`` and getrefcount's argument. With no other, nothing
-        # else can gain one either.
+        # else can gain one either. (CPython's counts: an interpreter that counts differently
+        # fails test_noise_trainer_writes_its_last_result_again_only_once_it_is_let_go.)
         return previous if sys.getrefcount(previous) <= 3 else None
 
     def evaluate(self, weights: Weights, context: SiteContext) -> EvalResult:
