@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from flrt.job import JobSpec
-from flrt.server import PROGRESS_INTERVAL, ServerCore
+from flrt.server import PROGRESS_INTERVAL, ServerCore, _RunningJob
 from tests.nodes._federation import federation
 
 pytestmark = pytest.mark.anyio
@@ -54,6 +54,8 @@ async def test_rounds_saved_in_a_burst_are_told_once_at_once_and_once_at_the_int
         core: ServerCore = fed.server.core
         published = _Published()
         monkeypatch.setattr(core.admin, "publish", published)
+        # job-a runs (as the server records a running job); job-b has ended.
+        monkeypatch.setitem(core.jobs, "job-a", _RunningJob(anyio.CancelScope()))
         start = anyio.current_time()
         for round in range(1, 11):
             core._progress("job-a", round)
@@ -64,8 +66,10 @@ async def test_rounds_saved_in_a_burst_are_told_once_at_once_and_once_at_the_int
         at, job = published.calls[2]
         assert job == "job-a"
         assert at >= start + PROGRESS_INTERVAL
-        # The trailing one told the burst's last round: nothing else is pending.
+        # The trailing one told the burst's last round: nothing else is pending, and the next
+        # interval of a running job starts from it.
         assert not core._progress_pending
+        assert core._progress_told["job-a"] > at - PROGRESS_INTERVAL / 2  # not the burst's first
         await anyio.sleep_until(at + PROGRESS_INTERVAL)  # a quiet interval (the throttle's clock)
         assert len(published.calls) == 3
         # A round saved after a quiet interval is told at once.
