@@ -1,26 +1,25 @@
-"""Making a rename or a new file durable: fsync the folder that holds it; write a file whole."""
+"""Making a rename or a new file durable: fsync the folder that holds it; write a file whole.
+
+The implementation is :mod:`security._atomic`, shared with :mod:`security` (the lower layer: flrt
+imports it, it imports nothing of flrt); its docstring says how a write stays atomic and what a
+failing folder fsync does. Here are flrt's defaults: files are created 0600 (owner only), as flrt's
+always were, and the folder must already exist (a missing one is an error, never made up).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from security import _atomic
+from security._atomic import fsync_dir as fsync_directory
+
 __all__ = ["atomic_file", "atomic_write", "fsync_directory"]
 
-
-def fsync_directory(directory: Path) -> None:
-    """Flush ``directory``'s entries to disk, so that a rename or creation in it survives a power
-    cut. Does nothing where the platform or file system has no directory fsync."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+#: Permission bits of the files flrt writes: job records, models, checkpoints' neighbours, downloads.
+_FILE_MODE = 0o600
 
 
 @contextlib.contextmanager
@@ -29,24 +28,17 @@ def atomic_file(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
 
     Written under a temporary name in the same folder, then renamed over ``path``: readers see the
     old content or the new, never a part. ``durable`` also fsyncs the file and its folder, so the
-    new content survives a power cut (not needed for advisory data that a crash may lose)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_directory(path.parent)
+    new content survives a power cut (not needed for advisory data that a crash may lose).
+    Raises what :func:`security._atomic.atomic_file` raises (:class:`OSError` naming the file or
+    folder); the old file is then left as it was.
+    """
+    with _atomic.atomic_file(path, mode=_FILE_MODE, durable=durable) as out:
+        yield out
 
 
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` as :func:`atomic_file` does."""
-    with atomic_file(path, durable=durable) as out:
-        out.write(data)
+    """Write ``data`` to ``path`` as :func:`atomic_file` does.
+
+    Raises :class:`TypeError` if ``data`` is not bytes-like, and what :func:`atomic_file` raises.
+    """
+    _atomic.atomic_write(path, data, mode=_FILE_MODE, durable=durable, parents=False)
