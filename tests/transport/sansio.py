@@ -496,6 +496,15 @@ class Pair:
             self.deliver("client")
         raise AssertionError("the sessions never went quiet")
 
+    def settle(self) -> None:
+        """Pump, then let the delayed acknowledgements fall due and pump again: afterwards each
+        side knows everything the other has taken."""
+        self.pump()
+        self.advance(
+            max(self.client.session.config.ack_delay, self.server.session.config.ack_delay)
+        )
+        self.pump()
+
     # -- checks -------------------------------------------------------------------------------
 
     def assert_consistent(self) -> None:

@@ -493,6 +493,22 @@ def test_a_delivery_ack_waits_for_ack_delay() -> None:
     assert [f.kind for f in pair.to_client.history].count(FrameKind.ACK) == 1
 
 
+def test_a_delivery_ack_goes_at_the_time_its_timer_names() -> None:
+    """At 2.0 + 0.05 the timer is due, while 2.05 - 2.0 < 0.05 in floating point: the ACK must
+    still go then, or the driver wakes at the timer for nothing, again and again."""
+    config = dataclasses.replace(WIDE, ack_delay=0.05)
+    pair = opened(config=config)
+    pair.advance(2.0)
+    pair.send("client", b"hello")
+    pair.pump()
+    assert undelivered(pair.client) == [1]
+    timer = pair.server.session.get_timer()
+    assert timer is not None
+    pair.advance(timer - pair.now)
+    pair.pump()
+    assert undelivered(pair.client) == []
+
+
 def test_a_delivery_ack_rides_on_a_message_going_back() -> None:
     pair = opened(config=WIDE)
     pair.send("client", b"question")
@@ -503,6 +519,40 @@ def test_a_delivery_ack_rides_on_a_message_going_back() -> None:
     replies = [f for f in pair.to_client.history if f.kind is FrameKind.MESSAGE]
     assert replies[-1].header["a"] == 1
     assert FrameKind.ACK not in [f.kind for f in pair.to_client.history]
+
+
+def test_a_received_object_is_reported_done_on_the_reply() -> None:
+    """A request with an object and its reply within ack_delay: no ACK frame either way, and the
+    reply tells the sender it may forget the object."""
+    pair = opened(config=WIDE)
+    seq = pair.send("client", b"update", blob(1000))
+    pair.pump()
+    assert pair.server.objects[seq].completed
+    assert pair.client.session.unacked_bytes > 0  # not told yet
+    pair.send("server", b"thanks")
+    pair.pump()
+    assert pair.client.session.unacked_bytes == 0
+    [reply] = [f for f in pair.to_client.history if f.kind is FrameKind.MESSAGE]
+    assert reply.header["a"] == seq
+    assert reply.header["d"] == [seq]
+    kinds = [f.kind for f in pair.to_client.history + pair.to_server.history]
+    assert FrameKind.ACK not in kinds
+
+
+def test_a_received_object_is_reported_done_within_ack_delay() -> None:
+    pair = opened(config=WIDE)
+    seq = pair.send("client", b"update", blob(1000))
+    pair.pump()
+    assert pair.server.objects[seq].completed
+    assert pair.server.session.get_timer() == pytest.approx(0.25)
+    pair.advance(0.24)
+    pair.pump()
+    assert pair.client.session.unacked_bytes > 0
+    pair.advance(0.01)
+    pair.pump()
+    assert pair.client.session.unacked_bytes == 0
+    [ack] = [f for f in pair.to_client.history if f.kind is FrameKind.ACK]
+    assert ack.header == {"s": seq, "d": [seq]}
 
 
 def test_messages_behind_an_object_in_flight_are_forgotten_once_acked() -> None:
@@ -751,6 +801,7 @@ def test_an_object_of_every_dtype_round_trips(side: Side) -> None:
     assert message.manifest.total == len(expected_bytes(arrays))
     assert receiver.objects[seq].completed
     assert_same_arrays(receiver.arrays(seq), arrays)
+    pair.settle()
     assert pair.endpoint(side).session.unacked_bytes == 0
 
 
@@ -898,6 +949,7 @@ def test_a_corrupted_byte_fails_the_digest() -> None:
     ]
     assert not any(isinstance(e, ObjectCompleted) for e in pair.server.log)
     # The sender forgets the object; the session goes on.
+    pair.settle()
     assert pair.client.session.unacked_bytes == 0
     assert not pair.client.session.has_pending_chunks
     pair.send("client", b"after")

@@ -220,7 +220,7 @@ class FlakyNetwork(RuleBasedStateMachine):
         pair.server.catch_up()
         if not pair.connected:
             pair.connect()
-        pair.pump()
+        pair.settle()
         assert pair.client.state is SessionState.OPEN
         assert pair.server.state is SessionState.OPEN
         pair.assert_all_delivered()

@@ -13,7 +13,9 @@ exactly once and in order, and a partial object continues from the byte where it
 Messages are numbered per direction from 1. The receiver holds each until the application takes it
 (:meth:`Session.message_delivered`) and acknowledges delivery cumulatively: piggybacked on its own
 outgoing messages (``a``), or in an ACK frame once a quarter window is due or ``ack_delay`` has
-passed, so a stream of small messages does not cost a frame each way. A sender may
+passed, so a stream of small messages does not cost a frame each way. Objects received in full
+(``d``) are reported the same way: a request and its reply carry each other's acknowledgements,
+and a round trip within ``ack_delay`` costs no ACK frame and no wake-up of the peer for one. A sender may
 have at most the peer's ``message_window`` messages undelivered, so a slow actor pushes back on its
 remote senders while heartbeats keep flowing. A message may
 carry an object (:mod:`transport.protocol.objects`): its manifest rides in the MESSAGE header and its
@@ -97,7 +99,7 @@ class SessionConfig:
     connection_window: int = 32 * MiB
     max_object_size: int = 64 * 1024 * MiB
     message_window: int = 256
-    ack_delay: float = 0.01
+    ack_delay: float = 0.05
     heartbeat_interval: float = 5.0
     liveness_timeout: float = 20.0
     handshake_timeout: float = 10.0
@@ -619,8 +621,12 @@ class Session:
 
     def _emit_message(self, out: _Outgoing) -> None:
         header: dict[str, Any] = {"s": out.seq}
-        if self._delivered > self._ack_sent and self.state is SessionState.OPEN:
-            header["a"] = self._ack_sent = self._delivered
+        if self.state is SessionState.OPEN:
+            if self._delivered > self._ack_sent:
+                header["a"] = self._ack_sent = self._delivered
+            if self._completed:
+                header["d"] = self._completed
+                self._completed = []
         if out.obj is not None:
             header["o"] = out.obj.manifest.to_wire()
         self._out.extend(encode_frame(FrameKind.MESSAGE, header, out.body))
@@ -701,12 +707,12 @@ class Session:
             self._ack_due_since = now
         urgent = (
             now is None
-            or self._completed
             or self._delivered - self._ack_sent >= max(1, self.config.message_window // 4)
             # 'is not None', not 'or now': a deadline armed at time 0.0 is still armed.
             or (
                 self._ack_due_since is not None
-                and now - self._ack_due_since >= self.config.ack_delay
+                # The same sum as get_timer()'s: now - since >= delay can be false at that time.
+                and now >= self._ack_due_since + self.config.ack_delay
             )
         )
         if not urgent:
@@ -867,8 +873,8 @@ class Session:
 
     def _on_message(self, header: dict[str, Any], payload: bytes | memoryview) -> None:
         seq = _positive(header, "s", "MESSAGE")
-        if "a" in header:
-            self._on_ack({"s": header["a"]})
+        if "a" in header or "d" in header:
+            self._on_ack({"s": header.get("a", self._acked), "d": header.get("d", [])})
         if seq <= self._received:
             return  # a duplicate of something already delivered
         if seq != self._received + 1:
@@ -883,7 +889,7 @@ class Session:
         if manifest is None:
             return
         if manifest.total == 0:  # nothing to stream: complete on arrival
-            self._completed.append(seq)
+            self._report_done(seq)
             self._events.append(ObjectCompleted(seq))
             return
         self._incoming[seq] = _Incoming(manifest, granted=self.config.announced_object_window)
@@ -953,7 +959,7 @@ class Session:
                 raise RemoteProtocolError(f"object {seq}: last chunk carries no digest")
             if digest != inc.hasher.digest():
                 del self._incoming[seq]
-                self._completed.append(seq)
+                self._report_done(seq)
                 self._events.append(ObjectFailed(seq, DigestMismatchError(seq)))
                 return
             inc.verified = True
@@ -962,8 +968,15 @@ class Session:
 
     def _finish_incoming(self, seq: int) -> None:
         del self._incoming[seq]
-        self._completed.append(seq)
+        self._report_done(seq)
         self._events.append(ObjectCompleted(seq))
+
+    def _report_done(self, seq: int) -> None:
+        """Tell the sender it may forget object ``seq``: on the next message or ACK frame, due
+        within ``ack_delay`` of the last bytes received."""
+        self._completed.append(seq)
+        if self._ack_due_since is None:
+            self._ack_due_since = self._last_received
 
     def _on_ack(self, header: dict[str, Any]) -> None:
         upto = _nonneg(header, "s", "ACK")
