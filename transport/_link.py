@@ -406,18 +406,46 @@ def _decode_envelope(body: bytes) -> dict[str, Any]:
     return envelope
 
 
-async def _write_all(stream: anyio.abc.ByteStream, buffers: list[bytes | memoryview]) -> None:
-    small: list[bytes | memoryview] = []
+#: Buffers up to this size are copied into one write with their neighbours: each write costs a
+#: system call, a TLS record and often a wake-up of the peer, more than copying this much.
+COPY_LIMIT = 128 * 1024
+#: A write made of copied buffers grows to at most this many bytes.
+JOIN_LIMIT = 1024 * 1024
+#: About one TLS record: a larger buffer lends its first bytes to the small ones before it, so a
+#: frame header never goes out as a record (and a segment) of its own.
+LEND = 16 * 1024
+
+
+def coalesce(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """The writes that send ``buffers`` in order: small buffers joined (copied), large ones as
+    they are, less the first :data:`LEND` bytes they lend to the small ones before them."""
+    writes: list[bytes | memoryview] = []
+    joined: list[bytes | memoryview] = []
+    size = 0
     for buffer in buffers:
-        if len(buffer) >= 65536:
-            if small:
-                await stream.send(b"".join(small))
-                small = []
-            await stream.send(buffer)  # type: ignore[arg-type]  # TLS streams take any buffer
-        else:
-            small.append(buffer)
-    if small:
-        await stream.send(b"".join(small))
+        n = buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
+        if n <= COPY_LIMIT:
+            if size + n > JOIN_LIMIT:
+                writes.append(b"".join(joined))
+                joined, size = [], 0
+            joined.append(buffer)
+            size += n
+            continue
+        if joined:
+            view = memoryview(buffer).cast("B")
+            joined.append(view[:LEND])
+            writes.append(b"".join(joined))
+            joined, size = [], 0
+            buffer = view[LEND:]
+        writes.append(buffer)
+    if joined:
+        writes.append(joined[0] if len(joined) == 1 else b"".join(joined))
+    return writes
+
+
+async def _write_all(stream: anyio.abc.ByteStream, buffers: list[bytes | memoryview]) -> None:
+    for write in coalesce(buffers):
+        await stream.send(write)  # type: ignore[arg-type]  # TLS streams take any buffer
 
 
 async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
