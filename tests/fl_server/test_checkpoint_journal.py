@@ -1,0 +1,337 @@
+"""The checkpoint journal: a save writes only the records that are new, whatever the job's length;
+records past a checkpoint's extent (torn, or from a save that never finished) are never read; a
+missing or damaged journal is refused; a save interrupted at any step leaves the last checkpoint
+loadable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import msgpack
+import numpy as np
+import pytest
+
+import flrt.checkpoint
+from flrt.checkpoint import (
+    Checkpoint,
+    CheckpointWriter,
+    checkpoint_rounds,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from flrt.errors import CheckpointError
+
+Record = Mapping[str, Any]
+
+
+def _record(i: int, tag: str = "") -> dict[str, Any]:
+    """Journal record ``i`` (``tag`` makes a different one for the same round)."""
+    return {"round": i, "accepted": ["a", "b", tag or "c"], "loss": 1.0 / i, "nan": float("nan")}
+
+
+def _records(n: int) -> list[dict[str, Any]]:
+    return [_record(i) for i in range(1, n + 1)]
+
+
+def _checkpoint(round: int, journal: Sequence[Record]) -> Checkpoint:
+    return Checkpoint(
+        job_id="job-1",
+        round=round,
+        weights={"w": np.full(3, float(round), np.float32)},
+        state={"round": round},
+        journal=journal,
+    )
+
+
+def _same_records(a: Sequence[Record], b: Sequence[Record]) -> bool:
+    """Equal as encoded (a NaN equals itself)."""
+    return [msgpack.packb(dict(r)) for r in a] == [msgpack.packb(dict(r)) for r in b]
+
+
+def _journals(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("journal-*"))
+
+
+def _packed_size(records: Sequence[Record]) -> int:
+    return sum(len(msgpack.packb(dict(r), use_bin_type=True)) for r in records)
+
+
+class _Counting(Sequence[Record]):
+    """A journal that notes which records were read (as a lazy sequence converts them)."""
+
+    def __init__(self, records: Sequence[Record], seen: list[int]) -> None:
+        self.records = records
+        self.seen = seen
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Record]: ...
+    def __getitem__(self, index: int | slice) -> Record | Sequence[Record]:
+        if isinstance(index, slice):
+            indices = range(len(self.records))[index]
+            self.seen.extend(indices)
+            return [self.records[i] for i in indices]
+        self.seen.append(range(len(self.records))[index])
+        return self.records[index]
+
+
+# ----------------------------------------------------------------------------- appending
+
+
+def test_each_save_reads_and_appends_only_the_records_that_are_new(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path)
+    records = _records(60)
+    first: list[int] = []
+    writer.save(_checkpoint(10, _Counting(records[:10], first)))
+    assert sorted(set(first)) == list(range(10))  # a writer's first save writes the whole journal
+    for r in range(11, 61):
+        seen: list[int] = []
+        before = (tmp_path / "journal-000001.msgpack").stat().st_size
+        writer.save(_checkpoint(r, _Counting(records[:r], seen)))
+        # The last record saved (to check that this save continues it) and the new one: the same
+        # work after 60 rounds as after 11.
+        assert sorted(set(seen)) == [r - 2, r - 1]
+        after = (tmp_path / "journal-000001.msgpack").stat().st_size
+        assert after - before == _packed_size(records[r - 1 : r])
+    assert _journals(tmp_path) == ["journal-000001.msgpack"]
+    assert checkpoint_rounds(tmp_path) == [59, 60]
+    for r in (59, 60):
+        loaded = load_checkpoint(tmp_path / f"round-{r:06d}")
+        assert _same_records(loaded.journal, records[:r])
+        assert loaded.state == {"round": r}
+
+
+def test_saving_the_same_journal_again_appends_nothing(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path)
+    writer.save(_checkpoint(3, _records(3)))
+    size = (tmp_path / "journal-000001.msgpack").stat().st_size
+    writer.save(_checkpoint(3, _records(3)))  # e.g. the same round again, with cross-site results
+    assert (tmp_path / "journal-000001.msgpack").stat().st_size == size
+    assert _same_records(load_checkpoint(tmp_path / "round-000003").journal, _records(3))
+
+
+def test_a_job_without_records_has_no_journal_file(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path)
+    writer.save(_checkpoint(1, []))
+    assert _journals(tmp_path) == []
+    assert load_checkpoint(tmp_path / "round-000001").journal == ()
+    writer.save(_checkpoint(2, _records(1)))  # the first record creates the file
+    assert _same_records(load_checkpoint(tmp_path / "round-000002").journal, _records(1))
+    assert load_checkpoint(tmp_path / "round-000001").journal == ()
+
+
+def test_a_save_that_does_not_continue_the_last_one_writes_a_new_journal(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path, keep=3)
+    writer.save(_checkpoint(3, _records(3)))
+    rewritten = [*_records(2), _record(3, "x")]  # same length, another last record
+    writer.save(_checkpoint(4, rewritten))
+    shorter = _records(2)
+    writer.save(_checkpoint(5, shorter))
+    assert _same_records(load_checkpoint(tmp_path / "round-000003").journal, _records(3))
+    assert _same_records(load_checkpoint(tmp_path / "round-000004").journal, rewritten)
+    assert _same_records(load_checkpoint(tmp_path / "round-000005").journal, shorter)
+    assert _journals(tmp_path) == [f"journal-00000{i}.msgpack" for i in (1, 2, 3)]
+
+
+def test_a_journal_no_kept_checkpoint_names_is_removed(tmp_path: Path) -> None:
+    CheckpointWriter(tmp_path).save(_checkpoint(1, _records(1)))
+    CheckpointWriter(tmp_path).save(_checkpoint(2, _records(2)))  # a new writer: a new journal
+    assert _journals(tmp_path) == ["journal-000001.msgpack", "journal-000002.msgpack"]
+    writer = CheckpointWriter(tmp_path)
+    writer.save(_checkpoint(3, _records(3)))  # round 1 is pruned, and its journal with it
+    assert _journals(tmp_path) == ["journal-000002.msgpack", "journal-000003.msgpack"]
+    assert _same_records(load_checkpoint(tmp_path / "round-000002").journal, _records(2))
+    writer.save(_checkpoint(4, _records(4)))
+    assert _journals(tmp_path) == ["journal-000003.msgpack"]
+    assert checkpoint_rounds(tmp_path) == [3, 4]
+    assert _same_records(load_checkpoint(tmp_path / "round-000003").journal, _records(3))
+
+
+# ----------------------------------------------------------------------------- after a crash
+
+
+def test_a_torn_record_after_the_last_checkpoint_is_never_read(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path)
+    for r in (1, 2, 3):
+        writer.save(_checkpoint(r, _records(r)))
+    journal = tmp_path / "journal-000001.msgpack"
+    torn = msgpack.packb(_record(4), use_bin_type=True)
+    for cut in range(1, len(torn)):  # the save of round 4 stopped after any byte of its record
+        with journal.open("r+b") as file:
+            file.truncate(_packed_size(_records(3)))
+            file.seek(0, os.SEEK_END)
+            file.write(torn[:cut])
+        latest = latest_checkpoint(tmp_path)
+        assert latest is not None
+        assert latest.round == 3
+        assert _same_records(latest.journal, _records(3))
+        assert _same_records(load_checkpoint(tmp_path / "round-000002").journal, _records(2))
+
+    restarted = CheckpointWriter(tmp_path)  # a new process goes on from round 3
+    restarted.save(_checkpoint(4, [*_records(3), _record(4, "again")]))
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None
+    assert latest.round == 4
+    assert _same_records(latest.journal, [*_records(3), _record(4, "again")])
+    assert _same_records(load_checkpoint(tmp_path / "round-000003").journal, _records(3))
+
+
+def test_records_of_a_save_that_never_finished_are_ignored_then_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = CheckpointWriter(tmp_path)
+    for r in (1, 2, 3):
+        writer.save(_checkpoint(r, _records(r)))
+
+    def no_rename(src: Any, dst: Any) -> None:
+        raise OSError("the disk went away")
+
+    unfinished = [*_records(3), _record(4, "a longer record than the one saved after it")]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", no_rename)
+        with pytest.raises(OSError, match="went away"):
+            writer.save(_checkpoint(4, unfinished))
+    journal = tmp_path / "journal-000001.msgpack"
+    assert journal.stat().st_size == _packed_size(unfinished)  # longer than round 3 says
+    latest = latest_checkpoint(tmp_path)
+    assert latest is not None
+    assert latest.round == 3
+    assert _same_records(latest.journal, _records(3))
+
+    # The same writer saves round 4 again, with another record: the unfinished one is cut off.
+    again = [*_records(3), _record(4, "again")]
+    writer.save(_checkpoint(4, again))
+    assert journal.stat().st_size == _packed_size(again)
+    assert _same_records(load_checkpoint(tmp_path / "round-000004").journal, again)
+    assert _same_records(load_checkpoint(tmp_path / "round-000003").journal, _records(3))
+
+
+def test_a_missing_or_damaged_journal_is_refused(tmp_path: Path) -> None:
+    writer = CheckpointWriter(tmp_path)
+    writer.save(_checkpoint(1, _records(1)))
+    newest = writer.save(_checkpoint(2, _records(2)))
+    journal = tmp_path / "journal-000001.msgpack"
+    data = journal.read_bytes()
+
+    journal.unlink()
+    with pytest.raises(CheckpointError, match=r"cannot read journal-000001\.msgpack") as info:
+        load_checkpoint(newest)
+    assert info.value.path == newest
+    with pytest.raises(CheckpointError, match="cannot read journal"):
+        latest_checkpoint(tmp_path)  # the older one needs it too
+
+    journal.write_bytes(data[:-1])
+    with pytest.raises(CheckpointError, match="shorter than the checkpoint says"):
+        load_checkpoint(newest)
+    assert _same_records(load_checkpoint(tmp_path / "round-000001").journal, _records(1))
+
+    damaged = bytearray(data)
+    damaged[-2] ^= 0x01
+    journal.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="does not match its digest"):
+        load_checkpoint(newest)
+
+    journal.write_bytes(data)
+    header = msgpack.unpackb((newest / "state.msgpack").read_bytes())
+    for extent in ({**header["journal"], "file": "../journal-000001.msgpack"}, "nonsense"):
+        (newest / "state.msgpack").write_bytes(msgpack.packb({**header, "journal": extent}))
+        with pytest.raises(CheckpointError, match="malformed"):
+            load_checkpoint(newest)
+    miscounted = {**header["journal"], "records": 1}  # the bytes and digest of two records
+    (newest / "state.msgpack").write_bytes(msgpack.packb({**header, "journal": miscounted}))
+    with pytest.raises(CheckpointError, match="does not hold 1 records"):
+        load_checkpoint(newest)
+
+
+class _Crash(BaseException):
+    """The process dies here."""
+
+
+#: What a save does to the disk, in the order it does it; a crash may come before any of them.
+_STEPS = ("_write_arrays", "_write_file", "fsync_directory", "_append_journal")
+
+
+def _crash_at(monkeypatch: pytest.MonkeyPatch, step: int, torn: bool) -> list[int]:
+    """Make the ``step``-th disk operation of the next saves crash; ``torn`` lets a crashing
+    journal append write half of its bytes first. Returns the operation counter."""
+    count = [0]
+
+    def countdown() -> None:
+        count[0] += 1
+        if count[0] == step:
+            raise _Crash
+
+    def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def operation(*args: Any, **kwargs: Any) -> Any:
+            if name == "_append_journal" and torn and count[0] + 1 == step:
+                path, offset, data = args
+                real(path, offset, data[: len(data) // 2], **kwargs)
+            countdown()
+            return real(*args, **kwargs)
+
+        return operation
+
+    for name in _STEPS:
+        monkeypatch.setattr(flrt.checkpoint, name, wrap(name, getattr(flrt.checkpoint, name)))
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", wrap("replace", real_replace))
+    return count
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["whole", "torn"])
+def test_a_save_interrupted_at_any_step_leaves_the_last_checkpoint_loadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn: bool
+) -> None:
+    step = 0
+    while True:
+        step += 1
+        folder = tmp_path / f"crash-{step}"
+        writer = CheckpointWriter(folder)
+        for r in (1, 2, 3):
+            writer.save(_checkpoint(r, _records(r)))
+        with monkeypatch.context() as patch:
+            _crash_at(patch, step, torn)
+            try:
+                writer.save(_checkpoint(4, _records(4)))
+                finished = True
+            except _Crash:
+                finished = False
+        # The server restarts: every checkpoint there is whole, the newest with its own records.
+        for r in checkpoint_rounds(folder):
+            load_checkpoint(folder / f"round-{r:06d}")
+        latest = latest_checkpoint(folder)
+        assert latest is not None
+        assert latest.round in (3, 4)
+        assert latest.state == {"round": latest.round}
+        assert _same_records(latest.journal, _records(latest.round))
+        assert _same_records(load_checkpoint(folder / "round-000003").journal, _records(3))
+        # It runs on from there, with another history than the crashed run's.
+        restarted = CheckpointWriter(folder)
+        for r in (latest.round + 1, latest.round + 2):
+            restarted.save(
+                _checkpoint(r, [*_records(3), *[_record(i, "b") for i in range(4, r + 1)]])
+            )
+        final = latest_checkpoint(folder)
+        assert final is not None
+        assert _same_records(
+            final.journal, [*_records(3), *[_record(i, "b") for i in range(4, final.round + 1)]]
+        )
+        if finished:
+            break
+    assert step > len(_STEPS)  # every step was interrupted once
+
+
+def test_save_checkpoint_alone_still_saves_a_whole_checkpoint(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path, _checkpoint(2, _records(2)))
+    assert _same_records(load_checkpoint(path).journal, _records(2))
+    with pytest.raises(ValueError, match="keep"):
+        CheckpointWriter(tmp_path, keep=0)
