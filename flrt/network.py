@@ -34,12 +34,14 @@ sites and turn what comes back into the workflow's :data:`~flrt.workflows.Reply`
 
 **Checkpoints** are written in a worker thread *behind* the workflow: ``save_checkpoint`` takes
 the state's snapshot and returns, so the next round's task goes out to the sites while the files are
-written and fsynced (the sites train while the server's disk works). One write is under way at a
-time, in order, and it is complete (or its error raised in the workflow) before the next round's
-scatter returns, that is before that round's results are aggregated into a new model, and before
-the server reports the job over. A crash can lose the round in progress and the checkpoint being
-written, never a checkpoint already reported (the ``checkpoint`` event in ``metrics.jsonl``, the
-``round`` an admin sees), and never leaves a partial one (see :mod:`flrt.checkpoint`).
+written and fsynced (the sites train while the server's disk works). The job's one
+:class:`~flrt.checkpoint.CheckpointWriter` writes them, so a save appends only its round's summary
+to the journal, whatever the number of rounds before. One write is under way at a time, in order,
+and it is complete (or its error raised in the workflow) before the next round's scatter returns,
+that is before that round's results are aggregated into a new model, and before the server reports
+the job over. A crash can lose the round in progress and the checkpoint being written, never a
+checkpoint already reported (the ``checkpoint`` event in ``metrics.jsonl``, the ``round`` an admin
+sees), and never leaves a partial one (see :mod:`flrt.checkpoint`).
 
 The clock is AnyIO's (:func:`anyio.current_time`).
 """
@@ -73,7 +75,7 @@ from flrt._protocol import (
     split_wire_name,
 )
 from flrt.aggregation import Aggregator, ArraySpec
-from flrt.checkpoint import Checkpoint, save_checkpoint
+from flrt.checkpoint import Checkpoint, CheckpointWriter
 from flrt.errors import NodeProtocolError, UpdateError
 from flrt.filters import Task
 from flrt.job import JobSpec
@@ -634,6 +636,7 @@ class NetworkController:
         self._scatters: list[_NetScatter] = []
         self._initial: Weights | None = None
         self._writing: anyio.Event | None = None  # set once the checkpoint being written is saved
+        self._checkpoints = CheckpointWriter(store.checkpoints(job_id))  # each save: what is new
         self._write_error: Exception | None = None
         #: The last round whose checkpoint is on disk.
         self.rounds_done = 0
@@ -681,9 +684,7 @@ class NetworkController:
     async def _write_checkpoint(self, checkpoint: Checkpoint, written: anyio.Event) -> None:
         try:
             # Not abandoned on cancellation: a server that stops waits for the write to end.
-            await anyio.to_thread.run_sync(
-                save_checkpoint, self.store.checkpoints(self.job_id), checkpoint
-            )
+            await anyio.to_thread.run_sync(self._checkpoints.save, checkpoint)
         except Exception as exc:  # raised in the workflow, by its next wait for the write
             self._write_error = exc
             return

@@ -40,7 +40,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from flrt.aggregation import layout_of
-from flrt.checkpoint import save_checkpoint
+from flrt.checkpoint import CheckpointWriter
 from flrt.errors import UpdateError, WorkflowStalledError
 from flrt.filters import FilterChain, FilterContext, Task
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask
@@ -207,7 +207,8 @@ class _LocalScatter:
 class LocalController:
     """A :class:`~flrt.workflows.controller.Controller` over in-process sites and a virtual clock.
 
-    ``checkpoint_dir`` saves every checkpoint there (atomically, see :mod:`flrt.checkpoint`);
+    ``checkpoint_dir`` saves every checkpoint there (atomically, through one
+    :class:`~flrt.checkpoint.CheckpointWriter`, see :mod:`flrt.checkpoint`);
     ``on_checkpoint`` is called after each save (tests use it to stop a workflow after a round).
     Every reported event is kept in :attr:`events`, every saved state in :attr:`checkpoints`.
     """
@@ -239,6 +240,7 @@ class LocalController:
         self._order = itertools.count()
         self._tokens = itertools.count()
         self._scatters: list[_LocalScatter] = []
+        self._writer: CheckpointWriter | None = None  # for checkpoint_dir, made at the first save
 
     # ------------------------------------------------------------------------------ Controller
 
@@ -265,9 +267,9 @@ class LocalController:
     async def save_checkpoint(self, state: WorkflowState) -> None:
         self.checkpoints.append(state)
         if self.checkpoint_dir is not None:
-            await anyio.to_thread.run_sync(
-                save_checkpoint, self.checkpoint_dir, state.to_checkpoint()
-            )
+            if self._writer is None or self._writer.directory != self.checkpoint_dir:
+                self._writer = CheckpointWriter(self.checkpoint_dir)
+            await anyio.to_thread.run_sync(self._writer.save, state.to_checkpoint())
         if self.on_checkpoint is not None:
             self.on_checkpoint(state)
 

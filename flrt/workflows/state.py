@@ -4,14 +4,16 @@ Everything a workflow needs to continue after a restart is here: the round reach
 model, the optimizer moments and control variates (named array groups), the seed (sampling is
 derived from the seed and the round, so no generator state needs saving), each site's reliability
 history, a summary of every round, and cross-site results. It converts to a
-:class:`~flrt.checkpoint.Checkpoint` of plain msgpack data plus arrays.
+:class:`~flrt.checkpoint.Checkpoint` of plain msgpack data plus arrays; the round summaries go in
+its journal (each save appends only the new round's, see :mod:`flrt.checkpoint`), the rest in its
+state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from flrt.checkpoint import Checkpoint
 from flrt.tasks import EvalResult, Metrics, Weights
@@ -116,6 +118,28 @@ class CrossSiteResults:
         )
 
 
+class _RoundRecords(Sequence[Mapping[str, Any]]):
+    """Round summaries as a checkpoint's journal records, each converted when it is read: a
+    checkpoint writer reads only the rounds it has not saved yet, and the last one it has."""
+
+    __slots__ = ("_rounds",)
+
+    def __init__(self, rounds: tuple[RoundSummary, ...]) -> None:
+        self._rounds = rounds
+
+    def __len__(self) -> int:
+        return len(self._rounds)
+
+    @overload
+    def __getitem__(self, index: int) -> Mapping[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Mapping[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> Mapping[str, Any] | Sequence[Mapping[str, Any]]:
+        if isinstance(index, slice):
+            return [r.to_dict() for r in self._rounds[index]]
+        return self._rounds[index].to_dict()
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowState:
     """A workflow's state after ``round`` completed rounds (0: before the first).
@@ -144,11 +168,11 @@ class WorkflowState:
             weights=self.weights,
             arrays=self.arrays,
             job=job,
+            journal=_RoundRecords(self.rounds),
             state={
                 "workflow": self.workflow,
                 "seed": self.seed,
                 "history": {site: h.to_dict() for site, h in sorted(self.history.items())},
-                "rounds": [r.to_dict() for r in self.rounds],
                 "population": self.population,
                 "cross_site": None if self.cross_site is None else self.cross_site.to_dict(),
                 "finished": self.finished,
@@ -161,6 +185,8 @@ class WorkflowState:
         :class:`ValueError` for a checkpoint whose state is not a workflow's."""
         state = checkpoint.state
         cross = state["cross_site"]
+        # A checkpoint written before the journal (format 1) has the summaries in its state.
+        summaries = state.get("rounds", checkpoint.journal)
         return cls(
             job_id=checkpoint.job_id,
             workflow=str(state["workflow"]),
@@ -169,7 +195,7 @@ class WorkflowState:
             weights=dict(checkpoint.weights),
             arrays={k: dict(v) for k, v in checkpoint.arrays.items()},
             history={s: SiteHistory.from_dict(h) for s, h in state["history"].items()},
-            rounds=tuple(RoundSummary.from_dict(r) for r in state["rounds"]),
+            rounds=tuple(RoundSummary.from_dict(r) for r in summaries),
             population=int(state["population"]),
             cross_site=None if cross is None else CrossSiteResults.from_dict(cross),
             finished=bool(state["finished"]),

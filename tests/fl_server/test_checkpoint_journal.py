@@ -1,16 +1,18 @@
 """The checkpoint journal: a save writes only the records that are new, whatever the job's length;
 records past a checkpoint's extent (torn, or from a save that never finished) are never read; a
 missing or damaged journal is refused; a save interrupted at any step leaves the last checkpoint
-loadable.
+loadable; checkpoints written before the journal (format 1) still load and a job resumes from them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, overload
 
+import anyio
 import msgpack
 import numpy as np
 import pytest
@@ -25,6 +27,16 @@ from flrt.checkpoint import (
     save_checkpoint,
 )
 from flrt.errors import CheckpointError
+from flrt.model import save_weights
+from flrt.workflows import (
+    LocalController,
+    RoundSummary,
+    SiteHistory,
+    WorkflowState,
+    run_workflow,
+)
+
+from ._sites import LinearSite, initial_model, job
 
 Record = Mapping[str, Any]
 
@@ -108,6 +120,41 @@ def test_each_save_reads_and_appends_only_the_records_that_are_new(tmp_path: Pat
         loaded = load_checkpoint(tmp_path / f"round-{r:06d}")
         assert _same_records(loaded.journal, records[:r])
         assert loaded.state == {"round": r}
+
+
+def test_a_workflow_state_converts_only_its_new_round_summaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def summary(r: int) -> RoundSummary:
+        return RoundSummary(
+            r, 10.0 * r, 10.0 * r + 3, ("a", "b"), ("c",), (), 1, 40, {"loss": 1 / r}
+        )
+
+    state = WorkflowState(
+        job_id="job-1",
+        workflow="fedavg",
+        seed=3,
+        round=1000,
+        weights=initial_model(),
+        history={"a": SiteHistory(1000, 0, 0)},
+        rounds=tuple(summary(r) for r in range(1, 1001)),
+        population=3,
+    )
+    writer = CheckpointWriter(tmp_path)
+    writer.save(state.to_checkpoint())
+    converted: list[int] = []
+    to_dict = RoundSummary.to_dict
+
+    def counting(self: RoundSummary) -> dict[str, Any]:
+        converted.append(self.round)
+        return to_dict(self)
+
+    monkeypatch.setattr(RoundSummary, "to_dict", counting)
+    state = replace(state, round=1001, rounds=(*state.rounds, summary(1001)))
+    writer.save(state.to_checkpoint())
+    assert sorted(converted) == [1000, 1001]
+    back = WorkflowState.from_checkpoint(load_checkpoint(tmp_path / "round-001001"))
+    assert back.rounds == state.rounds
 
 
 def test_saving_the_same_journal_again_appends_nothing(tmp_path: Path) -> None:
@@ -328,6 +375,138 @@ def test_a_save_interrupted_at_any_step_leaves_the_last_checkpoint_loadable(
         if finished:
             break
     assert step > len(_STEPS)  # every step was interrupted once
+
+
+# ----------------------------------------------------------------------------- format 1
+
+
+def _save_format_1(folder: Path, state: WorkflowState) -> Path:
+    """A checkpoint as flrt wrote it before the journal: format 1, every round's summary in the
+    state (this spells out that layout, not the code that writes checkpoints now)."""
+    where = folder / f"round-{state.round:06d}"
+    where.mkdir(parents=True)
+    files = [
+        {
+            "group": "",
+            "file": "model.safetensors",
+            "sha256": save_weights(where / "model.safetensors", state.weights),
+        }
+    ]
+    for i, (group, arrays) in enumerate(sorted(state.arrays.items())):
+        file = f"arrays-{i:03d}.safetensors"
+        files.append({"group": group, "file": file, "sha256": save_weights(where / file, arrays)})
+    header = {
+        "format": 1,
+        "job_id": state.job_id,
+        "round": state.round,
+        "job": None,
+        "state": {
+            "workflow": state.workflow,
+            "seed": state.seed,
+            "history": {site: h.to_dict() for site, h in sorted(state.history.items())},
+            "rounds": [r.to_dict() for r in state.rounds],
+            "population": state.population,
+            "cross_site": None,
+            "finished": state.finished,
+        },
+        "files": files,
+    }
+    (where / "state.msgpack").write_bytes(msgpack.packb(header, use_bin_type=True))
+    return where
+
+
+def _sites() -> dict[str, LinearSite]:
+    return {n: LinearSite(n, 20 + 7 * i) for i, n in enumerate(("a", "b", "c"))}
+
+
+def _controller(sites: Mapping[str, LinearSite], **kwargs: Any) -> LocalController:
+    return LocalController({n: s.local_site(delay=1.0) for n, s in sites.items()}, **kwargs)
+
+
+SPEC = job("fedopt", params='optimizer = "fedadam"\nserver_lr = 0.05', rounds=6, min_sites=2)
+
+
+@pytest.mark.anyio
+async def test_a_job_resumes_from_a_format_1_checkpoint(tmp_path: Path) -> None:
+    with anyio.fail_after(30):
+        straight = await run_workflow(
+            _controller(_sites()), SPEC, job_id="job-1", initial_weights=initial_model()
+        )
+        sites = _sites()
+        kept: list[WorkflowState] = []
+        async with anyio.create_task_group() as tg:
+
+            def stop(state: WorkflowState) -> None:
+                if state.round == 3:
+                    kept.append(state)
+                    tg.cancel_scope.cancel()
+
+            first = _controller(sites, on_checkpoint=stop)  # the old server: nothing on disk yet
+            tg.start_soon(
+                lambda: run_workflow(first, SPEC, job_id="job-1", initial_weights=initial_model())
+            )
+        _save_format_1(tmp_path, kept[0])  # what the old server left
+
+        loaded = latest_checkpoint(tmp_path)
+        assert loaded is not None
+        resumed_from = WorkflowState.from_checkpoint(loaded)
+        assert resumed_from.rounds == kept[0].rounds
+        assert len(resumed_from.rounds) == 3
+        assert resumed_from.arrays.keys() == {"fedopt.m", "fedopt.v"}
+        second = _controller(sites, checkpoint_dir=tmp_path)  # the upgraded server
+        resumed = await run_workflow(second, SPEC, job_id="job-1", resume=resumed_from)
+
+    assert [r.round for r in resumed.rounds] == [1, 2, 3, 4, 5, 6]
+    assert [r.accepted for r in resumed.rounds] == [r.accepted for r in straight.rounds]
+    assert [r.train_metrics for r in resumed.rounds] == [r.train_metrics for r in straight.rounds]
+    np.testing.assert_array_equal(resumed.weights["w"], straight.weights["w"])
+    final = latest_checkpoint(tmp_path)
+    assert final is not None
+    assert WorkflowState.from_checkpoint(final).rounds == resumed.rounds
+    assert checkpoint_rounds(tmp_path) == [5, 6]
+    assert _journals(tmp_path) == ["journal-000001.msgpack"]
+
+
+@pytest.mark.anyio
+async def test_a_job_resumed_after_its_newest_checkpoint_was_damaged_keeps_one_history(
+    tmp_path: Path,
+) -> None:
+    """The damaged round's summary is in the journal already: the round run again replaces it."""
+    with anyio.fail_after(30):
+        straight = await run_workflow(
+            _controller(_sites()), SPEC, job_id="job-1", initial_weights=initial_model()
+        )
+        sites = _sites()
+        async with anyio.create_task_group() as tg:
+
+            def stop(state: WorkflowState) -> None:
+                if state.round == 4:
+                    tg.cancel_scope.cancel()
+
+            first = _controller(sites, checkpoint_dir=tmp_path, on_checkpoint=stop)
+            tg.start_soon(
+                lambda: run_workflow(first, SPEC, job_id="job-1", initial_weights=initial_model())
+            )
+        model = tmp_path / "round-000004" / "model.safetensors"
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 0xFF
+        model.write_bytes(bytes(data))
+
+        loaded = latest_checkpoint(tmp_path)
+        assert loaded is not None
+        assert loaded.round == 3
+        second = _controller(sites, checkpoint_dir=tmp_path, start=1000.0)
+        resumed = await run_workflow(
+            second, SPEC, job_id="job-1", resume=WorkflowState.from_checkpoint(loaded)
+        )
+
+    final = latest_checkpoint(tmp_path)
+    assert final is not None
+    on_disk = WorkflowState.from_checkpoint(final).rounds
+    assert on_disk == resumed.rounds
+    assert [r.round for r in on_disk] == [1, 2, 3, 4, 5, 6]
+    assert [r.started_at < 1000.0 for r in on_disk] == [True] * 3 + [False] * 3  # 4 was run again
+    assert [r.accepted for r in on_disk] == [r.accepted for r in straight.rounds]
 
 
 def test_save_checkpoint_alone_still_saves_a_whole_checkpoint(tmp_path: Path) -> None:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
-import flrt.network
-from flrt.checkpoint import Checkpoint, checkpoint_rounds, latest_checkpoint
-from flrt.checkpoint import save_checkpoint as _real_save
+from flrt.checkpoint import Checkpoint, CheckpointWriter, checkpoint_rounds, latest_checkpoint
 from flrt.simulator import simulate
 
 pytestmark = pytest.mark.anyio
@@ -50,11 +46,15 @@ def events(workspace: Path) -> list[tuple[str, int]]:
 async def test_a_checkpoint_is_written_while_the_next_round_runs_and_before_its_aggregate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def slow_save(directory: os.PathLike[str], checkpoint: Checkpoint, **kw: Any) -> Path:
-        time.sleep(0.3)  # a slow disk: longer than a round's training
-        return _real_save(directory, checkpoint, **kw)
+    real_save = CheckpointWriter.save
+    writers: set[int] = set()
 
-    monkeypatch.setattr(flrt.network, "save_checkpoint", slow_save)
+    def slow_save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
+        writers.add(id(writer))
+        time.sleep(0.3)  # a slow disk: longer than a round's training
+        return real_save(writer, checkpoint)
+
+    monkeypatch.setattr(CheckpointWriter, "save", slow_save)
     with anyio.fail_after(60):
         result = await simulate(job(tmp_path), sites=2, workspace=tmp_path / "ws")
     assert result.status == "finished", result.reason
@@ -72,17 +72,23 @@ async def test_a_checkpoint_is_written_while_the_next_round_runs_and_before_its_
     assert latest is not None
     assert latest.state["finished"] is True
     assert result.weights is not None
+    # One writer for the job: each save appended its round's summary to one journal.
+    assert len(writers) == 1
+    assert [p.name for p in folder.glob("journal-*")] == ["journal-000001.msgpack"]
+    assert [r["round"] for r in latest.journal] == [1, 2, 3]
 
 
 async def test_a_checkpoint_that_cannot_be_written_fails_the_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(directory: os.PathLike[str], checkpoint: Checkpoint, **kw: Any) -> Path:
+    real_save = CheckpointWriter.save
+
+    def full_disk(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
         if checkpoint.round == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return _real_save(directory, checkpoint, **kw)
+        return real_save(writer, checkpoint)
 
-    monkeypatch.setattr(flrt.network, "save_checkpoint", full_disk)
+    monkeypatch.setattr(CheckpointWriter, "save", full_disk)
     with anyio.fail_after(60):
         result = await simulate(job(tmp_path), sites=2, workspace=tmp_path / "ws")
     assert result.status == "failed"
