@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from flrt.logs import configure_logging, get_logger
+import pytest
+import structlog
+import structlog.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flrt.logs import configure_logging, get_logger, redact
 
 
 def test_json_file_gets_one_object_per_event_and_secrets_are_redacted(tmp_path: Path) -> None:
@@ -37,3 +47,97 @@ def test_json_file_gets_one_object_per_event_and_secrets_are_redacted(tmp_path: 
     assert "hunter2" not in text
     assert "BEGIN PRIVATE KEY" not in text
     assert "hunter2" not in log_file.read_text(encoding="utf-8")
+
+
+@pytest.fixture
+def quiet_afterwards() -> Iterator[None]:
+    yield
+    configure_logging(json_file=None, console=None)
+
+
+def _events(path: Path) -> list[str]:
+    return [json.loads(line)["event"] for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_configuring_again_reaches_the_loggers_modules_made_and_used(
+    tmp_path: Path, quiet_afterwards: None
+) -> None:
+    # As flrt's modules do: loggers made at import, before any configuration, then used.
+    logs = [structlog.get_logger("flrt.test"), get_logger("test", node="site-1")]
+    configure_logging(json_file=tmp_path / "first.jsonl", console=None, level=logging.INFO)
+    for log in logs:
+        log.info("one")
+        log.debug("hidden")
+    configure_logging(json_file=tmp_path / "second.jsonl", console=None, level=logging.DEBUG)
+    for log in logs:
+        log.debug("two")
+    configure_logging(json_file=tmp_path / "third.jsonl", console=None, level=logging.WARNING)
+    for log in logs:
+        log.info("hidden")
+        log.warning("three")
+    assert _events(tmp_path / "first.jsonl") == ["one", "one"]
+    assert _events(tmp_path / "second.jsonl") == ["two", "two"]
+    assert _events(tmp_path / "third.jsonl") == ["three", "three"]
+
+
+def test_captured_logs_include_loggers_used_under_an_earlier_configuration(
+    tmp_path: Path, quiet_afterwards: None
+) -> None:
+    # As in a test session: one test configures logging and logs, a later one configures it
+    # again, and another captures what a module's logger says (tests/nodes/test_admission.py).
+    log = structlog.get_logger("flrt.test")
+    configure_logging(json_file=tmp_path / "node.jsonl", console=None)
+    log.info("before")
+    configure_logging(json_file=None, console=None)
+    with structlog.testing.capture_logs() as captured:
+        log.info("during", site="site-1")
+    assert [(e["event"], e.get("site")) for e in captured] == [("during", "site-1")]
+
+
+# ------------------------------------------------------------------ redaction, against its definition
+
+_SECRET = re.compile(r"(pass(word|phrase)?|secret|token|private|key_pem|cookie)", re.IGNORECASE)
+
+
+def _defined(value: Any) -> Any:
+    """What :func:`redact` does to a value, written as plainly as possible."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict):
+        return {
+            k: "[redacted]" if isinstance(k, str) and _SECRET.search(k) else _defined(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_defined(v) for v in value]
+    return value
+
+
+_keys = st.one_of(
+    st.sampled_from(["password", "Token", "private_key", "key_pem", "site", "round", "event"]),
+    st.text(max_size=12),
+)
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | st.binary(max_size=8).map(bytearray),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_keys | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(_keys, _values, max_size=6))
+def test_redact_hides_secrets_and_bytes_at_every_depth(event: dict[str, Any]) -> None:
+    expected = {
+        k: v if k == "event" else "[redacted]" if _SECRET.search(k) else _defined(v)
+        for k, v in event.items()
+    }
+    assert redact(None, "info", dict(event)) == expected
