@@ -139,11 +139,6 @@ def _read_arrays(path: Path) -> tuple[Weights, str]:
 # ------------------------------------------------------------------------------- the journal
 
 
-def _pack(record: Mapping[str, Any]) -> bytes:
-    """One journal record's encoding (raises :class:`TypeError` for what msgpack cannot encode)."""
-    return bytes(msgpack.packb(dict(record), use_bin_type=True))
-
-
 @dataclass(frozen=True, slots=True)
 class _JournalEnd:
     """Where a writer's journal file ends after its last save: ``records`` records, ``size``
@@ -265,13 +260,20 @@ class CheckpointWriter:
         self.directory = Path(directory)
         self.keep = keep
         self._end: _JournalEnd | None = None  # where this writer's last save left its journal
+        self._packer = msgpack.Packer(use_bin_type=True)  # used by one save at a time
+
+    def _pack(self, record: Mapping[str, Any]) -> bytes:
+        """One journal record's encoding (raises :class:`TypeError` for what msgpack cannot
+        encode)."""
+        packed: bytes = self._packer.pack(record if isinstance(record, dict) else dict(record))
+        return packed
 
     def _continues(self, journal: Sequence[Mapping[str, Any]]) -> _JournalEnd | None:
         """This writer's journal end if ``journal`` extends what its last save wrote, else None."""
         end = self._end
         if end is None or len(journal) < end.records:
             return None
-        if end.records and _pack(journal[end.records - 1]) != end.last:
+        if end.records and self._pack(journal[end.records - 1]) != end.last:
             return None
         return end
 
@@ -298,7 +300,7 @@ class CheckpointWriter:
             number = max(journals, default=0) + 1
             path = root / f"journal-{number:06d}.msgpack"
             end = _JournalEnd(path, 0, 0, hashlib.sha256(), b"", created=False)
-        added = [_pack(record) for record in journal[end.records :]]
+        added = [self._pack(record) for record in journal[end.records :]]
         data = b"".join(added)
         hasher = end.hasher.copy()
         hasher.update(data)
