@@ -118,3 +118,24 @@ def test_the_server_imports_nothing_of_the_site_or_the_admin_client(tmp_path: Pa
     assert code == 1
     assert "flrt.server" in modules
     assert _loaded(modules, ("flrt.site", "flrt.admin", *NOBODY_ELSE)) == []
+
+
+def test_the_security_package_loads_its_modules_on_first_use() -> None:
+    """flrt's durable writes live in security._atomic: a trainer or a simulation that imports
+    flrt.model must not load every security module, and cryptography with them."""
+    probe = (
+        "import json, sys; import flrt.model, security;"
+        " before = 'cryptography' in sys.modules;"
+        " kit = security.Kit;"
+        " print(json.dumps([before, 'cryptography' in sys.modules, kit.__module__,"
+        " sorted(security.__all__) == sorted(security._EXPORTS)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout) == [False, True, "security.kit", True]
