@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ import anyio.abc
 import msgpack
 import sniffio
 
+from transport._sslsocket import SSLSocketStream
 from transport.errors import (
     ConnectionBrokenError,
     ConnectionClosedError,
@@ -411,22 +413,31 @@ def _decode_envelope(body: bytes) -> dict[str, Any]:
 COPY_LIMIT = 128 * 1024
 #: A write made of copied buffers grows to at most this many bytes.
 JOIN_LIMIT = 1024 * 1024
+#: The most a thread keeps for copying joined writes into (see _JoinMemory).
+JOIN_MEMORY_LIMIT = 2 * JOIN_LIMIT
 #: About one TLS record: a larger buffer lends its first bytes to the small ones before it, so a
 #: frame header never goes out as a record (and a segment) of its own.
 LEND = 16 * 1024
 
+Buffer = bytes | memoryview
 
-def coalesce(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
-    """The writes that send ``buffers`` in order: small buffers joined (copied), large ones as
-    they are, less the first :data:`LEND` bytes they lend to the small ones before them."""
-    writes: list[bytes | memoryview] = []
-    joined: list[bytes | memoryview] = []
+
+def _nbytes(buffer: Buffer) -> int:
+    return buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
+
+
+def plan_writes(buffers: list[Buffer]) -> list[list[Buffer]]:
+    """The writes that send ``buffers`` in order, each as the buffers it is made of: small ones
+    joined, large ones as they are, less the first :data:`LEND` bytes they lend to the small ones
+    before them. A write of one buffer is that buffer; several are to be copied into one."""
+    writes: list[list[Buffer]] = []
+    joined: list[Buffer] = []
     size = 0
     for buffer in buffers:
-        n = buffer.nbytes if isinstance(buffer, memoryview) else len(buffer)
+        n = _nbytes(buffer)
         if n <= COPY_LIMIT:
             if size + n > JOIN_LIMIT:
-                writes.append(b"".join(joined))
+                writes.append(joined)
                 joined, size = [], 0
             joined.append(buffer)
             size += n
@@ -434,18 +445,73 @@ def coalesce(buffers: list[bytes | memoryview]) -> list[bytes | memoryview]:
         if joined:
             view = memoryview(buffer).cast("B")
             joined.append(view[:LEND])
-            writes.append(b"".join(joined))
+            writes.append(joined)
             joined, size = [], 0
             buffer = view[LEND:]
-        writes.append(buffer)
+        writes.append([buffer])
     if joined:
-        writes.append(joined[0] if len(joined) == 1 else b"".join(joined))
+        writes.append(joined)
     return writes
 
 
-async def _write_all(stream: anyio.abc.ByteStream, buffers: list[bytes | memoryview]) -> None:
-    for write in coalesce(buffers):
-        await stream.send(write)  # type: ignore[arg-type]  # TLS streams take any buffer
+class _JoinMemory:
+    """Where a thread's links copy the buffers of joined writes, reused from batch to batch:
+    ``bytes.join`` would allocate (and fault in) fresh memory for every one. A link that finds it
+    busy (another link's write is waiting for the socket) joins into new bytes instead."""
+
+    def __init__(self) -> None:
+        self.memory = bytearray()
+        self.busy = False
+
+    def join(self, writes: list[list[Buffer]]) -> list[Buffer]:
+        """``writes`` as buffers to send, joined ones copied into this memory (or into new bytes,
+        past :data:`JOIN_MEMORY_LIMIT`): valid until the next call."""
+        need = sum(sum(map(_nbytes, parts)) for parts in writes if len(parts) > 1)
+        if need > JOIN_MEMORY_LIMIT:
+            return _join_each(writes)
+        if len(self.memory) < need:
+            self.memory = bytearray(need)
+        out: list[Buffer] = []
+        view = memoryview(self.memory)
+        position = 0
+        for parts in writes:
+            if len(parts) == 1:
+                out.append(parts[0])
+                continue
+            start = position
+            for part in parts:
+                n = _nbytes(part)
+                view[position : position + n] = part if isinstance(part, bytes) else part.cast("B")
+                position += n
+            out.append(view[start:position])
+        return out
+
+
+def _join_each(writes: list[list[Buffer]]) -> list[Buffer]:
+    return [parts[0] if len(parts) == 1 else b"".join(parts) for parts in writes]
+
+
+_join_memory = threading.local()
+
+
+async def _write_all(stream: anyio.abc.ByteStream, buffers: list[Buffer]) -> None:
+    writes = plan_writes(buffers)
+    memory: _JoinMemory | None = getattr(_join_memory, "value", None)
+    if memory is None:
+        memory = _join_memory.value = _JoinMemory()
+    # Only a socket stream is known to be done with the bytes when send() returns; another
+    # stream (a memory pipe) may keep them, so it gets bytes of its own. Nor may two links share
+    # the memory: one whose write is waiting for the socket leaves it busy.
+    if memory.busy or not isinstance(stream, SSLSocketStream):
+        for write in _join_each(writes):
+            await stream.send(write)  # type: ignore[arg-type]  # byte streams here take any buffer
+        return
+    memory.busy = True
+    try:
+        for write in memory.join(writes):
+            await stream.send(write)
+    finally:
+        memory.busy = False
 
 
 async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
