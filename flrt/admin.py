@@ -14,6 +14,15 @@ the project has one) and sends each command as an ``ask`` to ``<server>/admin`` 
 key (``AdminError.key``). :meth:`AdminClient.wait` subscribes to the job and waits for the server
 to say it is over: no polling. If the server restarts meanwhile, the client opens a new session and
 subscribes again.
+
+Reaching the server. The client dials each of the server's addresses in turn, then again after a
+pause that doubles up to 2 s, until ``connect_timeout`` seconds have passed; each dial is cut short
+so that one address that never answers leaves time for the others. A failure that dialling again
+cannot mend ends the attempts at once: a server certificate not signed by the kit's CA, a TLS alert
+(the server refused this kit's certificate: revoked, expired, another project's), a refusal of the
+kit's identity or role, a port that does not speak flrt. Either way the client raises
+:class:`ServerUnreachableError`, which names every address, how long it tried and the last reason
+for each.
 """
 
 from __future__ import annotations
@@ -31,16 +40,22 @@ import structlog
 from flrt._durable import atomic_write
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
-from flrt.errors import AdminError
+from flrt.errors import AdminError, JobError
 from flrt.model import save_weights
 from security.errors import KitError
 from security.kit import Kit, load_kit
 from security.tls import client_ssl_context_from_kit
 from transport.bus import Message, Node, Reply
-from transport.errors import ConnectionClosedError, ResumeRefusedError, TransportError
+from transport.errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    RemoteProtocolError,
+    ResumeRefusedError,
+    TransportError,
+)
 from transport.protocol.session import SessionConfig
 
-__all__ = ["TERMINAL", "AdminClient"]
+__all__ = ["TERMINAL", "AdminClient", "ServerUnreachableError", "read_job"]
 
 log = structlog.get_logger("flrt.admin")
 
@@ -52,16 +67,82 @@ _RETRYABLE = frozenset({"jobs", "status", "job", "watch", "download"})
 #: Job states after which nothing more happens.
 TERMINAL = frozenset({"finished", "failed", "aborted"})
 
+#: Longest pause between two rounds of dialling the server's addresses.
+_MAX_PAUSE = 2.0
+
+#: What a handshake failure says when dialling again cannot mend it: the server's certificate is
+#: not from the kit's CA (or not for that name), a TLS alert (the server refused the kit's
+#: certificate), a refusal of the kit's identity or role, a port that does not speak flrt. The
+#: transport's errors carry no kind, only their reason; anything not listed here is retried.
+_FINAL_MARKS = (
+    "certificate verification failed",
+    " alert ",
+    " refused (",
+    "does not speak",
+    "presented no certificate",
+    "wrong version number",
+)
+
+
+class ServerUnreachableError(TransportError):
+    """The admin client could not open a session with the server.
+
+    ``reasons`` maps each address dialled (``host:port``) to the last reason it failed,
+    ``elapsed`` is how long the client tried (seconds), ``attempts`` how many dials it made, and
+    ``final`` says whether it stopped early because dialling again would fail the same way (a
+    certificate refused, a port that does not speak flrt) rather than because ``connect_timeout``
+    ran out; ``last`` is the last failure itself.
+    """
+
+    def __init__(
+        self,
+        reasons: Mapping[str, str],
+        *,
+        elapsed: float,
+        attempts: int,
+        final: bool,
+        last: TransportError | None = None,
+    ) -> None:
+        self.reasons = dict(reasons)
+        self.last = last
+        self.elapsed = elapsed
+        self.attempts = attempts
+        self.final = final
+        where = " or ".join(self.reasons)
+        if len(self.reasons) == 1:
+            why = next(iter(self.reasons.values()))
+        else:
+            why = "; ".join(f"{address}: {reason}" for address, reason in self.reasons.items())
+        if final:
+            text = (
+                f"cannot use the server at {where}: {why} (not retried: it would fail the same way)"
+            )
+        else:
+            tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+            text = f"cannot reach the server at {where}: tried for {elapsed:.1f} s ({tries}); last: {why}"
+        super().__init__(text)
+
+
+def _is_final(error: TransportError) -> bool:
+    """Whether dialling again cannot mend ``error`` (see :data:`_FINAL_MARKS`)."""
+    if isinstance(error, RemoteProtocolError):
+        return True  # whatever listens there is not an flrt server
+    if not isinstance(error, HandshakeError) or isinstance(error, ResumeRefusedError):
+        return False
+    reason = str(error)
+    return any(mark in reason for mark in _FINAL_MARKS)
+
 
 class AdminClient:
     """An admin's connection to the server (see the module docstring).
 
-    ``timeout`` bounds each command; ``connect_timeout`` how long to keep trying to reach the server;
-    ``server`` (host, port) replaces the addresses of the kit.
+    ``timeout`` bounds each command; ``connect_timeout`` how long to keep trying to reach the server,
+    at the start and whenever the session is lost; ``server`` (host, port) replaces the addresses of
+    the kit. Both times must be positive (else :class:`ValueError`).
 
     Raises, on entry: :class:`~security.errors.KitError` for a kit that is not an admin's or cannot
-    be used, and a :class:`~transport.errors.TransportError` when the server cannot be reached in
-    ``connect_timeout`` seconds (the last reason).
+    be used, and :class:`ServerUnreachableError` when the server cannot be reached in
+    ``connect_timeout`` seconds, or at all with this kit (a certificate refused).
     """
 
     def __init__(
@@ -73,6 +154,8 @@ class AdminClient:
         session_config: SessionConfig | None = None,
         server: tuple[str, int] | None = None,
     ) -> None:
+        if not timeout > 0 or not connect_timeout > 0:
+            raise ValueError("timeout and connect_timeout must be positive numbers of seconds")
         self.kit_path = Path(kit)
         self.server_address = server
         self.timeout = timeout
@@ -103,14 +186,20 @@ class AdminClient:
             )
         self.kit = kit
         self._context = client_ssl_context_from_kit(kit)
-        async with AsyncExitStack() as stack:
+        stack = AsyncExitStack()
+        try:
             node = await stack.enter_async_context(
                 Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
             )
             self._node = node
             node.register(EVENTS_ACTOR, self._on_event, mailbox_size=256)
             await self._connect()
-            self._stack = stack.pop_all()
+        except BaseException as exc:
+            # The node's task group would wrap the failure in a group: raise it as it was raised.
+            self._node = None
+            await close_unwrapped(stack, type(exc), exc, exc.__traceback__)
+            raise
+        self._stack = stack
         return self
 
     async def __aexit__(
@@ -132,30 +221,68 @@ class AdminClient:
             self._wake()
 
     async def _connect(self) -> None:
-        """Open a session with the server, trying each of its addresses until the deadline."""
+        """Open a session with the server, trying each of its addresses until ``connect_timeout``
+        has passed or a failure that retrying cannot mend (see the module docstring).
+
+        Raises :class:`ServerUnreachableError`.
+        """
         assert self.kit is not None
+        addresses = (
+            [self.server_address] if self.server_address else self.kit.config.server_addresses
+        )
+        started = anyio.current_time()
+        deadline = started + self.connect_timeout
+        # One address that never answers must not take the whole budget from the others.
+        per_dial = min(
+            2 * self.node.config.handshake_timeout,
+            max(self.connect_timeout / len(addresses), 1.0),
+        )
+        reasons: dict[str, str] = {}
+        live = list(addresses)
+        attempts = 0
         last: TransportError | None = None
-        delay = 0.1
-        with anyio.move_on_after(self.connect_timeout):
-            addresses = (
-                [self.server_address] if self.server_address else self.kit.config.server_addresses
-            )
-            while True:
-                for host, port in addresses:
-                    self._lost = anyio.Event()
-                    try:
-                        await self.node.connect(
-                            host, port, self._context, server_hostname=host, peer=SERVER
-                        )
-                    except TransportError as exc:
-                        last = exc
-                        continue
-                    for job_id in sorted(self._watched):  # a new session: subscribe again
-                        self._store(await self._command("watch", job_id=job_id))
-                    return
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise last or ConnectionClosedError("the server could not be reached")
+        pause = 0.1
+        while live:
+            for host, port in list(live):
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    break
+                attempts += 1
+                self._lost = anyio.Event()
+                try:
+                    await self.node.connect(
+                        host,
+                        port,
+                        self._context,
+                        server_hostname=host,
+                        peer=SERVER,
+                        first_attempt_timeout=min(per_dial, remaining),
+                    )
+                except TransportError as exc:
+                    last = exc
+                    reasons[f"{host}:{port}"] = str(exc)
+                    log.info("admin.connect_failed", host=host, port=port, reason=str(exc))
+                    if _is_final(exc):
+                        live.remove((host, port))
+                    continue
+                for job_id in sorted(self._watched):  # a new session: subscribe again
+                    self._store(await self._command("watch", job_id=job_id))
+                return
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            if live:
+                await anyio.sleep(min(pause, remaining))
+                pause = min(pause * 2, _MAX_PAUSE)
+        if not reasons:  # no dial fitted in the budget at all
+            reasons = {f"{h}:{p}": "no time left to dial" for h, p in addresses}
+        raise ServerUnreachableError(
+            reasons,
+            elapsed=anyio.current_time() - started,
+            attempts=attempts,
+            final=not live,
+            last=last,
+        ) from last
 
     # ------------------------------------------------------------------ commands
 
@@ -193,10 +320,10 @@ class AdminClient:
         """Submit a job folder (or its ``job.toml``); returns the job id.
 
         Raises :class:`~flrt.errors.AdminError` (``code="invalid_job"``, ``key`` the dotted key) for
-        a job the server refuses, and :class:`OSError` if the file cannot be read.
+        a job the server refuses, and :class:`~flrt.errors.JobError` if there is no job file to
+        read (see :func:`read_job`).
         """
-        path = _job_file(Path(job))
-        text = await anyio.to_thread.run_sync(lambda: path.read_text(encoding="utf-8"))
+        path, text = await anyio.to_thread.run_sync(read_job, job)
         body = await self._command("submit", job_toml=text, source=str(path))
         self._store(body)
         return str(body["job_id"])
@@ -284,8 +411,24 @@ class AdminClient:
             self._store(message.body)
 
 
-def _job_file(path: Path) -> Path:
-    return path / "job.toml" if path.is_dir() else path
+def read_job(job: Path | str) -> tuple[Path, str]:
+    """The job file of a job folder (its ``job.toml``), or ``job`` itself if it is a file, and its
+    text.
+
+    Raises :class:`~flrt.errors.JobError` naming the path when there is no such folder or file,
+    the folder has no ``job.toml``, or the file cannot be read as UTF-8 text.
+    """
+    given = Path(job)
+    path = given / "job.toml" if given.is_dir() else given
+    try:
+        return path, path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reason = "the folder has no job.toml" if path != given else "no such job folder or file"
+        raise JobError(reason, path=given) from None
+    except UnicodeDecodeError:
+        raise JobError("not a job file (not UTF-8 text)", path=path) from None
+    except OSError as exc:
+        raise JobError(f"cannot be read: {exc.strerror or exc}", path=path) from None
 
 
 def _write_download(target: Path, body: Mapping[str, Any], weights: dict[str, Any]) -> None:
