@@ -3,6 +3,10 @@
 Commands: ``submit JOB_DIR``, ``jobs``, ``status``, ``job JOB_ID``, ``abort JOB_ID``,
 ``wait JOB_ID [--timeout S]``, ``download JOB_ID -o DIR``. ``--json`` prints the server's answer as
 JSON instead of tables. What an admin may do depends on the role in its certificate.
+
+``--command-timeout S`` bounds both how long the client keeps trying to reach the server and how
+long it waits for each answer (by default 30 s to reach it, 60 s for an answer); ``wait --timeout``
+bounds the whole wait, reaching the server included.
 """
 
 from __future__ import annotations
@@ -14,6 +18,17 @@ from typing import Any
 from flrt.cli._args import parse_address
 
 __all__ = ["register"]
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds. Raises :class:`argparse.ArgumentTypeError`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _handle(args: argparse.Namespace) -> int:
@@ -38,7 +53,12 @@ def register(subparsers: Any) -> None:
         help="dial this address instead of the kit's",
     )
     parser.add_argument(
-        "--command-timeout", type=float, default=60.0, metavar="SECONDS", help=argparse.SUPPRESS
+        "--command-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="give up reaching the server, or waiting for one of its answers, after SECONDS"
+        " (default: 30 to reach it, 60 for an answer); a refused certificate fails at once",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log to the terminal")
     sub = parser.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
@@ -54,7 +74,13 @@ def register(subparsers: Any) -> None:
         p.add_argument("job_id", metavar="JOB_ID")
     wait = sub.add_parser("wait", help="wait until a job is over (exit code 0 if it finished)")
     wait.add_argument("job_id", metavar="JOB_ID")
-    wait.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    wait.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="give up after SECONDS, reaching the server included (default: wait until it is over)",
+    )
     download = sub.add_parser("download", help="download a job's model and results")
     download.add_argument("job_id", metavar="JOB_ID")
     download.add_argument("-o", "--output", type=Path, required=True, metavar="DIR")

@@ -1,5 +1,10 @@
 """What ``flrt admin KIT COMMAND`` runs: the command over an :class:`~flrt.admin.AdminClient`,
-its answer printed as tables or JSON."""
+its answer printed as tables or JSON.
+
+Every failure ends as one line on stderr and exit code 1 (130 after Ctrl-C): errors of the three
+packages are printed by :func:`flrt.cli.main`; what is particular to a command (a wait that ran out
+of time, an interrupted submit that may have reached the server) is said here.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,10 @@ from typing import Any
 import anyio
 
 from flrt._report import cross_site_table, jobs_table, rounds_table, sites_table
-from flrt.admin import AdminClient
+from flrt.admin import AdminClient, read_job
 from flrt.cli._run import run
 from flrt.logs import configure_logging
+from transport.errors import TransportError
 
 __all__ = ["handle"]
 
@@ -77,15 +83,25 @@ async def _abort(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait(admin: AdminClient, args: argparse.Namespace) -> int:
-    with anyio.fail_after(args.timeout if args.timeout is not None else float("inf")):
-        async for job in admin.watch(args.job_id):
-            if not args.json:
-                print(
-                    f"{job['job_id']} {job['status']} round {job.get('round', 0)}/{job.get('rounds')}"
-                    + (f": {job['reason']}" if job.get("reason") else ""),
-                    flush=True,
-                )
+async def _wait(admin: AdminClient, args: argparse.Namespace, deadline: float) -> int:
+    try:
+        with anyio.fail_at(deadline):
+            async for job in admin.watch(args.job_id):
+                if not args.json:
+                    print(
+                        f"{job['job_id']} {job['status']} round {job.get('round', 0)}/{job.get('rounds')}"
+                        + (f": {job['reason']}" if job.get("reason") else ""),
+                        flush=True,
+                    )
+    except TimeoutError as exc:
+        if isinstance(exc, TransportError):  # no answer from the server: flrt.cli.main says it
+            raise
+        print(
+            f"flrt: error: job {args.job_id} is not over after {args.timeout:g} s"
+            " (it keeps running on the server)",
+            file=sys.stderr,
+        )
+        return 1
     final = await admin.job(args.job_id)
     if args.json:
         _print_json(final["job"])
@@ -93,7 +109,12 @@ async def _wait(admin: AdminClient, args: argparse.Namespace) -> int:
 
 
 async def _download(admin: AdminClient, args: argparse.Namespace) -> int:
-    target = await admin.download(args.job_id, args.output)
+    try:
+        target = await admin.download(args.job_id, args.output)
+    except OSError as exc:  # the output folder, not the server
+        where = exc.filename or args.output
+        print(f"flrt: error: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"{args.job_id}: model and results written to {target}")
     return 0
 
@@ -104,21 +125,48 @@ _COMMANDS: dict[str, Callable[[AdminClient, argparse.Namespace], Awaitable[int]]
     "status": _status,
     "job": _job,
     "abort": _abort,
-    "wait": _wait,
     "download": _download,
+}
+
+#: What an interrupted command may have done all the same.
+_INTERRUPTED = {
+    "submit": "; the job may have reached the server ('jobs' lists it)",
+    "abort": "; the abort may have reached the server ('job JOB_ID' shows it)",
+    "wait": "; the job keeps running on the server",
 }
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with AdminClient(args.kit, server=args.server, timeout=args.command_timeout) as admin:
+    started = anyio.current_time()
+    if args.admin_command == "submit":
+        await anyio.to_thread.run_sync(read_job, args.job)  # a wrong path is said before dialling
+    admin = AdminClient(args.kit, server=args.server)
+    if args.command_timeout is not None:
+        admin.timeout = admin.connect_timeout = args.command_timeout
+    deadline = float("inf")
+    if args.admin_command == "wait" and args.timeout is not None:
+        deadline = started + args.timeout
+        admin.connect_timeout = min(admin.connect_timeout, args.timeout)
+    async with admin:
+        if args.admin_command == "wait":
+            return await _wait(admin, args, deadline)
         return await _COMMANDS[args.admin_command](admin, args)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is Ctrl-C, alone or in a group with what it interrupted."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(KeyboardInterrupt) is not None
+    return isinstance(error, KeyboardInterrupt)
 
 
 def handle(args: argparse.Namespace) -> int:
     configure_logging(console=sys.stderr if args.verbose else None)
     try:
         code: int = run(_run, args, backend="trio")
-    except TimeoutError:
-        print("flrt: error: timed out", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if not _interrupted(exc):
+            raise
+        print(f"flrt: interrupted{_INTERRUPTED.get(args.admin_command, '')}", file=sys.stderr)
+        return 130
     return code
