@@ -1,0 +1,321 @@
+"""What an operator meets when the admin client cannot do its work: a server that is down or slow
+to come back, a certificate that will never be accepted, a kit that is not an admin's or was
+changed, a job folder that is not there, a job id the server does not know, and Ctrl-C.
+
+The client keeps dialling for as long as it was told (``connect_timeout``, ``--command-timeout``,
+``wait --timeout``), not for a fixed time, and stops at the first failure that dialling again
+cannot mend. The command line says each problem in one line and exits non-zero, with no traceback.
+
+Time bounds are generous on purpose (a loaded 2-core machine): they tell "follows the 1 or 2 s the
+operator asked for" from "the 30 s the client used to take whatever it was told".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import cast
+
+import anyio
+import numpy as np
+import pytest
+
+from flrt.admin import AdminClient, ServerUnreachableError, _write_download, read_job
+from flrt.cli import main
+from flrt.cli._admin_run import _download
+from flrt.errors import JobError
+from flrt.server import ServerNode
+from security.provision import revoke
+from tests.nodes._project import ADMIN, LEAD, free_port, provision_project
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Far above what a failure that is not retried takes, far below the budget it must not spend.
+FAST = 15.0
+
+
+@pytest.fixture(scope="module")
+def kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose kits dial a port nobody listens on, with the lead's kit revoked."""
+    workspace = tmp_path_factory.mktemp("admin") / "ws"
+    kits = provision_project(workspace, port=free_port())
+    revoke(workspace, LEAD)
+    return kits
+
+
+@pytest.fixture(scope="module")
+def stranger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project admin's kit of another project: same names, another CA."""
+    return provision_project(tmp_path_factory.mktemp("other") / "ws") / ADMIN
+
+
+@asynccontextmanager
+async def server(kits: Path, workspace: Path, port: int = 0) -> AsyncIterator[ServerNode]:
+    async with ServerNode(kits / "server", workspace, host="127.0.0.1", port=port) as node:
+        yield node
+
+
+def flrt(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``flrt`` as an operator does; the result and how long it took."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flrt", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return result, time.monotonic() - started
+
+
+def one_line_error(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("flrt: "), stderr
+    return lines[0]
+
+
+# ------------------------------------------------------------------ the client
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_server_is_given_up_after_connect_timeout(kits: Path) -> None:
+    port = free_port()
+    started = anyio.current_time()
+    with pytest.raises(ServerUnreachableError) as failed:
+        async with AdminClient(kits / ADMIN, server=("127.0.0.1", port), connect_timeout=1.0):
+            pass
+    elapsed = anyio.current_time() - started
+    assert 0.9 < elapsed < FAST
+    error = failed.value
+    assert not error.final
+    assert error.attempts >= 2  # it did retry within the budget
+    assert list(error.reasons) == [f"127.0.0.1:{port}"]
+    assert str(error).startswith(f"cannot reach the server at 127.0.0.1:{port}: tried for ")
+
+
+@pytest.mark.anyio
+async def test_a_server_that_comes_up_within_the_budget_is_reached(
+    kits: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    async with anyio.create_task_group() as tg:
+        reached = anyio.Event()
+
+        async def admin() -> None:
+            async with AdminClient(
+                kits / ADMIN, server=("127.0.0.1", port), connect_timeout=60
+            ) as client:
+                assert await client.jobs() == []
+            reached.set()
+
+        with anyio.fail_after(60):
+            tg.start_soon(admin)
+            await anyio.sleep(1)  # the client's first dials find nobody (if it is not slower)
+            async with server(kits, tmp_path / "server", port):
+                await reached.wait()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("who", "says"),
+    [
+        ("another project's admin", "certificate verification failed"),
+        ("revoked lead", "refused (revoked)"),
+    ],
+)
+async def test_a_certificate_failure_is_not_retried(
+    kits: Path, stranger: Path, tmp_path: Path, who: str, says: str
+) -> None:
+    kit = stranger if who == "another project's admin" else kits / LEAD
+    async with server(kits, tmp_path / "server") as node:
+        started = anyio.current_time()
+        with pytest.raises(ServerUnreachableError) as failed:
+            async with AdminClient(kit, server=("127.0.0.1", node.port), connect_timeout=60):
+                pass
+        elapsed = anyio.current_time() - started
+        refusals = list(node.node.refusals)
+    assert elapsed < FAST
+    assert failed.value.final
+    assert failed.value.attempts == 1
+    assert says in str(failed.value)
+    assert f"127.0.0.1:{node.port}" in str(failed.value)
+    assert len(refusals) <= 1, refusals  # the server saw one dial, not one every 2 s
+
+
+def test_read_job_names_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.toml").write_text('name = "x"\n')
+    for given, reason in (
+        (tmp_path / "absent", "no such job folder or file"),
+        (tmp_path / "empty", "the folder has no job.toml"),
+        (tmp_path / "binary.toml", "not a job file (not UTF-8 text)"),
+    ):
+        with pytest.raises(JobError) as refused:
+            read_job(given)
+        assert str(refused.value).endswith(reason)
+        assert str(given) in str(refused.value)
+    assert read_job(tmp_path / "job") == (tmp_path / "job" / "job.toml", 'name = "x"\n')
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_the_command_timeout_bounds_reaching_the_server(kits: Path) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    result, elapsed = flrt(
+        "admin", str(kits / ADMIN), "--server", address, "--command-timeout", "2", "jobs"
+    )
+    assert result.returncode == 1
+    assert elapsed < FAST
+    line = one_line_error(result.stderr)
+    assert f"cannot reach the server at {address}: tried for 2." in line
+    assert "last: " in line
+
+
+def test_wait_timeout_bounds_reaching_the_server(kits: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    result, elapsed = flrt(
+        "admin", str(kits / ADMIN), "--server", address, "wait", "some-job", "--timeout", "2"
+    )
+    assert result.returncode == 1
+    assert elapsed < FAST
+    assert f"cannot reach the server at {address}" in one_line_error(result.stderr)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the server's loop; the client is a process
+async def test_the_command_line_says_a_certificate_failure_at_once(
+    kits: Path, stranger: Path, tmp_path: Path
+) -> None:
+    async with server(kits, tmp_path / "server") as node:
+        address = f"127.0.0.1:{node.port}"
+        result, elapsed = await anyio.to_thread.run_sync(
+            lambda: flrt(
+                "admin", str(stranger), "--server", address, "--command-timeout", "60", "status"
+            )
+        )
+    assert result.returncode == 1
+    assert elapsed < FAST
+    line = one_line_error(result.stderr)
+    assert f"cannot use the server at {address}: certificate verification failed" in line
+    assert "not retried" in line
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_an_unknown_job_is_one_line(kits: Path, tmp_path: Path) -> None:
+    async with server(kits, tmp_path / "server") as node:
+        address = f"127.0.0.1:{node.port}"
+        result, _ = await anyio.to_thread.run_sync(
+            lambda: flrt("admin", str(kits / ADMIN), "--server", address, "abort", "no-such-job")
+        )
+    assert result.returncode == 1
+    assert one_line_error(result.stderr) == "flrt: error: abort: no job 'no-such-job'"
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("site kit", "a site kit cannot use the admin console"),
+        ("no kit", "not a startup kit"),
+        ("tampered kit", "startup/node.toml was changed after the kit was signed"),
+        ("no job folder", "no such job folder or file"),
+        ("no job.toml", "the folder has no job.toml"),
+    ],
+)
+def test_a_wrong_kit_or_job_folder_is_one_line_before_dialling(
+    kits: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, says: str
+) -> None:
+    kit = kits / ADMIN
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.toml").write_text('name = "x"\n')
+    if case == "site kit":
+        kit = kits / "site-1"
+    elif case == "no kit":
+        kit = tmp_path / "nothing"
+    elif case == "tampered kit":
+        kit = tmp_path / "kit"
+        shutil.copytree(kits / ADMIN, kit)
+        config = kit / "startup" / "node.toml"
+        config.write_text(config.read_text().replace("port = ", "port = 1"))
+    elif case == "no job folder":
+        job = tmp_path / "absent"
+    else:
+        (job / "job.toml").unlink()
+    # Nobody listens at the address: had the client dialled, it would have spent its 30 s.
+    argv = ["admin", str(kit), "--server", f"127.0.0.1:{free_port()}", "submit", str(job)]
+    started = time.monotonic()
+    code = main(argv)
+    assert time.monotonic() - started < FAST
+    assert code == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert says in line
+
+
+class Downloaded:
+    """An admin client whose download has arrived and is written where it was asked."""
+
+    async def download(self, job_id: str, directory: Path) -> Path:
+        body = {"job": {"job_id": job_id}, "round": 1, "finished": True, "rounds": []}
+        weights = {"w": np.zeros(2, dtype=np.float32)}
+        await anyio.to_thread.run_sync(_write_download, directory, body, weights)
+        return directory
+
+
+@pytest.mark.anyio
+async def test_an_output_folder_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "results").write_text("a file where the folder should be")
+    args = argparse.Namespace(job_id="job-1", output=tmp_path / "results", json=False)
+    assert await _download(cast(AdminClient, Downloaded()), args) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert line.startswith(f"flrt: error: cannot write {tmp_path / 'results'}")
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
+    argv = ["admin", str(kits / ADMIN), "-v", "--server", f"127.0.0.1:{free_port()}", "wait", "x"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flrt", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C reaches it even when the tests run in a shell's background (SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stderr is not None
+        logged = ""
+        while "admin.connect_failed" not in logged:  # it is dialling: now the operator gives up
+            line = proc.stderr.readline()
+            assert line, proc.communicate(timeout=30)
+            logged += line
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "flrt: interrupted; the job keeps running on the server"
