@@ -83,6 +83,13 @@ _FINAL_MARKS = (
     "wrong version number",
 )
 
+#: What certificate verification says of a server certificate from another CA than the kit's
+#: (with the other CA in the chain the server sends, or without).
+_FOREIGN_CA = (
+    "self-signed certificate in certificate chain",
+    "unable to get local issuer certificate",
+)
+
 
 class ServerUnreachableError(TransportError):
     """The admin client could not open a session with the server.
@@ -114,9 +121,9 @@ class ServerUnreachableError(TransportError):
         else:
             why = "; ".join(f"{address}: {reason}" for address, reason in self.reasons.items())
         if final:
-            text = (
-                f"cannot use the server at {where}: {why} (not retried: it would fail the same way)"
-            )
+            foreign = any(mark in why for mark in _FOREIGN_CA)
+            hint = "; is this kit from the server's project?" if foreign else ""
+            text = f"cannot use the server at {where}: {why}{hint} (not retried: it would fail the same way)"
         else:
             tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
             text = f"cannot reach the server at {where}: tried for {elapsed:.1f} s ({tries}); last: {why}"
