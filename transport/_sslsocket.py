@@ -24,6 +24,7 @@ the :mod:`ssl` or OS error as its cause; the bus translates them at its edge.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 import threading
@@ -107,7 +108,9 @@ class SSLSocketStream(anyio.abc.ByteStream):
                     await anyio.wait_writable(raw)
                     code = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if code:
-                        raise OSError(code, f"connect to {host}:{port} failed") from None
+                        raise OSError(
+                            code, f"connect to {host}:{port}: {os.strerror(code)}"
+                        ) from None
                 return raw
             except BaseException as exc:
                 _close(raw)

@@ -25,7 +25,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from security.pki import Identity, Role, create_ca
 from security.tls import client_ssl_context
 from tests.transport.conftest import FAST, Pki, name_from_certificate
-from transport._sslsocket import accept_socket, listen_socket
+from transport._sslsocket import SSLSocketStream, accept_socket, listen_socket
 from transport.bus import Message, Node
 from transport.errors import HandshakeError
 from transport.protocol.frames import FrameDecoder, FrameKind, encode_frame
@@ -382,3 +382,12 @@ async def test_streams_sharing_the_receive_buffer_never_see_each_others_bytes(pk
                 tg.start_soon(serve, index, await accept_socket(listener))
     # Connections are accepted in some order: match each receiver to the payload it got.
     assert sorted(bytes(r) for r in received) == sorted(payloads)
+
+
+async def test_a_refused_dial_says_refused() -> None:
+    """The operator reads why: 'refused' (nothing listens) is not 'unreachable' or 'timed out'."""
+    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}: Connection refused"):
+        await SSLSocketStream.open_tcp("127.0.0.1", port)
