@@ -509,6 +509,23 @@ def test_a_delivery_ack_goes_at_the_time_its_timer_names() -> None:
     assert undelivered(pair.client) == []
 
 
+def test_half_a_window_of_deliveries_makes_the_ack_due_at_once() -> None:
+    """The timer, not only data_to_send(), must say so: a driver whose writer sleeps until the
+    timer would otherwise leave the sender stopped at a full window for ack_delay."""
+    pair = opened(config=WIDE)
+    for i in range(WIDE.message_window // 2 - 1):
+        pair.send("client", b"m%d" % i)
+    pair.flush("client")
+    pair.deliver("server")
+    assert pair.server.session.get_timer() == pytest.approx(pair.now + WIDE.ack_delay)
+    pair.send("client", b"one more")
+    pair.flush("client")
+    pair.deliver("server")
+    timer = pair.server.session.get_timer()
+    assert timer is not None
+    assert timer <= pair.now
+
+
 def test_a_delivery_ack_rides_on_a_message_going_back() -> None:
     pair = opened(config=WIDE)
     pair.send("client", b"question")
