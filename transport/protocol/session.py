@@ -12,18 +12,18 @@ exactly once and in order, and a partial object continues from the byte where it
 
 Messages are numbered per direction from 1. The receiver holds each until the application takes it
 (:meth:`Session.message_delivered`) and acknowledges delivery cumulatively: piggybacked on its own
-outgoing messages (``a``), or in an ACK frame: with any write once a quarter window is due,
-alone once half a window is due or ``ack_delay`` has
-passed, so a stream of small messages does not cost a frame each way. Objects received in full
-(``d``) are reported the same way: a request and its reply carry each other's acknowledgements,
-and a round trip within ``ack_delay`` costs no ACK frame and no wake-up of the peer for one. A sender may
-have at most the peer's ``message_window`` messages undelivered, so a slow actor pushes back on its
-remote senders while heartbeats keep flowing. A message may
-carry an object (:mod:`transport.protocol.objects`): its manifest rides in the MESSAGE header and its
-bytes follow in CHUNK frames that interleave with everything else, so a heartbeat or a small message
-never waits behind a gigabyte. An object's message is delivered when it is announced; its bytes are
-then reported as :class:`ChunkReceived` events, and :class:`ObjectCompleted` ends it once the SHA-256
-digest in the last chunk matches the bytes received.
+outgoing messages (``a``), or in an ACK frame: with any write once a quarter window is due, alone
+once half a window is due or ``ack_delay`` has passed, so a stream of small messages does not cost
+a frame each way. Objects received in full (``d``) are reported the same way: a request and its
+reply carry each other's acknowledgements, and a round trip within ``ack_delay`` costs no ACK frame
+and no wake-up of the peer for one. A sender may have at most the peer's ``message_window``
+messages undelivered, so a slow actor pushes back on its remote senders while heartbeats keep
+flowing. A message may carry an object (:mod:`transport.protocol.objects`): its manifest rides in
+the MESSAGE header and its bytes follow in CHUNK frames that interleave with everything else, so a
+heartbeat or a small message never waits behind a gigabyte. An object's message is delivered when
+it is announced; its bytes are then reported as :class:`ChunkReceived` events, and
+:class:`ObjectCompleted` ends it once the SHA-256 digest in the last chunk matches the bytes
+received.
 
 Flow control is credit based, as in HTTP/2: each side announces how many unconsumed object bytes it
 will hold per object and per connection; the receiver sends CREDIT as the application consumes
