@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import anyio
 import numpy as np
@@ -35,6 +35,8 @@ from flrt.errors import JobError
 from flrt.server import ServerNode
 from security.provision import revoke
 from tests.nodes._project import ADMIN, LEAD, free_port, provision_project
+from transport.bus import Node
+from transport.errors import TransportError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,9 +110,20 @@ async def test_an_unreachable_server_is_given_up_after_connect_timeout(kits: Pat
 
 @pytest.mark.anyio
 async def test_a_server_that_comes_up_within_the_budget_is_reached(
-    kits: Path, tmp_path: Path
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port = free_port()
+    refused = anyio.Event()
+    dial = Node.connect
+
+    async def counted(self: Node, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await dial(self, *args, **kwargs)
+        except TransportError:
+            refused.set()
+            raise
+
+    monkeypatch.setattr(Node, "connect", counted)
     async with anyio.create_task_group() as tg:
         reached = anyio.Event()
 
@@ -123,7 +136,7 @@ async def test_a_server_that_comes_up_within_the_budget_is_reached(
 
         with anyio.fail_after(60):
             tg.start_soon(admin)
-            await anyio.sleep(1)  # the client's first dials find nobody (if it is not slower)
+            await refused.wait()  # the client's first dial found nobody
             async with server(kits, tmp_path / "server", port):
                 await reached.wait()
 
