@@ -4,13 +4,17 @@ A project is provisioned into a temporary folder; the server and N sites run as 
 (``python -m flrt server start`` / ``site start``); this process submits, as the project admin, a
 FedAvg job of R + 1 rounds whose trainer returns the global model plus a little noise
 (:class:`flrt.examples.noise.NoiseTrainer`, an M MiB float32 model in 4 arrays), every site in
-every round. The job's ``memory_budget_mb`` (``--budget-mib``) is one model (at least 64 MiB): the
-server receives one large update at a time, many small ones at once. A round's time is the time between two consecutive checkpoints: sending the model out,
-training, streaming the updates back into the aggregator, the server step and the atomic
-checkpoint. The first round (trainer loading, first connections' warm-up) is not counted.
+every round. The job's ``memory_budget_mb`` (``--budget-mib``) is one model (at least 64 MiB):
+the server receives one large update at a time, many small ones at once. A round's time is the
+time between two consecutive checkpoints: sending the model out, training, streaming the updates
+back into the aggregator, the server step and the atomic checkpoint. The first round (trainer
+loading, first connections' warm-up) is not counted.
 
-In the same run, stdlib ``ssl`` sockets (TLS 1.3, the same certificates) move the same bytes: the
-model out to N site processes and back, every transfer at once, as in a round. The peak RSS of the
+In the same run, stdlib ``ssl`` sockets (TLS 1.3, the same certificates, ``TCP_NODELAY`` as flrt's)
+move the same bytes: the model out to N site processes and back, every transfer at once, as in a
+round, R + 1 times over the same connections; the baseline is the median of the last R, as the
+round time is the median of warm rounds. (Without ``TCP_NODELAY``, Nagle's algorithm and delayed
+acknowledgements made a 0.4 MB exchange take 15 to 60 ms instead of about 9.) The peak RSS of the
 server and of the largest site are read from ``/proc/<pid>/status`` (VmHWM) before they stop.
 
 Ends with one JSON line::
@@ -178,15 +182,17 @@ def round_times(root: Path, job_id: str) -> list[float]:
 # -- stdlib ssl baseline -------------------------------------------------------------------------
 
 
-def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int) -> None:
-    """Accept ``sites`` TLS connections, send each ``nbytes``, receive ``nbytes`` back from each,
-    all at once; print the seconds from the first byte sent to the last byte received."""
+def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int, exchanges: int) -> None:
+    """Accept ``sites`` TLS connections; ``exchanges`` times, send each ``nbytes`` and receive
+    ``nbytes`` back from each, all at once; print the seconds of each exchange (first byte sent to
+    last byte received) as one JSON list."""
     context = server_ssl_context_from_kit(load_kit(kit))
     listener = socket.create_server(("127.0.0.1", 0))
     port_file.write_text(str(listener.getsockname()[1]))
     conns = []
     for _ in range(sites):
         raw, _ = listener.accept()
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as flrt's sockets
         conns.append(context.wrap_socket(raw, server_side=True))
     for conn in conns:
         conn.recv(1)  # each client says it is ready
@@ -196,33 +202,38 @@ def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int) -> None:
         conn.sendall(payload)
         receive(conn, nbytes)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=exchange, args=(c,)) for c in conns]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    print(time.perf_counter() - start, flush=True)
+    seconds = []
+    for _ in range(exchanges):
+        start = time.perf_counter()
+        threads = [threading.Thread(target=exchange, args=(c,)) for c in conns]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps(seconds), flush=True)
     for conn in conns:
         conn.close()
 
 
-def ssl_client(kit: Path, port: int, nbytes: int) -> None:
+def ssl_client(kit: Path, port: int, nbytes: int, exchanges: int) -> None:
     context = client_ssl_context_from_kit(load_kit(kit))
     with (
         socket.create_connection(("127.0.0.1", port)) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as conn,
     ):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as flrt's sockets
         conn.sendall(b"r")
         buffer = bytearray(nbytes)
         view = memoryview(buffer)
-        got = 0
-        while got < nbytes:
-            n = conn.recv_into(view[got:], min(nbytes - got, MiB))
-            if not n:
-                raise ConnectionError("the baseline server closed early")
-            got += n
-        conn.sendall(buffer)
+        for _ in range(exchanges):
+            got = 0
+            while got < nbytes:
+                n = conn.recv_into(view[got:], min(nbytes - got, MiB))
+                if not n:
+                    raise ConnectionError("the baseline server closed early")
+                got += n
+            conn.sendall(buffer)
         conn.recv(1)
 
 
@@ -236,7 +247,8 @@ def receive(conn: Any, total: int) -> None:
         total -= n
 
 
-def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
+def run_ssl(root: Path, kits: Path, sites: int, nbytes: int, exchanges: int) -> list[float]:
+    """The seconds of each of ``exchanges`` baseline exchanges over the same connections."""
     port_file = root / "ssl-port"
     me = [sys.executable, str(Path(__file__).resolve())]
     server = subprocess.Popen(
@@ -244,6 +256,7 @@ def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
             *me,
             *("--role", "ssl-server", "--kit", str(kits / "server")),
             *("--port-file", str(port_file), "--sites", str(sites), "--bytes", str(nbytes)),
+            *("--exchanges", str(exchanges)),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -259,7 +272,7 @@ def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
             [
                 *me,
                 *("--role", "ssl-client", "--kit", str(kits / f"site-{i}")),
-                *("--port", port, "--bytes", str(nbytes)),
+                *("--port", port, "--bytes", str(nbytes), "--exchanges", str(exchanges)),
             ]
         )
         for i in range(1, sites + 1)
@@ -267,7 +280,8 @@ def run_ssl(root: Path, kits: Path, sites: int, nbytes: int) -> float:
     out, _ = server.communicate(timeout=600)
     for client in clients:
         client.wait(timeout=60)
-    return float(out.strip().splitlines()[-1])
+    seconds: list[float] = json.loads(out.strip().splitlines()[-1])
+    return seconds
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -283,7 +297,10 @@ def measure(sites: int, mib: float, rounds: int, budget_mib: float) -> dict[str,
         median = statistics.median(round_times(root, figures["job_id"]))
         # The model as the noise trainer builds it: 4 float32 arrays of size_mib in all.
         nbytes = max(int(mib * MiB) // 4, ARRAYS) * 4
-        baseline = run_ssl(root, kits, sites, nbytes)
+        # As many exchanges as counted rounds, over the same connections: the median of warm
+        # exchanges against the median of warm rounds (one cold exchange was noise, up to 3x).
+        exchanges = run_ssl(root, kits, sites, nbytes, rounds + 1)[1:]
+        baseline = statistics.median(exchanges)
     return {
         "bench": "rounds",
         "sites": sites,
@@ -312,11 +329,12 @@ def main() -> None:
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--exchanges", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "ssl-server":
-        ssl_server(args.kit, args.port_file, args.sites, args.bytes)
+        ssl_server(args.kit, args.port_file, args.sites, args.bytes, args.exchanges)
     elif args.role == "ssl-client":
-        ssl_client(args.kit, args.port, args.bytes)
+        ssl_client(args.kit, args.port, args.bytes, args.exchanges)
     else:
         configure_logging(console=None)
         budget = args.budget_mib if args.budget_mib is not None else max(64.0, args.model_mib)
