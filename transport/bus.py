@@ -45,6 +45,7 @@ from transport.errors import (
     ConnectionBrokenError,
     ConnectionClosedError,
     HandshakeError,
+    HandshakeFailure,
     LocalProtocolError,
     RemoteActorError,
     RemoteProtocolError,
@@ -58,6 +59,7 @@ from transport.protocol.session import HelloReader, Role, SessionConfig, refuse_
 from transport.tls import (
     accept_tls,
     dial_tls,
+    handshake_error,
     peer_certificate,
     prepare_client_context,
     prepare_server_context,
@@ -601,7 +603,9 @@ class Node:
                 raise
             except Exception as exc:
                 await _send_refusal(stream, b"".join(refuse_frame(str(exc), "identity")))
-                raise HandshakeError(f"peer refused: {exc}") from None
+                raise HandshakeError(
+                    f"peer refused: {exc}", kind=HandshakeFailure.IDENTITY_REFUSED
+                ) from None
             await self._serve_session(stream, peer, peer_certificate(stream))
         except TransportError as exc:
             self._record(self.refusals, f"{remote}: {exc}")
@@ -636,7 +640,9 @@ class Node:
             if link is None or link.closed or link.session.session_id != hello.session_id:
                 reason = "unknown or expired session"
                 await _send_refusal(stream, b"".join(refuse_frame(reason, "resume")))
-                raise HandshakeError(f"{peer}: cannot resume: {reason}")
+                raise HandshakeError(
+                    f"{peer}: cannot resume: {reason}", kind=HandshakeFailure.RESUME_REFUSED
+                )
             await link.drop_connection()  # a half-open old connection gives way
         else:
             if link is not None:
@@ -660,14 +666,21 @@ class Node:
                     if hello is not None:
                         return hello, reader.take_buffered()
         except TimeoutError:
-            raise HandshakeError(f"no HELLO within {self.config.handshake_timeout:g} s") from None
+            raise HandshakeError(
+                f"no HELLO within {self.config.handshake_timeout:g} s",
+                kind=HandshakeFailure.TRANSIENT,
+            ) from None
         except RemoteProtocolError as exc:
             await _send_refusal(stream, b"".join(refuse_frame(str(exc), "protocol")))
             raise
         except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            raise HandshakeError("connection closed before HELLO") from None
+            raise HandshakeError(
+                "connection closed before HELLO", kind=HandshakeFailure.TRANSIENT
+            ) from None
         except Exception as exc:  # ssl errors
-            raise HandshakeError(f"connection failed before HELLO: {type(exc).__name__}") from None
+            raise handshake_error(
+                f"connection failed before HELLO: {type(exc).__name__}", exc
+            ) from None
 
     async def _expire(self, link: Link, generation: int) -> None:
         """Forget a disconnected server-side session that is not resumed within the TTL."""
@@ -703,8 +716,11 @@ class Node:
             with anyio.fail_after(timeout):
                 await self._dial_once(link, host, port, context, server_hostname, first=True)
         except TimeoutError:
-            link.kill(HandshakeError("session not opened in time"))
-            raise HandshakeError(f"no session with {host}:{port} within {timeout:g} s") from None
+            link.kill(HandshakeError("session not opened in time", kind=HandshakeFailure.TRANSIENT))
+            raise HandshakeError(
+                f"no session with {host}:{port} within {timeout:g} s",
+                kind=HandshakeFailure.TRANSIENT,
+            ) from None
         except TransportError as exc:
             link.kill(exc)
             raise
@@ -766,9 +782,10 @@ class Node:
         if link.closed and link.close_error is not None:
             raise link.close_error
         if link.session.state.value != "open":
-            raise HandshakeError(
+            raise handshake_error(
                 f"the server ended the connection before the session opened ({link.last_error});"
-                " it may have refused this node's certificate: the server's log says why"
+                " it may have refused this node's certificate: the server's log says why",
+                link.last_error,
             )
 
     async def _keep_connected(

@@ -14,7 +14,11 @@
     - :class:`VersionError`: a frame of another wire version.
 
   - :class:`HandshakeError`: TLS or session set-up failed (wrong CA, no client certificate, wrong
-    name, a peer that never says HELLO, a session that cannot be resumed).
+    name, a peer that never says HELLO, a session that cannot be resumed). ``kind``, a
+    :class:`HandshakeFailure`, says what failed where the transport understood it, so that a caller
+    can tell "dial again" from "this will never work" without reading the text; for a certificate
+    that failed verification ``certificate`` (a :class:`CertificateProblem`) says why, for a TLS
+    alert ``alert`` names it.
 
     - :class:`ResumeRefusedError`: the server would not resume the named session; ``undelivered``
       lists the message ids the caller had sent that never reached the peer.
@@ -39,16 +43,19 @@ Errors carry structured fields; none ever holds payload bytes or key material.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 
 __all__ = [
     "ActorError",
     "AskTimeoutError",
+    "CertificateProblem",
     "ConnectionBrokenError",
     "ConnectionClosedError",
     "DigestMismatchError",
     "FrameTooLargeError",
     "HandshakeError",
+    "HandshakeFailure",
     "LocalProtocolError",
     "ObjectError",
     "PeerTimeoutError",
@@ -100,20 +107,82 @@ class VersionError(RemoteProtocolError):
         super().__init__(f"wire version {version} is not supported (this side speaks {supported})")
 
 
-class HandshakeError(TransportError):
-    """TLS or session set-up failed; ``reason`` says why."""
+class HandshakeFailure(enum.Enum):
+    """What kind of failure a :class:`HandshakeError` is, as far as the transport can tell.
 
-    def __init__(self, reason: str) -> None:
+    The kind is set where the failure is understood (the ssl error's codes, the peer's REFUSE frame,
+    the ALPN answer), never read back from the text, which is for people and may change wording.
+    """
+
+    #: Not classified (the default): nothing is known beyond the text.
+    UNKNOWN = "unknown"
+    #: The connection failed underneath the handshake: reset, closed early, or too slow. Dialling
+    #: again may succeed.
+    TRANSIENT = "transient"
+    #: The peer's certificate failed this side's verification (or the peer sent none);
+    #: :attr:`HandshakeError.certificate` says why.
+    PEER_CERTIFICATE = "peer_certificate"
+    #: The peer ended the TLS handshake with an alert: it refused this side's certificate (unknown
+    #: CA, revoked, expired) or the connection's parameters; :attr:`HandshakeError.alert` names it.
+    TLS_ALERT = "tls_alert"
+    #: The peer's flrt layer refused this side's identity or role (a REFUSE frame at HELLO).
+    IDENTITY_REFUSED = "identity_refused"
+    #: The peer does not speak this side's flrt protocol: not TLS, another TLS version, another
+    #: ALPN name, a HELLO it cannot read.
+    NOT_FLRT = "not_flrt"
+    #: The peer would not resume the session named in HELLO (a new session may be opened).
+    RESUME_REFUSED = "resume_refused"
+
+
+class CertificateProblem(enum.Enum):
+    """Why a peer's certificate failed verification (with :attr:`HandshakeFailure.PEER_CERTIFICATE`)."""
+
+    #: The chain does not lead to a CA this side trusts: a certificate from another CA.
+    FOREIGN_CA = "foreign_ca"
+    #: Expired, or not valid yet.
+    EXPIRED = "expired"
+    #: Not issued for the name or address dialled.
+    NAME_MISMATCH = "name_mismatch"
+    #: Revoked by its CA.
+    REVOKED = "revoked"
+    #: The peer presented no certificate.
+    MISSING = "missing"
+    #: Any other verification failure.
+    OTHER = "other"
+
+
+class HandshakeError(TransportError):
+    """TLS or session set-up failed; ``reason`` says why, ``kind`` what kind of failure it is.
+
+    ``certificate`` is set with :attr:`HandshakeFailure.PEER_CERTIFICATE`, ``alert`` (the alert's
+    name in RFC 8446, such as ``"unknown_ca"``) with :attr:`HandshakeFailure.TLS_ALERT`, when known.
+    ``str()`` is ``reason``; the structured fields survive pickling.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: HandshakeFailure = HandshakeFailure.UNKNOWN,
+        certificate: CertificateProblem | None = None,
+        alert: str | None = None,
+    ) -> None:
         self.reason = reason
-        super().__init__(reason)
+        self.kind = kind
+        self.certificate = certificate
+        self.alert = alert
+        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
 
 
 class ResumeRefusedError(HandshakeError):
-    """The peer refused to resume a session; ``undelivered`` are the ids it never received."""
+    """The peer refused to resume a session; ``undelivered`` are the ids it never received.
+
+    Its ``kind`` is always :attr:`HandshakeFailure.RESUME_REFUSED`.
+    """
 
     def __init__(self, reason: str, undelivered: Sequence[int] = ()) -> None:
         self.undelivered = tuple(undelivered)
-        super().__init__(reason)
+        super().__init__(reason, kind=HandshakeFailure.RESUME_REFUSED)
 
 
 class ConnectionClosedError(TransportError):

@@ -4,6 +4,15 @@ The bus takes ready :class:`ssl.SSLContext` objects (the caller builds them from
 server the context must require a client certificate; this module checks it, adds the ALPN name of
 the wire version, and turns every ssl, OS and anyio failure into a :class:`HandshakeError` or
 :class:`ConnectionBrokenError` that says what went wrong.
+
+Kinds of failure. A :class:`HandshakeError` made here carries a :class:`HandshakeFailure` read from
+what the ssl module reports in codes, not prose: ``verify_code`` (OpenSSL's ``X509_V_ERR_*``
+number) for a certificate that failed verification, and ``reason`` (OpenSSL's reason code name, such
+as ``TLSV1_ALERT_UNKNOWN_CA``) for the rest. Both are identifiers OpenSSL keeps from version to
+version; the messages around them are not. A connection that breaks after the TLS handshake but
+before the session opens (under TLS 1.3 the server checks the client's certificate only then) is
+described by :func:`describe_failure` as ``"TLS failure: "`` and the reason code in lower case;
+:func:`handshake_error` reads the code back from that text, as the link keeps only the text.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -18,7 +28,14 @@ import anyio.abc
 from anyio.streams.tls import TLSAttribute, TLSStream
 
 from transport._sslsocket import SSLSocketStream
-from transport.errors import ConnectionBrokenError, HandshakeError, LocalProtocolError
+from transport.errors import (
+    CertificateProblem,
+    ConnectionBrokenError,
+    HandshakeError,
+    HandshakeFailure,
+    LocalProtocolError,
+    PeerTimeoutError,
+)
 
 __all__ = [
     "ALPN_PROTOCOL",
@@ -26,6 +43,7 @@ __all__ = [
     "client_handshake",
     "describe_failure",
     "dial_tls",
+    "handshake_error",
     "peer_certificate",
     "prepare_client_context",
     "prepare_server_context",
@@ -57,16 +75,134 @@ def prepare_client_context(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
+#: How :func:`tls_failure_reason` begins the text of an ssl error other than a verification failure:
+#: the reason code follows, in lower case with spaces for underscores.
+_TLS_FAILURE = "TLS failure: "
+_VERIFY_FAILED = "certificate verification failed: "
+
+
 def tls_failure_reason(exc: BaseException) -> str:
     """A one-line reason for a TLS failure, without secrets."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verification failed: {exc.verify_message or exc.reason}"
+        return f"{_VERIFY_FAILED}{exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or type(exc).__name__
-        return f"TLS failure: {reason.replace('_', ' ').lower()}"
+        return f"{_TLS_FAILURE}{reason.replace('_', ' ').lower()}"
     if isinstance(exc, anyio.EndOfStream | anyio.BrokenResourceError | OSError):
         return "connection closed during the TLS handshake"
-    return f"TLS failure: {type(exc).__name__}"
+    return f"{_TLS_FAILURE}{type(exc).__name__}"
+
+
+# -- kinds of failure ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    kind: HandshakeFailure
+    certificate: CertificateProblem | None = None
+    alert: str | None = None
+
+
+_UNKNOWN = _Kind(HandshakeFailure.UNKNOWN)
+_TRANSIENT = _Kind(HandshakeFailure.TRANSIENT)
+
+#: OpenSSL's X509_V_ERR_* codes, grouped by what they mean for the operator.
+_CERTIFICATE_PROBLEMS: dict[int, CertificateProblem] = {
+    2: CertificateProblem.FOREIGN_CA,  # UNABLE_TO_GET_ISSUER_CERT
+    18: CertificateProblem.FOREIGN_CA,  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: CertificateProblem.FOREIGN_CA,  # SELF_SIGNED_CERT_IN_CHAIN
+    20: CertificateProblem.FOREIGN_CA,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: CertificateProblem.FOREIGN_CA,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    9: CertificateProblem.EXPIRED,  # CERT_NOT_YET_VALID
+    10: CertificateProblem.EXPIRED,  # CERT_HAS_EXPIRED
+    23: CertificateProblem.REVOKED,  # CERT_REVOKED
+    62: CertificateProblem.NAME_MISMATCH,  # HOSTNAME_MISMATCH
+    63: CertificateProblem.NAME_MISMATCH,  # EMAIL_MISMATCH
+    64: CertificateProblem.NAME_MISMATCH,  # IP_ADDRESS_MISMATCH
+}
+
+#: OpenSSL reason codes of a peer that does not speak TLS, or not the TLS this side speaks.
+_NOT_OUR_TLS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",  # a plain-text service answered
+        "HTTP_REQUEST",
+        "HTTPS_PROXY_REQUEST",
+        "PACKET_LENGTH_TOO_LONG",
+        "RECORD_LENGTH_MISMATCH",
+        "UNKNOWN_PROTOCOL",
+        "UNSUPPORTED_PROTOCOL",
+        "VERSION_TOO_LOW",
+        "VERSION_TOO_HIGH",
+        "NO_PROTOCOLS_AVAILABLE",
+        "NO_SHARED_CIPHER",
+        "NO_APPLICATION_PROTOCOL",
+    }
+)
+
+#: OpenSSL reason codes of a connection that ended under the handshake.
+_CUT_SHORT = frozenset({"UNEXPECTED_EOF_WHILE_READING", "SHUTDOWN_WHILE_IN_INIT"})
+
+#: The prefixes of OpenSSL's reason codes for an alert received from the peer.
+_ALERT_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
+
+
+def _kind_of_reason_code(code: str) -> _Kind:
+    """The kind of an ssl error from its OpenSSL reason code (``TLSV1_ALERT_UNKNOWN_CA``)."""
+    for prefix in _ALERT_PREFIXES:
+        if code.startswith(prefix):
+            return _Kind(HandshakeFailure.TLS_ALERT, alert=code.removeprefix(prefix).lower())
+    if code in _NOT_OUR_TLS:
+        return _Kind(HandshakeFailure.NOT_FLRT)
+    if code == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return _Kind(HandshakeFailure.PEER_CERTIFICATE, CertificateProblem.MISSING)
+    if code in _CUT_SHORT:
+        return _TRANSIENT
+    return _UNKNOWN
+
+
+def _kind_of_description(text: str) -> _Kind:
+    """The kind of a connection failure from :func:`describe_failure`'s text (see the module
+    docstring: the link keeps no more than that)."""
+    if text.startswith(_TLS_FAILURE):
+        return _kind_of_reason_code(text.removeprefix(_TLS_FAILURE).upper().replace(" ", "_"))
+    if text.startswith(_VERIFY_FAILED):
+        return _Kind(HandshakeFailure.PEER_CERTIFICATE, CertificateProblem.OTHER)
+    if text.startswith(("peer closed the connection", "connection broke")):
+        return _TRANSIENT
+    return _UNKNOWN
+
+
+def _kind_of(cause: BaseException | None) -> _Kind:
+    if isinstance(cause, HandshakeError):
+        return _Kind(cause.kind, cause.certificate, cause.alert)
+    if isinstance(cause, ConnectionBrokenError):
+        return _kind_of_description(str(cause))
+    if isinstance(cause, PeerTimeoutError | TimeoutError):
+        return _TRANSIENT
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        problem = _CERTIFICATE_PROBLEMS.get(cause.verify_code, CertificateProblem.OTHER)
+        return _Kind(HandshakeFailure.PEER_CERTIFICATE, problem)
+    if isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return _TRANSIENT
+    if isinstance(cause, ssl.SSLError):
+        return _kind_of_reason_code(cause.reason) if cause.reason else _UNKNOWN
+    if isinstance(cause, anyio.BrokenResourceError) and cause.__cause__ is not None:
+        return _kind_of(cause.__cause__)  # anyio wraps the ssl or OS error it met
+    if isinstance(cause, anyio.EndOfStream | anyio.BrokenResourceError | OSError):
+        return _TRANSIENT
+    return _UNKNOWN
+
+
+def handshake_error(reason: str, cause: BaseException | None) -> HandshakeError:
+    """A :class:`HandshakeError` saying ``reason``, of the kind that ``cause`` shows.
+
+    ``cause`` is what went wrong underneath: an ssl, OS or anyio error, or a transport error (a
+    :class:`HandshakeError` lends its kind, a :class:`ConnectionBrokenError` the kind of the failure
+    :func:`describe_failure` described). Anything not understood gives
+    :attr:`HandshakeFailure.UNKNOWN`.
+    """
+    found = _kind_of(cause)
+    return HandshakeError(reason, kind=found.kind, certificate=found.certificate, alert=found.alert)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -90,7 +226,10 @@ def describe_failure(exc: BaseException) -> str:
 def _check_alpn(stream: anyio.TypedAttributeProvider) -> None:
     chosen = stream.extra(TLSAttribute.alpn_protocol)
     if chosen != ALPN_PROTOCOL:
-        raise HandshakeError(f"peer does not speak {ALPN_PROTOCOL} (ALPN: {chosen!r})")
+        raise HandshakeError(
+            f"peer does not speak {ALPN_PROTOCOL} (ALPN: {chosen!r})",
+            kind=HandshakeFailure.NOT_FLRT,
+        )
 
 
 _HANDSHAKE_FAILURES = (ssl.SSLError, OSError, anyio.EndOfStream, anyio.BrokenResourceError)
@@ -103,9 +242,11 @@ async def _handshake(start: Callable[[], Awaitable[_S]], timeout: float) -> _S:
         with anyio.fail_after(timeout):
             stream = await start()
     except TimeoutError:
-        raise HandshakeError(f"TLS handshake not completed within {timeout:g} s") from None
+        raise HandshakeError(
+            f"TLS handshake not completed within {timeout:g} s", kind=HandshakeFailure.TRANSIENT
+        ) from None
     except _HANDSHAKE_FAILURES as exc:
-        raise HandshakeError(tls_failure_reason(exc)) from None
+        raise handshake_error(tls_failure_reason(exc), exc) from None
     try:
         _check_alpn(stream)
     except HandshakeError:
@@ -147,7 +288,11 @@ def peer_certificate(stream: anyio.TypedAttributeProvider) -> bytes:
     """The peer's certificate (DER). Raises :class:`HandshakeError` if it sent none."""
     der: bytes | None = stream.extra(TLSAttribute.peer_certificate_binary, None)
     if not der:
-        raise HandshakeError("peer presented no certificate")
+        raise HandshakeError(
+            "peer presented no certificate",
+            kind=HandshakeFailure.PEER_CERTIFICATE,
+            certificate=CertificateProblem.MISSING,
+        )
     return der
 
 

@@ -53,6 +53,7 @@ from typing import Any, TypeAlias
 from transport.errors import (
     DigestMismatchError,
     HandshakeError,
+    HandshakeFailure,
     LocalProtocolError,
     PeerTimeoutError,
     RemoteProtocolError,
@@ -312,6 +313,13 @@ def _offsets(raw: object, where: str) -> dict[int, int]:
     return result
 
 
+#: What a REFUSE frame's code says of a refusal at HELLO (see :class:`HandshakeFailure`).
+_REFUSAL_KINDS: dict[object, HandshakeFailure] = {
+    "identity": HandshakeFailure.IDENTITY_REFUSED,  # the peer's policy turned this node away
+    "protocol": HandshakeFailure.NOT_FLRT,  # the peer could not read this side's HELLO
+}
+
+
 def refuse_frame(reason: str, code: str = "refused") -> list[bytes | memoryview]:
     """A REFUSE frame, for a listener that turns a connection away before any session exists."""
     return encode_frame(FrameKind.REFUSE, {"why": reason, "code": code})
@@ -342,7 +350,9 @@ class HelloReader:
     def check_timer(self, now: float) -> None:
         """Raises :class:`HandshakeError` once the deadline has passed without a HELLO."""
         if now >= self.deadline:
-            raise HandshakeError(f"no HELLO within {self._timeout:g} s")
+            raise HandshakeError(
+                f"no HELLO within {self._timeout:g} s", kind=HandshakeFailure.TRANSIENT
+            )
 
     def take_buffered(self) -> bytes:
         return self._decoder.take_buffered()
@@ -873,8 +883,9 @@ class Session:
         if header.get("code") == "resume":
             raise ResumeRefusedError(reason, self.undelivered)
         # Refused while opening: a handshake failure; refused later: the peer saw a violation.
+        kind = _REFUSAL_KINDS.get(header.get("code"), HandshakeFailure.UNKNOWN)
         error = (
-            HandshakeError(reason)
+            HandshakeError(reason, kind=kind)
             if self.state is SessionState.HANDSHAKING
             else RemoteProtocolError(f"peer ended the session: {reason}")
         )
@@ -1048,7 +1059,11 @@ class Session:
             if self._handshake_deadline is not None and now >= self._handshake_deadline:
                 timeout = self.config.handshake_timeout
                 self._events.append(
-                    ConnectionFailed(HandshakeError(f"no WELCOME within {timeout:g} s"))
+                    ConnectionFailed(
+                        HandshakeError(
+                            f"no WELCOME within {timeout:g} s", kind=HandshakeFailure.TRANSIENT
+                        )
+                    )
                 )
                 self.connection_lost(now)
             return
