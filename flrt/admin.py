@@ -20,7 +20,9 @@ pause that doubles up to 2 s, until ``connect_timeout`` seconds have passed; eac
 so that one address that never answers leaves time for the others. A failure that dialling again
 cannot mend ends the attempts at once: a server certificate not signed by the kit's CA, a TLS alert
 (the server refused this kit's certificate: revoked, expired, another project's), a refusal of the
-kit's identity or role, a port that does not speak flrt. Either way the client raises
+kit's identity or role, a port that does not speak flrt. The client tells them by the
+:class:`~transport.errors.HandshakeFailure` the transport gives the error, never by its text.
+Either way the client raises
 :class:`ServerUnreachableError`, which names every address, how long it tried and the last reason
 for each.
 """
@@ -47,8 +49,10 @@ from security.kit import Kit, load_kit
 from security.tls import client_ssl_context_from_kit
 from transport.bus import Message, Node, Reply
 from transport.errors import (
+    CertificateProblem,
     ConnectionClosedError,
     HandshakeError,
+    HandshakeFailure,
     RemoteProtocolError,
     ResumeRefusedError,
     TransportError,
@@ -70,24 +74,17 @@ TERMINAL = frozenset({"finished", "failed", "aborted"})
 #: Longest pause between two rounds of dialling the server's addresses.
 _MAX_PAUSE = 2.0
 
-#: What a handshake failure says when dialling again cannot mend it: the server's certificate is
-#: not from the kit's CA (or not for that name), a TLS alert (the server refused the kit's
-#: certificate), a refusal of the kit's identity or role, a port that does not speak flrt. The
-#: transport's errors carry no kind, only their reason; anything not listed here is retried.
-_FINAL_MARKS = (
-    "certificate verification failed",
-    " alert ",
-    " refused (",
-    "does not speak",
-    "presented no certificate",
-    "wrong version number",
-)
-
-#: What certificate verification says of a server certificate from another CA than the kit's
-#: (with the other CA in the chain the server sends, or without).
-_FOREIGN_CA = (
-    "self-signed certificate in certificate chain",
-    "unable to get local issuer certificate",
+#: The handshake failures that dialling again cannot mend: the server's certificate failed the
+#: kit's verification (another CA, another name, expired), a TLS alert (the server refused the
+#: kit's certificate), a refusal of the kit's identity or role, a port that does not speak flrt.
+#: Any other kind (transient, unknown, a refused resumption) is retried.
+_FINAL = frozenset(
+    {
+        HandshakeFailure.PEER_CERTIFICATE,
+        HandshakeFailure.TLS_ALERT,
+        HandshakeFailure.IDENTITY_REFUSED,
+        HandshakeFailure.NOT_FLRT,
+    }
 )
 
 
@@ -98,7 +95,9 @@ class ServerUnreachableError(TransportError):
     ``elapsed`` is how long the client tried (seconds), ``attempts`` how many dials it made, and
     ``final`` says whether it stopped early because dialling again would fail the same way (a
     certificate refused, a port that does not speak flrt) rather than because ``connect_timeout``
-    ran out; ``last`` is the last failure itself.
+    ran out; ``last`` is the last failure itself; ``foreign_ca`` says whether a certificate was
+    from a CA the other side does not know (the message then asks whether the kit is from the
+    server's project).
     """
 
     def __init__(
@@ -109,20 +108,21 @@ class ServerUnreachableError(TransportError):
         attempts: int,
         final: bool,
         last: TransportError | None = None,
+        foreign_ca: bool = False,
     ) -> None:
         self.reasons = dict(reasons)
         self.last = last
         self.elapsed = elapsed
         self.attempts = attempts
         self.final = final
+        self.foreign_ca = foreign_ca
         where = " or ".join(self.reasons)
         if len(self.reasons) == 1:
             why = next(iter(self.reasons.values()))
         else:
             why = "; ".join(f"{address}: {reason}" for address, reason in self.reasons.items())
         if final:
-            foreign = any(mark in why for mark in _FOREIGN_CA)
-            hint = "; is this kit from the server's project?" if foreign else ""
+            hint = "; is this kit from the server's project?" if foreign_ca else ""
             text = f"cannot use the server at {where}: {why}{hint} (not retried: it would fail the same way)"
         else:
             tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
@@ -131,13 +131,20 @@ class ServerUnreachableError(TransportError):
 
 
 def _is_final(error: TransportError) -> bool:
-    """Whether dialling again cannot mend ``error`` (see :data:`_FINAL_MARKS`)."""
+    """Whether dialling again cannot mend ``error``: its kind is one of :data:`_FINAL`."""
     if isinstance(error, RemoteProtocolError):
         return True  # whatever listens there is not an flrt server
-    if not isinstance(error, HandshakeError) or isinstance(error, ResumeRefusedError):
+    return isinstance(error, HandshakeError) and error.kind in _FINAL
+
+
+def _from_another_ca(error: TransportError) -> bool:
+    """Whether ``error`` says a certificate is from a CA the other side does not trust: the server's
+    is not from the kit's CA, or the server answered the kit's with the TLS alert ``unknown_ca``."""
+    if not isinstance(error, HandshakeError):
         return False
-    reason = str(error)
-    return any(mark in reason for mark in _FINAL_MARKS)
+    if error.kind is HandshakeFailure.PEER_CERTIFICATE:
+        return error.certificate is CertificateProblem.FOREIGN_CA
+    return error.kind is HandshakeFailure.TLS_ALERT and error.alert == "unknown_ca"
 
 
 class AdminClient:
@@ -248,6 +255,7 @@ class AdminClient:
         live = list(addresses)
         attempts = 0
         last: TransportError | None = None
+        foreign_ca = False
         pause = 0.1
         while live:
             for host, port in list(live):
@@ -268,9 +276,16 @@ class AdminClient:
                 except TransportError as exc:
                     last = exc
                     reasons[f"{host}:{port}"] = str(exc)
-                    log.info("admin.connect_failed", host=host, port=port, reason=str(exc))
+                    log.info(
+                        "admin.connect_failed",
+                        host=host,
+                        port=port,
+                        reason=str(exc),
+                        kind=exc.kind.value if isinstance(exc, HandshakeError) else None,
+                    )
                     if _is_final(exc):
                         live.remove((host, port))
+                        foreign_ca = foreign_ca or _from_another_ca(exc)
                     continue
                 for job_id in sorted(self._watched):  # a new session: subscribe again
                     self._store(await self._command("watch", job_id=job_id))
@@ -289,6 +304,7 @@ class AdminClient:
             attempts=attempts,
             final=not live,
             last=last,
+            foreign_ca=foreign_ca,
         ) from last
 
     # ------------------------------------------------------------------ commands

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
 
@@ -36,7 +37,7 @@ from flrt.server import ServerNode
 from security.provision import revoke
 from tests.nodes._project import ADMIN, LEAD, free_port, provision_project
 from transport.bus import Node
-from transport.errors import TransportError
+from transport.errors import CertificateProblem, HandshakeError, HandshakeFailure, TransportError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,6 +167,77 @@ async def test_a_certificate_failure_is_not_retried(
     assert says in str(failed.value)
     assert f"127.0.0.1:{node.port}" in str(failed.value)
     assert len(refusals) <= 1, refusals  # the server saw one dial, not one every 2 s
+
+
+#: A text that holds every mark the client once looked for in a failure's text.
+MISLEADING = (
+    "certificate verification failed: self-signed certificate in certificate chain;"
+    " tlsv1 alert unknown ca; peer refused (revoked); does not speak flrt/1; wrong version number"
+)
+
+
+async def dial_failing_with(
+    kits: Path, monkeypatch: pytest.MonkeyPatch, error: HandshakeError, connect_timeout: float
+) -> ServerUnreachableError:
+    """What the client raises when every dial fails with ``error``."""
+
+    async def refused(self: Node, *args: Any, **kwargs: Any) -> Any:
+        await anyio.lowlevel.checkpoint()
+        raise error
+
+    monkeypatch.setattr(Node, "connect", refused)
+    address = ("127.0.0.1", free_port())
+    with pytest.raises(ServerUnreachableError) as failed:
+        async with AdminClient(kits / ADMIN, server=address, connect_timeout=connect_timeout):
+            pass
+    return failed.value
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [HandshakeFailure.TRANSIENT, HandshakeFailure.UNKNOWN])
+async def test_a_failure_of_a_retryable_kind_is_retried_whatever_its_text(
+    kits: Path, monkeypatch: pytest.MonkeyPatch, kind: HandshakeFailure
+) -> None:
+    error = HandshakeError(MISLEADING, kind=kind)
+    started = anyio.current_time()
+    unreachable = await dial_failing_with(kits, monkeypatch, error, connect_timeout=1.0)
+    assert anyio.current_time() - started > 0.9  # it used its budget
+    assert not unreachable.final
+    assert unreachable.attempts >= 2
+    assert "is this kit from the server's project?" not in str(unreachable)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kind", "certificate", "alert", "foreign"),
+    [
+        (HandshakeFailure.PEER_CERTIFICATE, CertificateProblem.FOREIGN_CA, None, True),
+        (HandshakeFailure.PEER_CERTIFICATE, CertificateProblem.EXPIRED, None, False),
+        (HandshakeFailure.TLS_ALERT, None, "unknown_ca", True),
+        (HandshakeFailure.TLS_ALERT, None, "certificate_revoked", False),
+        (HandshakeFailure.IDENTITY_REFUSED, None, None, False),
+        (HandshakeFailure.NOT_FLRT, None, None, False),
+    ],
+)
+async def test_a_failure_of_a_final_kind_ends_the_dialling_whatever_its_text(
+    kits: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: HandshakeFailure,
+    certificate: CertificateProblem | None,
+    alert: str | None,
+    foreign: bool,
+) -> None:
+    """The kind alone decides "final" and "from another project?": a bland text, or one that
+    looks like a foreign CA while the certificate has only expired, changes nothing."""
+    text = "the server said no" if not foreign else "nothing about CAs here"
+    if certificate is CertificateProblem.EXPIRED:
+        text = MISLEADING
+    error = HandshakeError(text, kind=kind, certificate=certificate, alert=alert)
+    unreachable = await dial_failing_with(kits, monkeypatch, error, connect_timeout=60)
+    assert unreachable.final
+    assert unreachable.attempts == 1
+    assert unreachable.foreign_ca is foreign
+    assert ("is this kit from the server's project?" in str(unreachable)) is foreign
 
 
 def test_read_job_names_what_is_missing(tmp_path: Path) -> None:
