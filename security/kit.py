@@ -32,6 +32,7 @@ and the CA updates the participant list and revocation list without re-signing t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -409,11 +410,23 @@ def load_kit(
     valid at ``now``; :class:`KitError` for anything else that makes the kit unusable.
     """
     kit = Path(path)
+    try:
+        return _load_kit(kit, now=now, ca_fingerprint=ca_fingerprint)
+    except OSError as exc:  # a file or folder of the kit this user may not read
+        what = Path(exc.filename) if exc.filename is not None else kit
+        with contextlib.suppress(ValueError):
+            what = what.relative_to(kit)
+        raise KitError(kit, f"{what.as_posix()} cannot be read: {exc.strerror or exc}") from None
+
+
+def _load_kit(kit: Path, *, now: dt.datetime | None, ca_fingerprint: str | None) -> Kit:
     startup = kit / STARTUP_DIR
     if kit.is_file():
         raise KitError(
             kit, "is a file, not a kit folder (a sealed kit? open it with `flrt kit open`)"
         )
+    if not kit.exists():
+        raise KitError(kit, "does not exist")
     if not startup.is_dir():
         raise KitError(kit, f"not a startup kit (no {STARTUP_DIR}/ folder)")
     now = now or dt.datetime.now(dt.UTC)

@@ -178,6 +178,10 @@ def _check_host(path: Path, key: str, host: Any) -> str:
     labels = host.rstrip(".").split(".")
     if len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
         raise ProjectFileError(path, key, f"{host!r} is not a host name or IP address")
+    if labels[-1].isdigit():  # "10.20.0", "010.20.0.5", "999.1.1.1": a mistyped address
+        raise ProjectFileError(
+            path, key, f"{host!r} is not an IP address, and a host name cannot end in a number"
+        )
     return host.lower()
 
 
@@ -199,7 +203,7 @@ def parse_project(text: str, path: Path | str = "project.toml") -> Project:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # the byte-order mark some editors add
     except tomllib.TOMLDecodeError as exc:
         raise ProjectFileError(path, None, f"not valid TOML: {exc}") from None
     top = _Reader(path, "", data)

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from security._atomic import atomic_write, fsync_dir, replace_dir, staging_dir
-from security.errors import SealError, SealFormatError, SealPasswordError
+from security.errors import KitError, SealError, SealFormatError, SealPasswordError
 from security.kit import Kit, load_kit
 
 __all__ = [
@@ -238,10 +238,16 @@ def seal_kit(
     """Write the kit folder ``kit`` as one sealed file ``archive`` (mode 0600, written atomically).
 
     The kit is verified first (:func:`security.kit.load_kit`), so a broken kit is never sealed.
+    Raises that function's :class:`~security.errors.KitError`, and :class:`SealError` if the
+    archive cannot be written.
     """
     kit, archive = Path(kit), Path(archive)
     load_kit(kit)
-    atomic_write(archive, seal_bytes(_tar_kit(kit), password, params=params), mode=0o600)
+    sealed = seal_bytes(_tar_kit(kit), password, params=params)
+    try:
+        atomic_write(archive, sealed, mode=0o600)
+    except OSError as exc:  # a full disk, a folder this user may not write
+        raise SealError(f"{archive} cannot be written: {exc.strerror or exc}") from None
     return archive
 
 
@@ -317,13 +323,18 @@ def open_sealed_kit(
         raise SealError(f"{archive} cannot be read: {exc.strerror or exc}") from None
     payload = unseal_bytes(data, password)
     parent = destination.absolute().parent
-    with staging_dir(parent, f".{destination.name}.opening-") as staging:
-        _extract(payload, staging)
-        load_kit(staging, now=now, ca_fingerprint=ca_fingerprint)
-        os.chmod(staging, 0o755)
-        try:
+    try:
+        with staging_dir(parent, f".{destination.name}.opening-") as staging:
+            _extract(payload, staging)
+            try:
+                load_kit(staging, now=now, ca_fingerprint=ca_fingerprint)
+            except KitError as exc:  # named after the archive, not the temporary folder
+                exc.path = archive
+                exc.args = (f"kit {archive}: {exc.reason}",)
+                raise
+            os.chmod(staging, 0o755)
             replace_dir(staging, destination)
-        except OSError as exc:
-            raise SealError(f"{destination} cannot be created: {exc.strerror or exc}") from None
+    except OSError as exc:  # a full disk, a folder this user may not write
+        raise SealError(f"{destination} cannot be created: {exc.strerror or exc}") from None
     fsync_dir(parent)
     return load_kit(destination, now=now, ca_fingerprint=ca_fingerprint)

@@ -11,7 +11,7 @@ from typing import NoReturn
 from cryptography import x509
 
 from flrt.cli._kit import read_password
-from security.errors import ProjectFileError
+from security.errors import ProjectFileError, WorkspaceError
 from security.kit import TRUST_DIR
 from security.project import EXAMPLE_PROJECT, parse_project
 from security.provision import (
@@ -89,7 +89,10 @@ def _provision(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> int
         if args.seal
         else None
     )
-    result = provision(project, args.output, project_text=text, seal_password=password)
+    try:
+        result = provision(project, args.output, project_text=text, seal_password=password)
+    except OSError as exc:  # a full disk, a folder this user may not write
+        raise WorkspaceError(args.output, f"cannot be written: {exc.strerror or exc}") from None
     _report(result, project.name, project.server.name)
     return 0
 
@@ -103,7 +106,10 @@ def _revoke(args: argparse.Namespace, fail: Callable[[str], NoReturn]) -> int:
         fail("-o, --seal and --password-file do not apply to revoke")
     name = args.args[1]
     reason = x509.ReasonFlags[(args.reason or "unspecified").replace("-", "_")]
-    result = revoke(args.workspace, name, reason=reason)
+    try:
+        result = revoke(args.workspace, name, reason=reason)
+    except OSError as exc:
+        raise WorkspaceError(args.workspace, f"cannot be written: {exc.strerror or exc}") from None
     state = "was already revoked" if result.already_revoked else "revoked"
     print(f"{name} {state} (serial {result.serial_number:x}); CRL number {result.crl_number}:")
     for file in result.crl_files:
