@@ -546,7 +546,7 @@ def parse_job(data: Mapping[str, Any], *, path: Path | str | None = None) -> Job
 def loads_job(text: str, *, path: Path | str | None = None) -> JobSpec:
     """Parse and validate ``job.toml`` text. Raises :class:`~flrt.errors.JobError`."""
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # the byte-order mark some editors add
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"not valid TOML: {exc}", path=path) from None
     return parse_job(data, path=path)

@@ -25,6 +25,8 @@ Inside is a :class:`ServerCore`, which the simulator also runs over in-memory li
   sites (all targets, or, after ``site_wait`` seconds, at least ``min_sites``), then starts from the
   trainer's ``initial_weights()`` or resumes from its newest checkpoint. A server that stops leaves
   running jobs ``running`` on disk; the next start resumes them from their last completed round.
+  A job whose record cannot be written (a full disk) stops alone in the same state, and says so
+  (:attr:`ServerCore.interrupted`); a checkpoint that cannot be written fails the job.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import structlog
 from flrt import _admin_service
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
-from flrt.errors import FlrtError, JobStateError, NodeProtocolError
+from flrt.errors import FlrtError, JobStateError, NodeProtocolError, TrainerError
 from flrt.job import JobSpec, JobStatus
 from flrt.jobstore import JobEntry, JobStore
 from flrt.network import NetworkController, TaskTable, drain
@@ -78,9 +80,19 @@ PROGRESS_INTERVAL = 0.1
 def initial_weights(job: JobSpec) -> Weights:
     """Round 0's model from the job's trainer (blocking: imports and builds the trainer).
 
-    Raises :class:`~flrt.errors.TrainerLoadError` or :class:`~flrt.errors.TrainerOutputError`.
+    Raises :class:`~flrt.errors.TrainerLoadError`, :class:`~flrt.errors.TrainerOutputError`, or
+    :class:`~flrt.errors.TrainerError` for whatever else ``initial_weights()`` raised (the job's
+    code failed, not the server: an :class:`OSError` there must not pass for a full disk here).
     """
-    return load_trainer(job.trainer.spec, job.trainer.args).initial_weights()
+    trainer = load_trainer(job.trainer.spec, job.trainer.args)
+    try:
+        return trainer.initial_weights()
+    except FlrtError:
+        raise
+    except Exception as exc:
+        raise TrainerError(
+            f"initial_weights() raised {type(exc).__name__}: {exc}", spec=job.trainer.spec
+        ) from exc
 
 
 @dataclass(slots=True)
@@ -118,6 +130,8 @@ class ServerCore:
         self.registry = SiteRegistry(sites, workspace / "registry.json")
         self.table = TaskTable()
         self.jobs: dict[str, _RunningJob] = {}
+        #: Jobs stopped because their state could not be saved (a full disk), with the reason.
+        self.interrupted: dict[str, str] = {}
         self.admin = _admin_service.AdminService(self)
         self._limiter = anyio.CapacityLimiter(max_jobs)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -253,6 +267,7 @@ class ServerCore:
     def start_job(self, job_id: str) -> None:
         """Run a stored job (in the background) unless it runs already."""
         if job_id not in self.jobs:
+            self.interrupted.pop(job_id, None)
             self.jobs[job_id] = _RunningJob(anyio.CancelScope())
             self.task_group.start_soon(self._run_job, job_id)
 
@@ -267,6 +282,9 @@ class ServerCore:
         """What a job is doing now, and the last round it completed (``None``: not running)."""
         running = self.jobs.get(job_id)
         if running is None:
+            if job_id in self.interrupted:
+                why = self.interrupted[job_id]
+                return f"interrupted ({why}); it resumes when the server restarts", None
             return "", None
         rounds = running.controller.rounds_done if running.controller is not None else None
         return running.detail, rounds
@@ -296,6 +314,18 @@ class ServerCore:
                 running.detail = "queued"
                 async with self._limiter:
                     await self._run_workflow(job_id, running)
+        except OSError as exc:
+            # Not even its record could be written (a full disk): what is stored stays as it was,
+            # so the job resumes at the next start; the server and its other jobs go on.
+            reason = f"its state cannot be saved: {exc.strerror or exc}"
+            self.interrupted[job_id] = reason
+            log.error(
+                "job.interrupted",
+                job=job_id,
+                reason=reason,
+                file=exc.filename,
+                resumes="when the server restarts",
+            )
         finally:
             if running.controller is not None:
                 running.controller.close()
@@ -303,6 +333,8 @@ class ServerCore:
             del self.jobs[job_id]
             self._progress_told.pop(job_id, None)
             running.done.set()
+        if job_id in self.interrupted:
+            self.admin.publish(job_id)  # its watchers hear why it stopped
 
     async def _run_workflow(self, job_id: str, running: _RunningJob) -> None:
         entry = self.store.entry(job_id)
@@ -349,6 +381,13 @@ class ServerCore:
         except FlrtError as exc:
             await _checkpoint_settled(controller)
             self._end(job_id, JobStatus.FAILED, str(exc))
+            await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
+            return
+        except OSError as exc:  # its checkpoint cannot be written (a full disk)
+            await _checkpoint_settled(controller)
+            where = f" ({exc.filename})" if exc.filename is not None else ""
+            reason = f"a file system error on the server: {exc.strerror or exc}{where}"
+            self._end(job_id, JobStatus.FAILED, reason)  # may raise OSError too: see _run_job
             await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
             return
         except Exception as exc:  # a bug must fail the job with its reason, not kill the server

@@ -40,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from flrt._admin_service import round_table
 from flrt._groups import only_exception
 from flrt._site_config import SitePolicy
+from flrt.errors import JobError
 from flrt.jobstore import JobEntry
 from flrt.server import ServerCore
 from flrt.site import SiteCore
@@ -129,10 +130,11 @@ async def simulate(
     server's job folder and each site's scratch folder (a new temporary folder by default);
     ``data`` and ``policy`` are every site's data locations and privacy policy.
 
-    Raises :class:`~flrt.errors.AdminError` if the job is refused, as a server would refuse it.
+    Raises :class:`~flrt.errors.JobError` if ``job`` cannot be read, and
+    :class:`~flrt.errors.AdminError` if the job is refused, as a server would refuse it.
     """
     path = await anyio.to_thread.run_sync(_job_file, Path(job))
-    text = await anyio.to_thread.run_sync(lambda: path.read_text(encoding="utf-8"))
+    text = await anyio.to_thread.run_sync(_read_job, path)
     names = site_names(sites) if isinstance(sites, int) else list(sites)
     root = Path(workspace) if workspace is not None else Path(tempfile.mkdtemp(prefix="flrt-sim-"))
     try:
@@ -184,14 +186,31 @@ def _job_file(path: Path) -> Path:
     return path / "job.toml" if path.is_dir() else path
 
 
+def _read_job(path: Path) -> str:
+    """The text of ``job.toml``. Raises :class:`~flrt.errors.JobError` if it cannot be read."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        folder = path.parent if path.name == "job.toml" else path
+        what = "no job.toml in" if folder.is_dir() else "no such job folder or file:"
+        raise JobError(f"{what} {folder}") from None
+    except OSError as exc:
+        raise JobError(f"cannot be read: {exc.strerror or exc}", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise JobError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", path=path) from None
+
+
 def _result(core: ServerCore, entry: JobEntry, root: Path) -> SimulationResult:
     job_id = entry.record.job_id
     state = core.store.latest_state(job_id)
     rounds = core.store.spec(job_id).workflow.rounds
+    status, reason = entry.record.status.value, entry.record.reason
+    if job_id in core.interrupted:  # its stored state is older than what it did
+        status, reason = "interrupted", core.interrupted[job_id]
     return SimulationResult(
         job_id=job_id,
-        status=entry.record.status.value,
-        reason=entry.record.reason,
+        status=status,
+        reason=reason,
         workspace=root,
         rounds=round_table(core.store.metrics(job_id), rounds),
         cross_site=core.store.cross_site(job_id),

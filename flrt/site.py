@@ -297,6 +297,29 @@ class SiteCore:
 
 # ------------------------------------------------------------------------------- the node
 
+#: What certificate verification says of a server certificate from another CA than the kit's.
+_FOREIGN_CA = (
+    "self-signed certificate in certificate chain",
+    "unable to get local issuer certificate",
+)
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a folder on the way this user may not search: not there for the trainer
+        return False
+
+
+def _connect_hint(reason: str) -> str | None:
+    """What an operator should check after a failed connection, when OpenSSL's words do not say."""
+    if any(mark in reason for mark in _FOREIGN_CA):
+        return (
+            "the server's certificate is not from this kit's project CA: is this kit from the"
+            " server's project, and is this the project's server?"
+        )
+    return None
+
 
 class SiteNode:
     """A site of a project, from its startup kit (see the module docstring).
@@ -366,8 +389,12 @@ class SiteNode:
             raise KitError(self.kit_path, f"a {kit.identity.role.value} kit cannot run a site")
         self.kit = kit
         local = self.kit_path / LOCAL_DIR
-        policy = load_policy(local / PRIVACY_FILE)
-        data = {**load_data_locations(local / DATA_FILE), **self.data_overrides}
+        try:
+            policy = load_policy(local / PRIVACY_FILE)
+            data = {**load_data_locations(local / DATA_FILE), **self.data_overrides}
+        except OSError as exc:  # local/ itself cannot be searched by this user
+            where = exc.filename if exc.filename is not None else local
+            raise ConfigError(f"cannot be read: {exc.strerror or exc}", path=where) from None
         context = client_ssl_context_from_kit(kit)
         self.workspace.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
@@ -386,6 +413,9 @@ class SiteNode:
                 mandatory_filters=[f.type for f in policy.result_filters],
                 data=sorted(data),
             )
+            for key, location in sorted(data.items()):
+                if not _exists(location):  # not fatal (a share mounted later), but said at once
+                    log.warning("site.data_missing", key=key, path=str(location))
             self._stack = stack.pop_all()
         return self
 
@@ -425,7 +455,14 @@ class SiteNode:
                     )
                 except TransportError as exc:
                     self.connect_errors = [*self.connect_errors[-49:], str(exc)]
-                    log.warning("site.connect_failed", host=host, port=port, reason=str(exc))
+                    hint = _connect_hint(str(exc))
+                    log.warning(
+                        "site.connect_failed",
+                        host=host,
+                        port=port,
+                        reason=str(exc),
+                        **({"hint": hint} if hint else {}),
+                    )
                     continue
                 self._sessions += 1
                 log.info("site.connected", host=host, port=port, session=self._sessions)

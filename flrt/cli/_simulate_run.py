@@ -23,10 +23,16 @@ def _report(result: SimulationResult) -> int:
         for metric in [m for m in ("accuracy", "auc") if m in names] or names[:1]:
             print()
             print(cross_site_table(result.cross_site, metric))
+    saved = True
     if result.weights is not None:
-        save_weights(result.workspace / "model.safetensors", result.weights)
+        model = result.workspace / "model.safetensors"
+        try:
+            save_weights(model, result.weights)
+        except OSError as exc:
+            saved = False
+            print(f"flrt: error: cannot write {model}: {exc.strerror or exc}", file=sys.stderr)
     print(f"\njob {result.job_id} {result.status}: {result.reason}; results in {result.workspace}")
-    return 0 if result.status == "finished" else 1
+    return 0 if result.status == "finished" and saved else 1
 
 
 def handle(args: argparse.Namespace) -> int:

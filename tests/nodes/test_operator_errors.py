@@ -1,0 +1,206 @@
+"""What the nodes do when the machine or the site's configuration lets them down: a full disk on the
+server, a trainer that cannot build round 0's model, a site's ``local/`` folder it may not read, a
+data location that is not there, a kit from another project. Each is named for what it is; none
+takes the server down with it, and nothing already stored is lost."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from flrt.checkpoint import Checkpoint, CheckpointWriter, checkpoint_rounds
+from flrt.errors import ConfigError
+from flrt.examples.noise import NoiseTrainer
+from flrt.job import JobStatus, loads_job
+from flrt.jobstore import JobEntry, JobStore
+from flrt.server import ServerNode
+from flrt.simulator import simulate
+from flrt.site import SiteNode
+from flrt.tasks import Weights
+from security.project import parse_project
+from security.provision import provision
+from tests.nodes._federation import federation, poll_until
+from tests.nodes._project import project_text
+
+pytestmark = pytest.mark.anyio
+
+NOISE = """\
+name = "noise"
+[workflow]
+name = "fedavg"
+rounds = 3
+min_sites = 2
+[trainer]
+spec = "{spec}"
+[trainer.args]
+size_mib = 0.01
+"""
+
+
+class InitialWeightsFail(NoiseTrainer):
+    """A trainer whose round 0's model needs a file the server does not have."""
+
+    def initial_weights(self) -> Weights:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/models/pretrained.pt")
+
+
+def job(tmp_path: Path, spec: str = "flrt.examples.noise:NoiseTrainer") -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "job.toml").write_text(NOISE.format(spec=spec))
+    return folder
+
+
+def no_space(*_args: object) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device")
+
+
+async def test_a_trainer_that_cannot_build_round_0_fails_the_job_naming_the_trainer(
+    tmp_path: Path,
+) -> None:
+    spec = f"{__name__}:InitialWeightsFail"
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path, spec), sites=2, workspace=tmp_path / "ws")
+    assert result.status == "failed"
+    assert result.reason == (
+        f"trainer {spec}: initial_weights() raised FileNotFoundError: [Errno 2] No such file or"
+        " directory: '/models/pretrained.pt'"
+    )
+
+
+async def test_a_checkpoint_the_disk_cannot_hold_is_named_as_such_not_as_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save = CheckpointWriter.save
+
+    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
+        if checkpoint.round == 2:
+            raise no_space()
+        return real_save(writer, checkpoint)
+
+    monkeypatch.setattr(CheckpointWriter, "save", save)
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path), sites=2, workspace=tmp_path / "ws")
+    assert result.status == "failed"
+    assert result.reason == "a file system error on the server: No space left on device"
+
+
+async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = False
+    fills_at: int | None = 2  # the disk fills up as round 2 is saved
+    real_save = CheckpointWriter.save
+    real_store_save = JobStore.save
+
+    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
+        nonlocal full, fills_at
+        if checkpoint.round == fills_at:
+            full, fills_at = True, None
+        if full:
+            raise no_space()
+        return real_save(writer, checkpoint)
+
+    def store_save(store: JobStore, entry: JobEntry) -> None:
+        if full:
+            raise no_space()
+        real_store_save(store, entry)
+
+    monkeypatch.setattr(CheckpointWriter, "save", save)
+    monkeypatch.setattr(JobStore, "save", store_save)
+    sites = ["site-1", "site-2"]
+    text = (
+        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+        + '[targets]\nsites = ["site-1", "site-2"]\n'
+    )
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path, sites=sites) as fed:
+            job_id = await fed.admin.submit(fed.job_dir("noise", text))
+            core = fed.server.core
+            await poll_until(lambda: job_id in core.interrupted and job_id not in core.jobs)
+            # The server still answers, and says what happened to the job.
+            (view,) = [j for j in await fed.admin.jobs() if j["job_id"] == job_id]
+            assert view["status"] == "running"
+            assert view["detail"] == (
+                "interrupted (its state cannot be saved: No space left on device); it resumes"
+                " when the server restarts"
+            )
+            # What was stored before the disk filled up is as it was.
+            assert core.store.entry(job_id).record.status is JobStatus.RUNNING
+            assert checkpoint_rounds(core.store.checkpoints(job_id)) == [1]
+        full = False  # Lead IT frees some space and restarts the server
+        async with federation(kits, tmp_path, sites=sites) as fed:
+            result = await fed.admin.wait(job_id, timeout=50)
+    assert result["status"] == "finished", result
+    assert result["round"] == 3
+
+
+async def test_a_local_folder_the_site_may_not_read_is_a_config_error(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Path.is_file
+
+    def is_file(path: Path) -> bool:  # what chmod 000 local/ does to a user who is not root
+        if path.parent.name == "local":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    kit = kits / "site-1"
+    with pytest.raises(ConfigError) as caught:
+        async with SiteNode(kit, tmp_path / "site", server=("127.0.0.1", 9)):
+            pass
+    assert (
+        str(caught.value) == f"{kit / 'local' / 'privacy.toml'}: cannot be read: Permission denied"
+    )
+
+
+async def test_a_data_location_that_is_not_there_is_said_when_the_site_starts(
+    kits: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "mnt" / "wdbc.csv"
+    with capture_logs() as logs:
+        async with SiteNode(
+            kits / "site-1",
+            tmp_path / "site",
+            data={"breast_cancer": missing},
+            server=("127.0.0.1", 9),
+        ):
+            pass
+    warnings = [e for e in logs if e["event"] == "site.data_missing"]
+    assert warnings == [
+        {
+            "event": "site.data_missing",
+            "key": "breast_cancer",
+            "path": str(missing),
+            "log_level": "warning",
+        }
+    ]
+
+
+async def test_a_site_kit_of_another_project_is_told_to_check_the_project(
+    kits: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    provision(parse_project(project_text(8443).replace("node-tests", "other-project")), other)
+    async with ServerNode(kits / "server", tmp_path / "server", host="127.0.0.1", port=0) as server:
+        with capture_logs() as logs:
+            async with SiteNode(
+                other / "kits" / "site-1",
+                tmp_path / "site",
+                server=("127.0.0.1", server.port),
+                backoff=(0.05, 0.5),
+            ) as site:
+                await poll_until(lambda: bool(site.connect_errors), timeout=20)
+    (failed, *_) = [e for e in logs if e["event"] == "site.connect_failed"]
+    assert "certificate" in failed["reason"]
+    assert failed["hint"].startswith("the server's certificate is not from this kit's project CA")
+
+
+async def test_a_job_file_saved_with_a_byte_order_mark_is_read() -> None:
+    text = NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+    assert loads_job("\ufeff" + text).name == "noise"
