@@ -2,7 +2,8 @@
 
 Each command lives in its own module that exposes ``register(subparsers)``; :data:`COMMANDS` lists
 them. A command's handler returns the process exit code. Errors from the three packages are printed
-as one line naming the problem, never as a stack trace.
+as one line naming the problem, never as a stack trace; so is an :class:`OSError` that no command
+translated (a full disk, a folder it may not write), with the file it concerns.
 
 The parser is built whichever command runs, so a command's module declares its arguments and
 imports little more than :mod:`argparse` (``_kit`` is the exception: it still loads the kit and
@@ -39,6 +40,12 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+def _describe_os_error(exc: OSError) -> str:
+    """``path: reason`` for an error of the file system or the OS, without Python's ``[Errno N]``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"{exc.filename}: {reason}" if exc.filename is not None else reason
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flrt",
@@ -63,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = handler(args)
     except (FlrtError, SecurityError, TransportError) as exc:
         print(f"flrt: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the machine refused (a full disk, a permission): name what and why
+        print(f"flrt: error: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -6,8 +6,9 @@ Only :mod:`argparse` here: every command's parser is built from this module whic
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-__all__ = ["BACKENDS", "add_common_options", "parse_address"]
+__all__ = ["BACKENDS", "add_common_options", "at_least", "parse_address", "parse_port"]
 
 BACKENDS = ("trio", "asyncio")
 
@@ -27,3 +28,26 @@ def parse_address(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
+
+
+def parse_port(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535. Raises :class:`argparse.ArgumentTypeError`."""
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def at_least(minimum: float, kind: type[int] | type[float] = int) -> Callable[[str], float]:
+    """An argument type: a number (``kind``) no smaller than ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not value >= minimum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        return value
+
+    return parse

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -15,11 +16,16 @@ import anyio
 import structlog
 
 from flrt._groups import only_exception
+from flrt.errors import ConfigError
 from flrt.logs import configure_logging
+from security.kit import load_kit
 
 T = TypeVar("T")
 
 __all__ = ["run", "run_node", "until_signal"]
+
+#: The logger :func:`~flrt.logs.configure_logging` routes every event to.
+EVENTS_LOGGER = "flrt.events"
 
 log = structlog.get_logger("flrt.cli")
 
@@ -47,12 +53,41 @@ def run_node(
     lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless ``args.quiet``),
     then run ``main(args, workspace)`` on ``args.backend`` until it returns."""
     workspace: Path = args.workspace or args.kit
-    configure_logging(
-        json_file=workspace / "logs" / f"{log_name}.jsonl",
-        console=None if args.quiet else sys.stderr,
-    )
+    load_kit(args.kit)  # a kit it cannot use is named as such, before anything is written
+    log_file = workspace / "logs" / f"{log_name}.jsonl"
+    try:
+        configure_logging(json_file=log_file, console=None if args.quiet else sys.stderr)
+    except OSError as exc:
+        hint = "" if args.workspace is not None else "; give a folder it may write with --workspace"
+        raise ConfigError(
+            f"the workspace {workspace} cannot be written ({exc.strerror or exc}){hint}"
+        ) from None
+    _report_log_errors_once(log_file)
     run(main, args, workspace, backend=args.backend)
     return 0
+
+
+def _report_log_errors_once(log_file: Path) -> None:
+    """A log file that cannot be written (a full disk) costs one warning on stderr, not the
+    standard library's stack trace for every line."""
+    reported = False
+
+    def handle_error(record: logging.LogRecord) -> None:
+        nonlocal reported
+        if not reported:
+            reported = True
+            error = sys.exc_info()[1]
+            reason = (error.strerror if isinstance(error, OSError) else None) or error
+            print(
+                f"flrt: warning: cannot write {log_file} ({reason}): log lines are lost until it"
+                " can be written (reported once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    for handler in logging.getLogger(EVENTS_LOGGER).handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = handle_error  # type: ignore[method-assign]
 
 
 def run(main: Callable[..., Awaitable[T]], *args: Any, backend: str, **kwargs: Any) -> T:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from flrt.cli._args import add_common_options
+from flrt.cli._args import add_common_options, at_least, parse_port
 
 __all__ = ["register"]
 
@@ -45,17 +45,21 @@ def register(subparsers: Any) -> None:
         "--host", default="0.0.0.0", help="the address to listen on (default: all, 0.0.0.0)"
     )
     start.add_argument(
-        "--port", type=int, default=None, help="listen on this port instead of the kit's"
+        "--port", type=parse_port, default=None, help="listen on this port instead of the kit's"
     )
     start.add_argument(
         "--site-wait",
-        type=float,
+        type=at_least(0.0, float),
         default=30.0,
         metavar="SECONDS",
         help="how long a starting job waits for all its sites before it starts with min_sites",
     )
     start.add_argument(
-        "--max-jobs", type=int, default=4, metavar="N", help="jobs running at once (default 4)"
+        "--max-jobs",
+        type=at_least(1),
+        default=4,
+        metavar="N",
+        help="jobs running at once (default 4)",
     )
     add_common_options(start)
     start.set_defaults(handler=_start)
