@@ -318,7 +318,8 @@ async def test_an_unknown_job_is_one_line(kits: Path, tmp_path: Path) -> None:
     ("case", "says"),
     [
         ("site kit", "a site kit cannot use the admin console"),
-        ("no kit", "not a startup kit"),
+        ("no kit", "does not exist"),
+        ("not a kit", "not a startup kit"),
         ("tampered kit", "startup/node.toml was changed after the kit was signed"),
         ("no job folder", "no such job folder or file"),
         ("no job.toml", "the folder has no job.toml"),
@@ -335,6 +336,9 @@ def test_a_wrong_kit_or_job_folder_is_one_line_before_dialling(
         kit = kits / "site-1"
     elif case == "no kit":
         kit = tmp_path / "nothing"
+    elif case == "not a kit":
+        kit = tmp_path / "empty"
+        kit.mkdir()
     elif case == "tampered kit":
         kit = tmp_path / "kit"
         shutil.copytree(kits / ADMIN, kit)
