@@ -11,12 +11,20 @@ The client dials the server like a site does (mutual TLS, the kit's certificate;
 the project has one) and sends each command as an ``ask`` to ``<server>/admin`` (see
 :mod:`flrt._admin_service` for what each role may do). Refusals come back as
 :class:`~flrt.errors.AdminError` with the server's reason; a job file the server refuses names the
-key (``AdminError.key``). :meth:`AdminClient.wait` subscribes to the job and waits for the server
-to say it is over: no polling. If the server restarts meanwhile, the client opens a new session and
-subscribes again.
+key (``AdminError.key``); an error names the command the caller called (``wait``, say, though
+it is a ``watch`` on the wire).
+
+Waiting. :meth:`AdminClient.watch` and :meth:`AdminClient.wait` subscribe to the job and wait for the
+server to say it changed: no polling. Reaching the server to subscribe is bounded by
+``connect_timeout``, like any command. Once subscribed, a server that goes away (stopped,
+restarting, unreachable) is dialled again, as below, for as long as the caller waits (``wait``'s
+``timeout``, or the cancel scope around ``watch``), not for ``connect_timeout``: a job outlives a
+server restart, and so does a wait on it. When the server answers again, the client opens a new
+session and subscribes again. A failure that dialling again cannot mend still ends the wait at once.
 
 Reaching the server. The client dials each of the server's addresses in turn, then again after a
-pause that doubles up to 2 s, until ``connect_timeout`` seconds have passed; each dial is cut short
+pause that doubles up to 2 s, until ``connect_timeout`` seconds have passed (while waiting for a
+job: until the wait ends, see above); each dial is cut short
 so that one address that never answers leaves time for the others. A failure that dialling again
 cannot mend ends the attempts at once: a server certificate not signed by the kit's CA, a TLS alert
 (the server refused this kit's certificate: revoked, expired, another project's), a refusal of the
@@ -30,7 +38,8 @@ for each.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -151,8 +160,8 @@ class AdminClient:
     """An admin's connection to the server (see the module docstring).
 
     ``timeout`` bounds each command; ``connect_timeout`` how long to keep trying to reach the server,
-    at the start and whenever the session is lost; ``server`` (host, port) replaces the addresses of
-    the kit. Both times must be positive (else :class:`ValueError`).
+    at the start and whenever a command finds the session lost (a watch or wait that has begun keeps
+    trying for as long as it waits); ``server`` (host, port) replaces the addresses of the kit. Both times must be positive (else :class:`ValueError`).
 
     Raises, on entry: :class:`~security.errors.KitError` for a kit that is not an admin's or cannot
     be used, and :class:`ServerUnreachableError` when the server cannot be reached in
@@ -180,9 +189,17 @@ class AdminClient:
         self._stack: AsyncExitStack | None = None
         self._context: Any = None
         self._jobs: dict[str, dict[str, Any]] = {}
-        self._watched: set[str] = set()
+        self._watched: dict[str, str] = {}  # job id -> the command that watches it
         self._changed = anyio.Event()
         self._lost = anyio.Event()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client has a session with the server that is connected right now (not while
+        the server is away and the client dials it again)."""
+        if self._node is None or self._lost.is_set():
+            return False
+        return self._node.peers.get(SERVER, False)
 
     @property
     def node(self) -> Node:
@@ -234,18 +251,21 @@ class AdminClient:
             self._lost.set()
             self._wake()
 
-    async def _connect(self) -> None:
+    async def _connect(self, *, until_cancelled: bool = False) -> None:
         """Open a session with the server, trying each of its addresses until ``connect_timeout``
-        has passed or a failure that retrying cannot mend (see the module docstring).
+        has passed (or, with ``until_cancelled``, until the caller's cancel scope ends it) or a
+        failure that retrying cannot mend (see the module docstring); then subscribe again to the
+        jobs watched.
 
-        Raises :class:`ServerUnreachableError`.
+        Raises :class:`ServerUnreachableError`, and :class:`~flrt.errors.AdminError` if the server
+        refuses a subscription.
         """
         assert self.kit is not None
         addresses = (
             [self.server_address] if self.server_address else self.kit.config.server_addresses
         )
         started = anyio.current_time()
-        deadline = started + self.connect_timeout
+        deadline = math.inf if until_cancelled else started + self.connect_timeout
         # One address that never answers must not take the whole budget from the others.
         per_dial = min(
             2 * self.node.config.handshake_timeout,
@@ -287,8 +307,13 @@ class AdminClient:
                         live.remove((host, port))
                         foreign_ca = foreign_ca or _from_another_ca(exc)
                     continue
-                for job_id in sorted(self._watched):  # a new session: subscribe again
-                    self._store(await self._command("watch", job_id=job_id))
+                try:
+                    for job_id, command in sorted(self._watched.items()):  # a new session
+                        self._store((await self._ask_once("watch", command, job_id=job_id)).body)
+                except (ConnectionClosedError, ResumeRefusedError) as exc:
+                    last = exc  # lost again at once: dial again, within the same bounds
+                    reasons[f"{host}:{port}"] = str(exc)
+                    continue
                 return
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
@@ -309,31 +334,41 @@ class AdminClient:
 
     # ------------------------------------------------------------------ commands
 
-    async def _command(self, cmd: str, **args: Any) -> Any:
-        reply = await self._ask(cmd, **args)
+    async def _command(self, cmd: str, /, *, command: str | None = None, **args: Any) -> Any:
+        reply = await self._ask(cmd, command=command, **args)
         return reply.body
 
-    async def _ask(self, cmd: str, **args: Any) -> Reply:
+    async def _ask(self, cmd: str, /, *, command: str | None = None, **args: Any) -> Reply:
+        """Ask the server ``cmd`` with ``args``, reaching it first if the session is lost.
+
+        ``command`` is what the caller called, named in errors (by default ``cmd``).
+        """
         for attempt in (1, 2):
             if self._lost.is_set() or SERVER not in self.node.peers:
                 await self._connect()
             try:
-                reply = await self.node.ask(
-                    f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
-                )
-                break
+                return await self._ask_once(cmd, command or cmd, **args)
             except (ConnectionClosedError, ResumeRefusedError):
                 # The session ended (the server restarted): commands that change nothing are
                 # asked again on a new one; submit and abort are not, as they may have arrived.
                 if attempt == 2 or cmd not in _RETRYABLE:
                     raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _ask_once(self, cmd: str, command: str, /, **args: Any) -> Reply:
+        """Ask ``cmd`` on the current session; a refusal is an :class:`AdminError` for ``command``."""
+        reply = await self.node.ask(
+            f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
+        )
         body = reply.body
         if not isinstance(body, dict):
-            raise AdminError("the server's answer is not a map", command=cmd, code="bad_request")
+            raise AdminError(
+                "the server's answer is not a map", command=command, code="bad_request"
+            )
         if not body.get("ok"):
             raise AdminError(
                 str(body.get("error", "refused")),
-                command=cmd,
+                command=command,
                 code=str(body.get("code", "bad_request")),
                 key=body.get("key") if isinstance(body.get("key"), str) else None,
             )
@@ -373,11 +408,48 @@ class AdminClient:
         self._store(body)
         return dict(body["job"])
 
-    async def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+    def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Yield the job each time the server says it changed (status, a completed round), until it
-        is over."""
-        self._watched.add(job_id)
-        self._store(await self._command("watch", job_id=job_id))
+        is over.
+
+        If the server goes away meanwhile, the client dials it again until it answers: bound the
+        watch with a cancel scope (see the module docstring). Raises
+        :class:`~flrt.errors.AdminError` (``command="watch"``) for a job the server does not know,
+        and :class:`ServerUnreachableError`.
+        """
+        return self._follow(job_id, "watch")
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[dict[str, Any]], object] | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the job is finished, failed or aborted; returns it. ``on_change`` is called
+        with the job each time the server says it changed, the last time included.
+
+        ``timeout`` bounds the whole wait, reaching the server again included: a server that goes
+        away meanwhile is dialled again until then (see the module docstring). Raises
+        :class:`TimeoutError` after ``timeout`` seconds, :class:`~flrt.errors.AdminError`
+        (``command="wait"``) for a job the server does not know, and
+        :class:`ServerUnreachableError`.
+        """
+        with anyio.fail_after(timeout if timeout is not None else math.inf):
+            async for job in self._follow(job_id, "wait"):
+                if on_change is not None:
+                    on_change(job)
+                if job.get("status") in TERMINAL:
+                    return job
+        raise AdminError("the watch ended early", command="wait", code="bad_state")
+
+    async def _follow(self, job_id: str, command: str) -> AsyncIterator[dict[str, Any]]:
+        """Subscribe to ``job_id`` for ``command`` and yield each new view of it until it is over;
+        a lost server is dialled again for as long as the caller waits."""
+        self._store(await self._command("watch", command=command, job_id=job_id))
+        # Subscribed again on every new session; only now, as a job the server does not know would
+        # make every later reconnection fail.
+        self._watched.setdefault(job_id, command)
         seen: dict[str, Any] | None = None
         while True:
             current = self._jobs[job_id]
@@ -388,20 +460,9 @@ class AdminClient:
                     return
             changed = self._changed
             if self._lost.is_set():
-                await self._connect()
+                await self._connect(until_cancelled=True)
                 continue
             await changed.wait()
-
-    async def wait(self, job_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """Wait until the job is finished, failed or aborted; returns it.
-
-        Raises :class:`TimeoutError` after ``timeout`` seconds.
-        """
-        with anyio.fail_after(timeout if timeout is not None else float("inf")):
-            async for job in self.watch(job_id):
-                if job.get("status") in TERMINAL:
-                    return job
-        raise AdminError("the watch ended early", command="wait", code="bad_state")
 
     async def download(self, job_id: str, directory: Path | str) -> Path:
         """Write the job's model (``model.safetensors``), ``job.json`` (record, per-round summaries),

@@ -5,8 +5,13 @@ Commands: ``submit JOB_DIR``, ``jobs``, ``status``, ``job JOB_ID``, ``abort JOB_
 JSON instead of tables. What an admin may do depends on the role in its certificate.
 
 ``--command-timeout S`` bounds both how long the client keeps trying to reach the server and how
-long it waits for each answer (by default 30 s to reach it, 60 s for an answer); ``wait --timeout``
-bounds the whole wait, reaching the server included.
+long it waits for each answer (by default 30 s to reach it, 60 s for an answer). ``wait --timeout
+S`` bounds the whole wait, reaching the server included: the first time, the client gives up on
+the server after the shorter of the two times; once the wait has begun, a server that goes away
+(stopped, restarting) is dialled again until the job is over or S seconds have passed since the
+command started, however long ``--command-timeout`` is. Without ``--timeout``, ``wait`` waits until
+the job is over, however long the server is away (Ctrl-C stops waiting; the job keeps running).
+A certificate that is refused ends any command at once.
 """
 
 from __future__ import annotations
@@ -58,7 +63,8 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="give up reaching the server, or waiting for one of its answers, after SECONDS"
-        " (default: 30 to reach it, 60 for an answer); a refused certificate fails at once",
+        " (default: 30 to reach it, 60 for an answer); a refused certificate fails at once;"
+        " a wait that has begun dials a lost server again until its own --timeout",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log to the terminal")
     sub = parser.add_subparsers(dest="admin_command", metavar="COMMAND", required=True)
@@ -79,7 +85,9 @@ def register(subparsers: Any) -> None:
         type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="give up after SECONDS, reaching the server included (default: wait until it is over)",
+        help="give up after SECONDS, reaching the server included: a server that goes away"
+        " meanwhile is dialled again until then (default: wait until the job is over, however"
+        " long the server is away)",
     )
     download = sub.add_parser("download", help="download a job's model and results")
     download.add_argument("job_id", metavar="JOB_ID")

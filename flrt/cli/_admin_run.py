@@ -83,29 +83,37 @@ async def _abort(admin: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_progress(job: dict[str, Any]) -> None:
+    print(
+        f"{job['job_id']} {job['status']} round {job.get('round', 0)}/{job.get('rounds')}"
+        + (f": {job['reason']}" if job.get("reason") else ""),
+        flush=True,
+    )
+
+
 async def _wait(admin: AdminClient, args: argparse.Namespace, deadline: float) -> int:
+    """``wait``: :meth:`AdminClient.wait` until ``deadline`` (a server that goes away meanwhile is
+    dialled again until then, see :mod:`flrt.cli._admin`)."""
     try:
-        with anyio.fail_at(deadline):
-            async for job in admin.watch(args.job_id):
-                if not args.json:
-                    print(
-                        f"{job['job_id']} {job['status']} round {job.get('round', 0)}/{job.get('rounds')}"
-                        + (f": {job['reason']}" if job.get("reason") else ""),
-                        flush=True,
-                    )
+        job = await admin.wait(
+            args.job_id,
+            timeout=max(deadline - anyio.current_time(), 0.0),
+            on_change=None if args.json else _print_progress,
+        )
     except TimeoutError as exc:
         if isinstance(exc, TransportError):  # no answer from the server: flrt.cli.main says it
             raise
-        print(
-            f"flrt: error: job {args.job_id} is not over after {args.timeout:g} s"
-            " (it keeps running on the server)",
-            file=sys.stderr,
-        )
+        if admin.connected:
+            why = f"job {args.job_id} is not over after {args.timeout:g} s"
+            why += " (it keeps running on the server)"
+        else:
+            why = f"gave up on job {args.job_id} after {args.timeout:g} s: the server went away"
+            why += " and has not answered since (the job may still be running there)"
+        print(f"flrt: error: {why}", file=sys.stderr)
         return 1
-    final = await admin.job(args.job_id)
     if args.json:
-        _print_json(final["job"])
-    return 0 if final["job"]["status"] == "finished" else 1
+        _print_json(job)
+    return 0 if job["status"] == "finished" else 1
 
 
 async def _download(admin: AdminClient, args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import numpy as np
 import pytest
@@ -32,12 +33,21 @@ import pytest
 from flrt.admin import AdminClient, ServerUnreachableError, _write_download, read_job
 from flrt.cli import main
 from flrt.cli._admin_run import _download
-from flrt.errors import JobError
+from flrt.errors import AdminError, JobError
 from flrt.server import ServerNode
+from security.kit import load_kit
+from security.pki import identity_from_certificate
 from security.provision import revoke
+from security.tls import server_ssl_context_from_kit
 from tests.nodes._project import ADMIN, LEAD, free_port, provision_project
 from transport.bus import Node
-from transport.errors import CertificateProblem, HandshakeError, HandshakeFailure, TransportError
+from transport.errors import (
+    CertificateProblem,
+    ConnectionBrokenError,
+    HandshakeError,
+    HandshakeFailure,
+    TransportError,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,6 +250,131 @@ async def test_a_failure_of_a_final_kind_ends_the_dialling_whatever_its_text(
     assert ("is this kit from the server's project?" in str(unreachable)) is foreign
 
 
+#: A job that waits for three sites; none comes, so it is never over unless aborted.
+WAITING_JOB = """\
+name = "waiting"
+[workflow]
+name = "fedavg"
+rounds = 1
+sites_per_round = 3
+min_sites = 3
+[trainer]
+spec = "flrt.examples.logreg:LogisticRegressionTrainer"
+"""
+
+
+@asynccontextmanager
+async def not_ready_server(kits: Path, port: int) -> AsyncIterator[Node]:
+    """The server's address answered by a node with the server's certificate that is not ready: it
+    ends the client's old session (it does not know it), then closes every new connection at once,
+    as a server still starting might. A client sees transient failures, never a final one."""
+    connections = 0
+
+    def authenticate(der: bytes) -> str:
+        nonlocal connections
+        connections += 1
+        if connections > 1:
+            raise ConnectionBrokenError("not ready")  # closed without a word: try again later
+        return identity_from_certificate(der).name
+
+    context = server_ssl_context_from_kit(load_kit(kits / "server"))
+    async with Node("server") as node:
+        await node.serve(context, authenticate, host="127.0.0.1", port=port)
+        yield node
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_wait_outlives_a_server_away_longer_than_the_connect_budget(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``connect_timeout`` bounds reaching the server for a command; a wait that has begun dials a
+    lost server again for as long as it waits. The server stops, its address ends the client's
+    session and then turns every dial away for twice the budget, then the server is back: the
+    wait ends with the job's outcome, not with :class:`ServerUnreachableError`."""
+    budget = 1.0
+    port = free_port()
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.toml").write_text(WAITING_JOB)
+    away_since: float | None = None
+    away_long = anyio.Event()  # the client has failed to open a session for twice its budget
+    dial = Node.connect
+
+    async def watched_dial(self: Node, *args: Any, **kwargs: Any) -> Any:
+        nonlocal away_since
+        try:
+            return await dial(self, *args, **kwargs)
+        except TransportError:
+            now = anyio.current_time()
+            away_since = now if away_since is None else away_since
+            if now - away_since > 2 * budget:
+                away_long.set()
+            raise
+
+    monkeypatch.setattr(Node, "connect", watched_dial)
+    seen: list[str] = []
+    subscribed = anyio.Event()
+
+    def changed(view: dict[str, Any]) -> None:
+        seen.append(view["status"])
+        subscribed.set()
+
+    workspace = tmp_path / "server"
+    address = ("127.0.0.1", port)
+    outcome: dict[str, Any] = {}
+    stop, stopped = anyio.Event(), anyio.Event()
+
+    async def first_server(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with server(kits, workspace, port):
+            task_status.started()
+            await stop.wait()
+        stopped.set()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as servers:
+            await servers.start(first_server)
+            admin = AdminClient(kits / ADMIN, server=address, connect_timeout=budget)
+            async with admin, anyio.create_task_group() as tg:
+                job_id = await admin.submit(job)
+
+                async def wait() -> None:
+                    outcome.update(await admin.wait(job_id, timeout=50, on_change=changed))
+                    waited.set()
+
+                waited = anyio.Event()
+                tg.start_soon(wait)
+                await subscribed.wait()
+                stop.set()
+                await stopped.wait()
+                async with not_ready_server(kits, port):
+                    await away_long.wait()
+                async with server(kits, workspace, port):
+                    async with AdminClient(kits / ADMIN, server=address) as other:
+                        await other.abort(job_id)
+                    await waited.wait()  # the waiting client is back, and told
+    assert outcome["job_id"] == job_id
+    assert outcome["status"] == "aborted"
+    assert seen[-1] == "aborted"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_an_unknown_job_is_named_by_the_command_called(kits: Path, tmp_path: Path) -> None:
+    async with server(kits, tmp_path / "server") as node:
+        address = ("127.0.0.1", node.port)
+        async with AdminClient(kits / ADMIN, server=address) as admin:
+            with pytest.raises(AdminError) as waited:
+                await admin.wait("no-such-job", timeout=30)
+            with pytest.raises(AdminError) as watched:
+                async for _ in admin.watch("no-such-job"):
+                    pass
+            assert await admin.jobs() == []  # a refused subscription spoils no later command
+    assert (waited.value.command, waited.value.code) == ("wait", "unknown_job")
+    assert str(waited.value) == "wait: no job 'no-such-job'"
+    assert str(watched.value) == "watch: no job 'no-such-job'"
+
+
 def test_read_job_names_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
@@ -303,15 +438,65 @@ async def test_the_command_line_says_a_certificate_failure_at_once(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # the server's loop; the client is a process
+async def test_wait_gives_up_on_a_server_gone_at_its_own_timeout_and_says_so(
+    kits: Path, tmp_path: Path
+) -> None:
+    """Once waiting, the command keeps dialling a server that went away until ``--timeout``, not
+    ``--command-timeout``, and then says the server is gone rather than that the job runs on."""
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.toml").write_text(WAITING_JOB)
+    async with server(kits, tmp_path / "server") as node:
+        address = f"127.0.0.1:{node.port}"
+        async with AdminClient(kits / ADMIN, server=("127.0.0.1", node.port)) as admin:
+            job_id = await admin.submit(job)
+        argv = ["--server", address, "--command-timeout", "1", "wait", job_id, "--timeout", "8"]
+        proc = await anyio.to_thread.run_sync(
+            lambda: subprocess.Popen(
+                [sys.executable, "-m", "flrt", "admin", str(kits / ADMIN), *argv],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+        try:
+            assert proc.stdout is not None
+            first = await anyio.to_thread.run_sync(proc.stdout.readline)  # it is waiting
+            assert first.startswith(f"{job_id} running"), first
+        except BaseException:
+            proc.kill()
+            raise
+    gone = time.monotonic()  # the server stopped for good
+    try:
+        _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    finally:
+        proc.kill()
+    waited = time.monotonic() - gone
+    assert proc.returncode == 1
+    assert waited > 2, waited  # not given up after --command-timeout's 1 s
+    assert one_line_error(err) == (
+        f"flrt: error: gave up on job {job_id} after 8 s: the server went away"
+        " and has not answered since (the job may still be running there)"
+    )
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_an_unknown_job_is_one_line(kits: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["abort", "wait"])
+async def test_an_unknown_job_is_one_line_naming_the_command(
+    kits: Path, tmp_path: Path, command: str
+) -> None:
     async with server(kits, tmp_path / "server") as node:
         address = f"127.0.0.1:{node.port}"
         result, _ = await anyio.to_thread.run_sync(
-            lambda: flrt("admin", str(kits / ADMIN), "--server", address, "abort", "no-such-job")
+            lambda: flrt("admin", str(kits / ADMIN), "--server", address, command, "no-such-job")
         )
     assert result.returncode == 1
-    assert one_line_error(result.stderr) == "flrt: error: abort: no job 'no-such-job'"
+    assert one_line_error(result.stderr) == f"flrt: error: {command}: no job 'no-such-job'"
 
 
 @pytest.mark.parametrize(
