@@ -3,7 +3,8 @@
 Each command lives in its own module that exposes ``register(subparsers)``; :data:`COMMANDS` lists
 them. A command's handler returns the process exit code. Errors from the three packages are printed
 as one line naming the problem, never as a stack trace; so is an :class:`OSError` that no command
-translated (a full disk, a folder it may not write), with the file it concerns.
+translated (a full disk, a folder it may not write), with the file it concerns. Ctrl-C, even while
+the commands' modules are still loading, ends with ``flrt: interrupted`` and exit code 130.
 
 The parser is built whichever command runs, so a command's module declares its arguments and
 imports little more than :mod:`argparse` (``_kit`` is the exception: it still loads the kit and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -60,20 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()  # imports every command's module: Ctrl-C may land here
+        args = parser.parse_args(argv)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
         code: int = handler(args)
     except (FlrtError, SecurityError, TransportError) as exc:
         print(f"flrt: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `flrt ... | head`: whoever read the output has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        return 1
     except OSError as exc:  # the machine refused (a full disk, a permission): name what and why
         print(f"flrt: error: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a command with more to say about it (admin) says it itself
+        print("flrt: interrupted", file=sys.stderr)
         return 130
     return code
