@@ -193,3 +193,14 @@ def test_an_os_error_no_command_translated_is_one_line_naming_the_file(
     assert main(["kit", "verify", "/opt/flrt/hospital-a"]) == 1
     err = capsys.readouterr().err
     assert err == "flrt: error: /opt/flrt/hospital-a/startup: Permission denied\n"
+
+
+def test_output_cut_short_by_a_pager_or_head_is_not_an_error_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def cut_short(args: argparse.Namespace) -> int:  # `flrt kit verify KIT | head -1`
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("flrt.cli._kit._verify", cut_short)
+    assert main(["kit", "verify", "/opt/flrt/hospital-a"]) == 1
+    assert capsys.readouterr().err == ""

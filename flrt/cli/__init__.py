@@ -18,6 +18,7 @@ server, its job store, workflows and aggregators, nor an admin client the site's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flrt: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `flrt ... | head`: whoever read the output has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        with contextlib.suppress(OSError, ValueError):  # and Python's flush at exit must not say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:  # the machine refused (a full disk, a permission): name what and why
         print(f"flrt: error: {_describe_os_error(exc)}", file=sys.stderr)
