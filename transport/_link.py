@@ -58,7 +58,7 @@ from transport.protocol.session import (
     SessionEnded,
     SessionOpened,
 )
-from transport.tls import describe_failure
+from transport.tls import connection_broken
 
 __all__ = ["Link", "event_loop_clock"]
 
@@ -180,7 +180,7 @@ class Link:
                 try:
                     await _write_all(stream, buffers)
                 except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
-                    self._connection_failed(ConnectionBrokenError(describe_failure(exc)), scope)
+                    self._connection_failed(connection_broken(exc), scope)
                     return False
         if self.session.state.value == "closed":
             scope.cancel()
@@ -251,7 +251,7 @@ class Link:
                 self._connection_failed(ConnectionBrokenError("peer closed the connection"), scope)
                 return
             except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
-                self._connection_failed(ConnectionBrokenError(describe_failure(exc)), scope)
+                self._connection_failed(connection_broken(exc), scope)
                 return
             session.receive_data(data, self._now())
             self._handle_events(scope)

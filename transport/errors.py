@@ -190,7 +190,28 @@ class ConnectionClosedError(TransportError):
 
 
 class ConnectionBrokenError(TransportError):
-    """The connection broke underneath the session."""
+    """The connection broke underneath the session; ``reason`` says how.
+
+    ``kind`` (with ``certificate`` and ``alert``) is what the failure means if it ends a handshake,
+    as :class:`HandshakeError` has them: a connection that merely broke is
+    :attr:`HandshakeFailure.TRANSIENT`, one the peer ended with a TLS alert (a TLS 1.3 server
+    refusing the client's certificate does so after the client's handshake completed) is
+    :attr:`HandshakeFailure.TLS_ALERT`.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: HandshakeFailure = HandshakeFailure.TRANSIENT,
+        certificate: CertificateProblem | None = None,
+        alert: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.kind = kind
+        self.certificate = certificate
+        self.alert = alert
+        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
 
 
 class PeerTimeoutError(TransportError, TimeoutError):

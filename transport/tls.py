@@ -10,9 +10,9 @@ what the ssl module reports in codes, not prose: ``verify_code`` (OpenSSL's ``X5
 number) for a certificate that failed verification, and ``reason`` (OpenSSL's reason code name, such
 as ``TLSV1_ALERT_UNKNOWN_CA``) for the rest. Both are identifiers OpenSSL keeps from version to
 version; the messages around them are not. A connection that breaks after the TLS handshake but
-before the session opens (under TLS 1.3 the server checks the client's certificate only then) is
-described by :func:`describe_failure` as ``"TLS failure: "`` and the reason code in lower case;
-:func:`handshake_error` reads the code back from that text, as the link keeps only the text.
+before the session opens (under TLS 1.3 the server checks the client's certificate only then)
+becomes a :class:`ConnectionBrokenError` (:func:`connection_broken`) that keeps the same kind, and
+:func:`handshake_error` takes it from there: no text is ever read back.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "ALPN_PROTOCOL",
     "accept_tls",
     "client_handshake",
+    "connection_broken",
     "describe_failure",
     "dial_tls",
     "handshake_error",
@@ -75,8 +76,6 @@ def prepare_client_context(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-#: How :func:`tls_failure_reason` begins the text of an ssl error other than a verification failure:
-#: the reason code follows, in lower case with spaces for underscores.
 _TLS_FAILURE = "TLS failure: "
 _VERIFY_FAILED = "certificate verification failed: "
 
@@ -160,23 +159,11 @@ def _kind_of_reason_code(code: str) -> _Kind:
     return _UNKNOWN
 
 
-def _kind_of_description(text: str) -> _Kind:
-    """The kind of a connection failure from :func:`describe_failure`'s text (see the module
-    docstring: the link keeps no more than that)."""
-    if text.startswith(_TLS_FAILURE):
-        return _kind_of_reason_code(text.removeprefix(_TLS_FAILURE).upper().replace(" ", "_"))
-    if text.startswith(_VERIFY_FAILED):
-        return _Kind(HandshakeFailure.PEER_CERTIFICATE, CertificateProblem.OTHER)
-    if text.startswith(("peer closed the connection", "connection broke")):
-        return _TRANSIENT
-    return _UNKNOWN
-
-
 def _kind_of(cause: BaseException | None) -> _Kind:
     if isinstance(cause, HandshakeError):
         return _Kind(cause.kind, cause.certificate, cause.alert)
     if isinstance(cause, ConnectionBrokenError):
-        return _kind_of_description(str(cause))
+        return _Kind(cause.kind, cause.certificate, cause.alert)
     if isinstance(cause, PeerTimeoutError | TimeoutError):
         return _TRANSIENT
     if isinstance(cause, ssl.SSLCertVerificationError):
@@ -197,12 +184,22 @@ def handshake_error(reason: str, cause: BaseException | None) -> HandshakeError:
     """A :class:`HandshakeError` saying ``reason``, of the kind that ``cause`` shows.
 
     ``cause`` is what went wrong underneath: an ssl, OS or anyio error, or a transport error (a
-    :class:`HandshakeError` lends its kind, a :class:`ConnectionBrokenError` the kind of the failure
-    :func:`describe_failure` described). Anything not understood gives
-    :attr:`HandshakeFailure.UNKNOWN`.
+    :class:`HandshakeError` or :class:`ConnectionBrokenError` lends its kind). Anything not
+    understood gives :attr:`HandshakeFailure.UNKNOWN`.
     """
     found = _kind_of(cause)
     return HandshakeError(reason, kind=found.kind, certificate=found.certificate, alert=found.alert)
+
+
+def connection_broken(exc: BaseException) -> ConnectionBrokenError:
+    """The :class:`ConnectionBrokenError` for ``exc`` (an ssl, OS or anyio error met on an open
+    connection): :func:`describe_failure`'s text, and the kind of failure ``exc`` shows (kept as
+    fields: the error outlives the connection, and ``exc``'s traceback would keep its frames)."""
+    found = _kind_of(exc)
+    kind = HandshakeFailure.TRANSIENT if found.kind is HandshakeFailure.UNKNOWN else found.kind
+    return ConnectionBrokenError(
+        describe_failure(exc), kind=kind, certificate=found.certificate, alert=found.alert
+    )
 
 
 def describe_failure(exc: BaseException) -> str:

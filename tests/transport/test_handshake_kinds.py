@@ -42,6 +42,7 @@ from transport.errors import (
     HandshakeFailure,
     ResumeRefusedError,
 )
+from transport.protocol.frames import FrameKind, encode_frame
 from transport.protocol.session import (
     ConnectionFailed,
     HelloReader,
@@ -55,6 +56,7 @@ from transport.protocol.session import (
 from transport.tls import (
     accept_tls,
     client_handshake,
+    connection_broken,
     describe_failure,
     dial_tls,
     handshake_error,
@@ -289,20 +291,31 @@ def test_a_real_ssl_failure_is_classified_by_its_codes(pki: Pki, scenario: str) 
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_the_kind_is_the_same_through_anyio_and_a_broken_links_text(
-    pki: Pki, scenario: str
-) -> None:
+def test_the_kind_is_the_same_through_anyio_and_a_broken_link(pki: Pki, scenario: str) -> None:
     """anyio wraps the ssl error (``BrokenResourceError from exc``); a link that broke before the
-    session opened keeps only :func:`describe_failure`'s text. Neither loses the kind."""
+    session opened keeps a :class:`ConnectionBrokenError` (:func:`connection_broken`), not the ssl
+    error. Neither loses the kind."""
     exc = _failure(pki, scenario)
     direct = handshake_error("direct", exc)
     wrapped = anyio.BrokenResourceError()
     wrapped.__cause__ = exc
     assert _classified(handshake_error("wrapped", wrapped)) == _classified(direct)
-    described = handshake_error("described", ConnectionBrokenError(describe_failure(exc)))
-    assert described.kind is direct.kind
-    if direct.kind is K.TLS_ALERT:
-        assert described.alert == direct.alert
+    broken = connection_broken(wrapped)
+    assert str(broken) == describe_failure(wrapped)
+    kept = handshake_error("kept", broken)
+    if direct.kind is K.UNKNOWN:
+        assert kept.kind is K.TRANSIENT  # a connection that broke, for all anyone can tell
+    else:
+        assert _classified(kept) == _classified(direct)
+
+
+def test_a_broken_links_kind_is_never_read_from_its_text() -> None:
+    looks_final = ConnectionBrokenError("TLS failure: tlsv13 alert certificate required")
+    assert handshake_error("x", looks_final).kind is K.TRANSIENT
+    alert = ConnectionBrokenError("connection broke", kind=K.TLS_ALERT, alert="unknown_ca")
+    assert _classified(handshake_error("x", alert)) == _classified(
+        HandshakeError("y", kind=K.TLS_ALERT, alert="unknown_ca")
+    )
 
 
 @pytest.mark.parametrize(
@@ -341,6 +354,17 @@ def test_a_refusal_at_hello_says_its_kind_from_the_frames_code(code: str, kind: 
     assert isinstance(ended.error, HandshakeError)
     assert ended.error.kind is kind
     assert str(ended.error) == "not on the list"
+
+
+@pytest.mark.parametrize("code", [["identity"], {"a": 1}, 7, None, b"identity"])
+def test_a_refusal_whose_code_is_not_a_string_is_of_unknown_kind(code: object) -> None:
+    session = Session(SessionRole.CLIENT, SMALL)
+    session.connect(0.0)
+    session.receive_data(b"".join(encode_frame(FrameKind.REFUSE, {"why": "no", "code": code})), 0.1)
+    [ended] = session.events_received()
+    assert isinstance(ended, SessionEnded)
+    assert isinstance(ended.error, HandshakeError)
+    assert ended.error.kind is K.UNKNOWN
 
 
 def test_a_refused_resumption_from_the_server_is_of_that_kind() -> None:

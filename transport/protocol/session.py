@@ -314,7 +314,7 @@ def _offsets(raw: object, where: str) -> dict[int, int]:
 
 
 #: What a REFUSE frame's code says of a refusal at HELLO (see :class:`HandshakeFailure`).
-_REFUSAL_KINDS: dict[object, HandshakeFailure] = {
+_REFUSAL_KINDS: dict[str, HandshakeFailure] = {
     "identity": HandshakeFailure.IDENTITY_REFUSED,  # the peer's policy turned this node away
     "protocol": HandshakeFailure.NOT_FLRT,  # the peer could not read this side's HELLO
 }
@@ -880,10 +880,13 @@ class Session:
     def _on_refuse(self, header: dict[str, Any]) -> None:
         why = header.get("why")
         reason = why if isinstance(why, str) else "refused by peer"
-        if header.get("code") == "resume":
+        code = header.get("code")
+        if code == "resume":
             raise ResumeRefusedError(reason, self.undelivered)
         # Refused while opening: a handshake failure; refused later: the peer saw a violation.
-        kind = _REFUSAL_KINDS.get(header.get("code"), HandshakeFailure.UNKNOWN)
+        kind = HandshakeFailure.UNKNOWN  # a code from a peer is anything msgpack can carry
+        if isinstance(code, str):
+            kind = _REFUSAL_KINDS.get(code, kind)
         error = (
             HandshakeError(reason, kind=kind)
             if self.state is SessionState.HANDSHAKING
