@@ -26,7 +26,10 @@ sites load (``module:object`` with keyword arguments), the target sites and the 
     names = ["head.weight"]
 
 Everything is checked when the file is read; an unknown key or a wrong value is a
-:class:`~flrt.errors.JobError` naming the file, the dotted key and the reason.
+:class:`~flrt.errors.JobError` naming the file, the dotted key and the reason. Counts and durations
+have upper bounds as well as lower ones (:data:`MAX_ROUNDS`, :data:`MAX_SITES`, ...): a job of
+``rounds = 100000000000000000`` is a typing mistake, refused when it is submitted, not a job that
+runs for ever and fills the disk with its journal.
 
 A job's life (:class:`JobStatus`) follows :data:`JOB_TRANSITIONS`; each terminal state carries a
 reason. Job ids (:func:`new_job_id`) sort by creation time and are safe as directory names.
@@ -54,6 +57,12 @@ from flrt.filters import FilterSpec, parse_filter_spec
 
 __all__ = [
     "JOB_TRANSITIONS",
+    "MAX_LOCAL_EPOCHS",
+    "MAX_LOCAL_STEPS",
+    "MAX_MEMORY_BUDGET_MB",
+    "MAX_ROUNDS",
+    "MAX_SECONDS",
+    "MAX_SITES",
     "WORKFLOW_PARAMS",
     "CrossSiteEvalParams",
     "FedAvgParams",
@@ -85,6 +94,22 @@ class Sampling(enum.Enum):
     RELIABLE = "reliable"
 
 
+# ----------------------------------------------------------------------------- bounds
+
+#: The most rounds a job may ask for (a round a minute: more than two months).
+MAX_ROUNDS: Final = 100_000
+#: The most sites a job may name or need (``min_sites``, ``sites_per_round``, ``targets.sites``,
+#: ``byzantine``): far more hospitals than any study has.
+MAX_SITES: Final = 10_000
+#: The most local epochs and steps a task may ask of a trainer per round.
+MAX_LOCAL_EPOCHS: Final = 10_000
+MAX_LOCAL_STEPS: Final = 100_000_000
+#: The longest ``grace_seconds`` and ``round_timeout``: 30 days.
+MAX_SECONDS: Final = 30 * 24 * 3600.0
+#: The largest ``memory_budget_mb``: 1 TiB.
+MAX_MEMORY_BUDGET_MB: Final = 1024.0 * 1024.0
+
+
 # ----------------------------------------------------------------------------- per-workflow params
 
 
@@ -109,16 +134,23 @@ class TrainingParams:
       the budget is still received, alone; the others wait, held back by flow control.
     """
 
-    evaluate_every: int = dataclasses.field(default=0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    evaluate_every: int = dataclasses.field(
+        default=0, metadata=_check(lambda v: 0 <= v <= MAX_ROUNDS, f"in [0, {MAX_ROUNDS}]")
+    )
     local_epochs: int | None = dataclasses.field(
-        default=None, metadata=_check(lambda v: v >= 1, ">= 1")
+        default=None,
+        metadata=_check(lambda v: 1 <= v <= MAX_LOCAL_EPOCHS, f"in [1, {MAX_LOCAL_EPOCHS}]"),
     )
     local_steps: int | None = dataclasses.field(
-        default=None, metadata=_check(lambda v: v >= 1, ">= 1")
+        default=None,
+        metadata=_check(lambda v: 1 <= v <= MAX_LOCAL_STEPS, f"in [1, {MAX_LOCAL_STEPS}]"),
     )
     cross_site_eval: bool = False
     memory_budget_mb: float = dataclasses.field(
-        default=256.0, metadata=_check(lambda v: v > 0, "> 0")
+        default=256.0,
+        metadata=_check(
+            lambda v: 0 < v <= MAX_MEMORY_BUDGET_MB, f"in (0, {MAX_MEMORY_BUDGET_MB:.0f}]"
+        ),
     )
 
 
@@ -134,7 +166,9 @@ class FedAvgParams(TrainingParams):
     trim_ratio: float = dataclasses.field(
         default=0.1, metadata=_check(lambda v: 0 <= v < 0.5, "in [0, 0.5)")
     )
-    byzantine: int = dataclasses.field(default=1, metadata=_check(lambda v: v >= 0, ">= 0"))
+    byzantine: int = dataclasses.field(
+        default=1, metadata=_check(lambda v: 0 <= v <= MAX_SITES, f"in [0, {MAX_SITES}]")
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -282,7 +316,9 @@ class _Reader:
             raise self.error(name, f"must be a string, got {_kind(value)}")
         return value
 
-    def integer(self, name: str, *, minimum: int, required: bool = True) -> int | None:
+    def integer(
+        self, name: str, *, minimum: int, maximum: int, required: bool = True
+    ) -> int | None:
         if name not in self.table:
             if required:
                 raise self.error(name, "is missing")
@@ -292,9 +328,11 @@ class _Reader:
             raise self.error(name, f"must be an integer, got {_kind(value)}")
         if value < minimum:
             raise self.error(name, f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise self.error(name, f"must be <= {maximum}, got {value}")
         return value
 
-    def number(self, name: str, *, positive: bool = False) -> float | None:
+    def number(self, name: str, *, maximum: float, positive: bool = False) -> float | None:
         if name not in self.table:
             return None
         value = _as_float(self.raw(name))
@@ -304,6 +342,8 @@ class _Reader:
             raise self.error(name, "must be finite")
         if value < 0 or (positive and value == 0):
             raise self.error(name, f"must be {'> 0' if positive else '>= 0'}, got {value:g}")
+        if value > maximum:
+            raise self.error(name, f"must be <= {_plain(maximum)}, got {_plain(value)}")
         return value
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -334,6 +374,11 @@ def _kind(value: object) -> str:
     if isinstance(value, dict):
         return "a table"
     return f"a {type(value).__name__}"
+
+
+def _plain(number: float) -> str:
+    """A number as people write it: 2592001, not 2.592e+06 (but 1e+300, not 301 digits)."""
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
 
 
 def _as_float(value: object) -> float | None:
@@ -424,27 +469,29 @@ def _parse_workflow(reader: _Reader) -> WorkflowSpec:
             raise reader.error("rounds", f"workflow {name!r} has no rounds")
         rounds = 1
     else:
-        required_rounds = reader.integer("rounds", minimum=1)
+        required_rounds = reader.integer("rounds", minimum=1, maximum=MAX_ROUNDS)
         assert required_rounds is not None
         rounds = required_rounds
-    min_sites = reader.integer("min_sites", minimum=1)
+    min_sites = reader.integer("min_sites", minimum=1, maximum=MAX_SITES)
     assert min_sites is not None
-    sites_per_round = reader.integer("sites_per_round", minimum=1, required=False)
+    sites_per_round = reader.integer(
+        "sites_per_round", minimum=1, maximum=MAX_SITES, required=False
+    )
     if sites_per_round is not None and min_sites > sites_per_round:
         raise reader.error(
             "min_sites", f"must be <= sites_per_round ({sites_per_round}), got {min_sites}"
         )
-    grace = reader.number("grace_seconds") or 0.0
+    grace = reader.number("grace_seconds", maximum=MAX_SECONDS) or 0.0
     wait = reader.boolean("wait_for_quorum", False)
-    timeout = reader.number("round_timeout", positive=True)
+    timeout = reader.number("round_timeout", maximum=MAX_SECONDS, positive=True)
     sampling_name = reader.string("sampling", required=False, default=Sampling.UNIFORM.value)
     try:
         sampling = Sampling(sampling_name)
     except ValueError:
         options = ", ".join(s.value for s in Sampling)
         raise reader.error("sampling", f"must be one of {options}, got {sampling_name!r}") from None
-    seed = reader.integer("seed", minimum=0, required=False)
-    if seed is not None and seed >= 2**63:
+    seed = reader.integer("seed", minimum=0, maximum=2**63, required=False)
+    if seed is not None and seed >= 2**63:  # said as a power of two, not as 9223372036854775808
         raise reader.error("seed", "must be < 2**63")
     params = _parse_params(name, reader.table_at("params"))
     if isinstance(params, FedAvgParams) and params.aggregator == "krum":
@@ -492,6 +539,8 @@ def _parse_targets(reader: _Reader) -> tuple[str, ...]:
     sites = reader.raw("sites")
     if not isinstance(sites, list):
         raise reader.error("sites", f"must be an array of site names, got {_kind(sites)}")
+    if len(sites) > MAX_SITES:
+        raise reader.error("sites", f"must name at most {MAX_SITES} sites, got {len(sites)}")
     seen: set[str] = set()
     for i, site in enumerate(sites):
         key = f"sites[{i}]"

@@ -12,6 +12,12 @@ import pytest
 from flrt.errors import ConfigError, JobError, JobStateError
 from flrt.job import (
     JOB_TRANSITIONS,
+    MAX_LOCAL_EPOCHS,
+    MAX_LOCAL_STEPS,
+    MAX_MEMORY_BUDGET_MB,
+    MAX_ROUNDS,
+    MAX_SECONDS,
+    MAX_SITES,
     CrossSiteEvalParams,
     FedAvgParams,
     FedOptParams,
@@ -178,15 +184,26 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("workflow.rounds", 0, "workflow.rounds", ">= 1"),
     ("workflow.rounds", True, "workflow.rounds", "integer, got a boolean"),
     ("workflow.rounds", 2.0, "workflow.rounds", "integer, got a float"),
+    ("workflow.rounds", 10**17, "workflow.rounds", "must be <= 100000, got 100000000000000000"),
+    ("workflow.rounds", 100_001, "workflow.rounds", "must be <= 100000"),
     ("workflow.min_sites", _DELETE, "workflow.min_sites", "missing"),
     ("workflow.min_sites", 0, "workflow.min_sites", ">= 1"),
+    ("workflow.min_sites", 10_001, "workflow.min_sites", "must be <= 10000, got 10001"),
     ("workflow.sites_per_round", 0, "workflow.sites_per_round", ">= 1"),
+    ("workflow.sites_per_round", 10**12, "workflow.sites_per_round", "must be <= 10000"),
     ("workflow.grace_seconds", -1, "workflow.grace_seconds", ">= 0"),
+    ("workflow.grace_seconds", 1e300, "workflow.grace_seconds", "must be <= 2592000, got 1e+300"),
     ("workflow.grace_seconds", "2s", "workflow.grace_seconds", "number"),
     ("workflow.grace_seconds", float("inf"), "workflow.grace_seconds", "finite"),
     ("workflow.grace_seconds", float("nan"), "workflow.grace_seconds", "finite"),
     ("workflow.wait_for_quorum", "yes", "workflow.wait_for_quorum", "true or false"),
     ("workflow.round_timeout", 0, "workflow.round_timeout", "> 0"),
+    (
+        "workflow.round_timeout",
+        2_592_001,
+        "workflow.round_timeout",
+        "must be <= 2592000, got 2592001",
+    ),
     ("workflow.sampling", "random", "workflow.sampling", "uniform, reliable"),
     ("workflow.seed", -1, "workflow.seed", ">= 0"),
     ("workflow.seed", 2**63, "workflow.seed", "< 2**63"),
@@ -196,13 +213,23 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("workflow.params.aggregator", "mode", "workflow.params.aggregator", "must be one of"),
     ("workflow.params.aggregator", 1, "workflow.params.aggregator", "must be a string"),
     ("workflow.params.trim_ratio", 0.5, "workflow.params.trim_ratio", "in [0, 0.5)"),
-    ("workflow.params.byzantine", -1, "workflow.params.byzantine", ">= 0"),
-    ("workflow.params.evaluate_every", -1, "workflow.params.evaluate_every", ">= 0"),
+    ("workflow.params.byzantine", -1, "workflow.params.byzantine", "in [0, 10000]"),
+    ("workflow.params.byzantine", 10**9, "workflow.params.byzantine", "in [0, 10000]"),
+    ("workflow.params.evaluate_every", -1, "workflow.params.evaluate_every", "in [0, 100000]"),
+    ("workflow.params.evaluate_every", 10**18, "workflow.params.evaluate_every", "in [0, 100000]"),
     ("workflow.params.evaluate_every", 1.5, "workflow.params.evaluate_every", "integer"),
-    ("workflow.params.local_epochs", 0, "workflow.params.local_epochs", ">= 1"),
-    ("workflow.params.local_steps", 0, "workflow.params.local_steps", ">= 1"),
+    ("workflow.params.local_epochs", 0, "workflow.params.local_epochs", "in [1, 10000]"),
+    ("workflow.params.local_epochs", 10**5, "workflow.params.local_epochs", "in [1, 10000]"),
+    ("workflow.params.local_steps", 0, "workflow.params.local_steps", "in [1, 100000000]"),
+    ("workflow.params.local_steps", 2**64, "workflow.params.local_steps", "in [1, 100000000]"),
     ("workflow.params.cross_site_eval", 1, "workflow.params.cross_site_eval", "true or false"),
-    ("workflow.params.memory_budget_mb", 0, "workflow.params.memory_budget_mb", "> 0"),
+    ("workflow.params.memory_budget_mb", 0, "workflow.params.memory_budget_mb", "in (0, 1048576]"),
+    (
+        "workflow.params.memory_budget_mb",
+        1e12,
+        "workflow.params.memory_budget_mb",
+        "in (0, 1048576]",
+    ),
     ("trainer", _DELETE, "trainer", "missing"),
     ("trainer.spec", _DELETE, "trainer.spec", "missing"),
     ("trainer.spec", "no-colon", "trainer.spec", "package.module:object"),
@@ -213,6 +240,12 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("trainer.extra", 1, "trainer.extra", "unknown key"),
     ("targets", [], "targets", "must be a table"),
     ("targets.sites", "a", "targets.sites", "array of site names"),
+    (
+        "targets.sites",
+        [f"s{i}" for i in range(10_001)],
+        "targets.sites",
+        "at most 10000 sites, got 10001",
+    ),
     ("targets.sites", [1], "targets.sites[0]", "site name, got an integer"),
     ("targets.sites", ["a", "a"], "targets.sites[1]", "listed twice"),
     ("targets.sites", ["a b"], "targets.sites[0]", "not a valid site name"),
@@ -249,7 +282,7 @@ BAD: list[tuple[str, Any, str, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("where", "value", "key", "reason"), BAD, ids=[f"{b[0]}={b[1]!r}" for b in BAD]
+    ("where", "value", "key", "reason"), BAD, ids=[f"{b[0]}={b[1]!r}"[:80] for b in BAD]
 )
 def test_every_bad_field_is_refused_with_file_key_and_reason(
     where: str, value: Any, key: str, reason: str
@@ -262,6 +295,37 @@ def test_every_bad_field_is_refused_with_file_key_and_reason(
     assert reason in err.reason
     assert err.path == Path("jobs/j/job.toml")
     assert str(err).startswith(f"jobs/j/job.toml: {key}: ")
+
+
+def test_the_upper_bounds_themselves_are_accepted() -> None:
+    data = _base()
+    data["workflow"].update(
+        rounds=MAX_ROUNDS,
+        min_sites=MAX_SITES,
+        sites_per_round=MAX_SITES,
+        grace_seconds=MAX_SECONDS,
+        round_timeout=MAX_SECONDS,
+        seed=2**63 - 1,
+    )
+    data["workflow"]["params"] = {
+        "evaluate_every": MAX_ROUNDS,
+        "local_epochs": MAX_LOCAL_EPOCHS,
+        "local_steps": MAX_LOCAL_STEPS,
+        "byzantine": MAX_SITES,
+        "memory_budget_mb": MAX_MEMORY_BUDGET_MB,
+    }
+    wf = parse_job(data).workflow
+    assert (wf.rounds, wf.min_sites, wf.sites_per_round) == (MAX_ROUNDS, MAX_SITES, MAX_SITES)
+    assert (wf.grace_seconds, wf.round_timeout) == (MAX_SECONDS, MAX_SECONDS)
+
+
+def test_a_job_of_absurdly_many_rounds_is_refused_naming_the_key_and_the_bound() -> None:
+    text = EXAMPLE.replace("rounds = 10", "rounds = 100000000000000000")
+    with pytest.raises(JobError) as info:
+        loads_job(text, path="job.toml")
+    assert str(info.value) == (
+        "job.toml: workflow.rounds: must be <= 100000, got 100000000000000000"
+    )
 
 
 def test_cross_field_rules() -> None:
