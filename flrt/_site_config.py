@@ -16,7 +16,10 @@
     breast_cancer = "/data/wdbc.csv"
 
 Every key is checked; a wrong one is a :class:`~flrt.errors.ConfigError` naming the file and the
-key, raised when the site starts (a site never runs with a policy it could not read).
+key, raised when the site starts (a site never runs with a policy it could not read). Either file
+may be absent; one that is there but is not a regular file (a folder, a link to nothing, a pipe) is a
+``ConfigError`` too, never read as absent: a site with no data locations, or with no privacy policy,
+because somebody unpacked ``data.toml`` as a folder is a site that runs wrong without saying so.
 """
 
 from __future__ import annotations
@@ -53,6 +56,21 @@ class SitePolicy:
         return [kind for kind in self.required_job_filters if kind not in declared]
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` is a file to read: ``False`` when nothing is there. Raises
+    :class:`~flrt.errors.ConfigError` for something there that is not a regular file, and
+    :class:`OSError` when its folder cannot be searched."""
+    if path.is_file():
+        return True
+    if path.is_dir():
+        raise ConfigError("is a folder, not a file", path=path)
+    if path.is_symlink() and not path.exists():
+        raise ConfigError("is a link to nothing (its target does not exist)", path=path)
+    if path.exists():
+        raise ConfigError("is not a regular file", path=path)
+    return False
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -71,8 +89,8 @@ def _format(doc: Mapping[str, Any], path: Path) -> None:
 
 def load_policy(path: Path) -> SitePolicy:
     """Read ``privacy.toml``. A missing file is an empty policy. Raises
-    :class:`~flrt.errors.ConfigError` naming the key."""
-    if not path.is_file():
+    :class:`~flrt.errors.ConfigError` naming the key, or the file if it is not a regular file."""
+    if not _present(path):
         return SitePolicy()
     doc = _read(path)
     _format(doc, path)
@@ -111,8 +129,9 @@ def load_policy(path: Path) -> SitePolicy:
 
 def load_data_locations(path: Path) -> dict[str, Path]:
     """Read ``data.toml``: key -> path (relative paths are relative to its folder). A missing file
-    names no locations. Raises :class:`~flrt.errors.ConfigError` naming the key."""
-    if not path.is_file():
+    names no locations. Raises :class:`~flrt.errors.ConfigError` naming the key, or the file if it is
+    not a regular file."""
+    if not _present(path):
         return {}
     doc = _read(path)
     _format(doc, path)

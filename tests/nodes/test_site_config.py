@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from flrt._site_config import load_data_locations, load_policy
 from flrt.errors import ConfigError
+from flrt.site import SiteNode
 from security.kit import load_kit
 
 
@@ -72,3 +78,70 @@ def test_data_locations(tmp_path: Path) -> None:
     path.write_text("format = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_data_locations(path)
+
+
+def _not_a_file(tmp_path: Path, kind: str, name: str) -> Path:
+    path = tmp_path / name
+    if kind == "folder":
+        path.mkdir()
+        (path / "data.toml").write_text('format = 1\n[data]\nwdbc = "/data/wdbc.csv"\n')
+    elif kind == "dangling link":
+        path.symlink_to(tmp_path / "unmounted" / name)
+    else:
+        os.mkfifo(path)  # reading it would block the site's start for ever
+    return path
+
+
+NOT_A_FILE = {
+    "folder": "is a folder, not a file",
+    "dangling link": "is a link to nothing (its target does not exist)",
+    "fifo": "is not a regular file",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_A_FILE))
+@pytest.mark.parametrize("name", ["data.toml", "privacy.toml"])
+def test_a_local_file_that_is_not_a_regular_file_is_named(
+    tmp_path: Path, kind: str, name: str
+) -> None:
+    """Before, both were read as absent: a site with no data locations (or no privacy policy)."""
+    path = _not_a_file(tmp_path, kind, name)
+    load = load_data_locations if name == "data.toml" else load_policy
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert caught.value.path == path
+    assert str(caught.value) == f"{path}: {NOT_A_FILE[kind]}"
+
+
+def _site_kit(kits: Path, tmp_path: Path) -> Path:
+    kit = tmp_path / "kits" / "site-1"
+    shutil.copytree(kits / "site-1", kit)  # local/ is the site's own: not signed
+    return kit
+
+
+@pytest.mark.anyio
+async def test_a_site_whose_data_toml_is_a_folder_does_not_start(
+    kits: Path, tmp_path: Path
+) -> None:
+    kit = _site_kit(kits, tmp_path)
+    (kit / "local" / "data.toml").mkdir()
+    with anyio.fail_after(30), pytest.raises(ConfigError) as caught:
+        async with SiteNode(kit, tmp_path / "site", server=("127.0.0.1", 9)):
+            pass
+    assert str(caught.value) == f"{kit / 'local' / 'data.toml'}: is a folder, not a file"
+
+
+def test_flrt_site_start_says_so_in_one_line(kits: Path, tmp_path: Path) -> None:
+    kit = _site_kit(kits, tmp_path)
+    (kit / "local" / "data.toml").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "flrt", "site", "start", str(kit), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=30,  # the code before this test ran the site for ever
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"flrt: error: {kit / 'local' / 'data.toml'}: is a folder, not a file"
+    ]
