@@ -3,6 +3,12 @@
 Two renderings of the same events: JSON lines to a file for machines, and readable key=value lines on
 a terminal for people. A redaction processor runs before either renderer, so that key material,
 passwords, tokens and payload bytes never reach a log line, whoever logs them.
+
+An event logged with ``exc_info`` (``log.exception(...)`` in a handler, or ``exc_info=error``)
+carries its traceback: in a JSON line as the field ``exception``, the text Python would print (its
+line breaks escaped, so one event stays one line); on the terminal below the event. Only the
+frames' file, line and source are shown, never their local variables, which may hold what the
+redaction is there to hide.
 """
 
 from __future__ import annotations
@@ -90,7 +96,13 @@ def configure_logging(
         file_handler = logging.FileHandler(json_file, encoding="utf-8")
         file_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                processor=structlog.processors.JSONRenderer(sort_keys=True),
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    # exc_info -> "exception": the traceback as text (it is resolved here, in
+                    # the handler that is still running inside the logger's except block).
+                    structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(sort_keys=True),
+                ],
                 foreign_pre_chain=shared,
             )
         )
@@ -99,7 +111,11 @@ def configure_logging(
         console_handler = logging.StreamHandler(console)
         console_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
-                processor=structlog.dev.ConsoleRenderer(colors=False),
+                processor=structlog.dev.ConsoleRenderer(
+                    colors=False,
+                    # Not rich's (structlog's default where rich is installed): it shows locals.
+                    exception_formatter=structlog.dev.plain_traceback,
+                ),
                 foreign_pre_chain=shared,
             )
         )

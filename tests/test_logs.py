@@ -94,6 +94,46 @@ def test_captured_logs_include_loggers_used_under_an_earlier_configuration(
     assert [(e["event"], e.get("site")) for e in captured] == [("during", "site-1")]
 
 
+def _fail_deep_inside() -> None:
+    raise ValueError("the aggregator broke")
+
+
+def test_an_exception_is_a_formatted_traceback_in_one_json_line(
+    tmp_path: Path, quiet_afterwards: None
+) -> None:
+    # As ServerCore does for a job's internal error: log.exception(...), that is exc_info=True.
+    log_file = tmp_path / "server.jsonl"
+    console = io.StringIO()
+    configure_logging(json_file=log_file, console=console)
+    log = structlog.get_logger("flrt.server")
+    try:
+        _fail_deep_inside()
+    except ValueError:
+        log.exception("job.crashed", job="j1", password="hunter2")
+    try:
+        _fail_deep_inside()
+    except ValueError as exc:
+        error = exc
+    log.error("job.crashed", job="j2", exc_info=error)  # an exception handled elsewhere
+    log.info("job.resumed", job="j3", exc_info=True)  # outside any handler: nothing to show
+    lines = log_file.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3  # a traceback's line breaks are escaped, never a line of their own
+    first, second, third = (json.loads(line) for line in lines)
+    for record, job in ((first, "j1"), (second, "j2")):
+        assert record["job"] == job
+        assert "exc_info" not in record
+        trace = record["exception"]
+        assert trace.startswith("Traceback (most recent call last):\n"), trace
+        assert "in _fail_deep_inside" in trace
+        assert trace.rstrip().endswith("ValueError: the aggregator broke")
+    assert first["password"] == "[redacted]"
+    assert "exception" not in third
+    assert "exc_info" not in third
+    text = console.getvalue()
+    assert "ValueError: the aggregator broke" in text  # people see it on the terminal too
+    assert "hunter2" not in text + log_file.read_text(encoding="utf-8")
+
+
 # ------------------------------------------------------------------ redaction, against its definition
 
 _SECRET = re.compile(r"(pass(word|phrase)?|secret|token|private|key_pem|cookie)", re.IGNORECASE)
