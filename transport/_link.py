@@ -94,6 +94,9 @@ class Link:
         regions: RegionPool | None = None,
     ) -> None:
         self.peer = peer
+        #: Who the peer is (its authenticated name): ``peer`` itself, unless the peer may hold
+        #: several sessions at once and ``peer`` is this session's address (``name#n``).
+        self.identity = peer
         self._regions = regions
         self.session = Session(role, config)
         self._now: Callable[[], float] = anyio.current_time

@@ -73,6 +73,7 @@ __all__ = [
     "Node",
     "OutgoingObject",
     "Reply",
+    "SessionPolicy",
 ]
 
 log = structlog.get_logger("transport")
@@ -99,13 +100,21 @@ ObjectHandle = IncomingObject | LocalObject
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """What an actor receives. ``sender`` is the node it came from (this node for local sends)."""
+    """What an actor receives. ``sender`` is the address of the node it came from (this node for
+    local sends): send to it to reach that session. ``identity`` is who the sender is: the same
+    name, but for a peer that holds several sessions at once (see :meth:`Node.serve`), whose
+    address is ``identity#n``. Authorize on ``identity``, answer to ``sender``."""
 
     sender: str
     actor: str
     body: Any
     object: ObjectHandle | None = None
     kind: Literal["tell", "ask", "stream"] = "tell"
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            object.__setattr__(self, "identity", self.sender)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,17 @@ Actor = Callable[[Message], Awaitable[Any]]
 
 #: The server's admission policy: peer certificate (DER) -> peer node name. Raise to refuse.
 Authenticator = Callable[[bytes], str]
+
+#: Which admitted peers may hold several sessions at once (an operator's console in two
+#: terminals, say): peer name -> True. Each of their sessions then has an address of its own,
+#: ``name#n``. Any other peer holds one session: a second is refused while the first is connected
+#: (two processes with the same identity would otherwise take the session from each other for
+#: ever), and replaces it once it is not.
+SessionPolicy = Callable[[str], bool]
+
+
+def _one_session(peer: str) -> bool:
+    return False
 
 
 @dataclass(slots=True)
@@ -202,6 +222,7 @@ class Node:
         self._links: dict[str, Link] = {}
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
+        self._addresses = itertools.count(1)  # of the sessions of peers that may hold several
         self._tg: anyio.abc.TaskGroup | None = None
         self._peers_changed = anyio.Event()
         self._incident = anyio.Event()
@@ -428,7 +449,7 @@ class Node:
             if kind != "tell" and isinstance(call_id, int):
                 await link.send({"t": "err", "i": call_id, "et": "UnknownActor", "a": address})
             return
-        message = Message(link.peer, actor, envelope.get("b"), obj, kind)
+        message = Message(link.peer, actor, envelope.get("b"), obj, kind, link.identity)
         if kind == "tell":
             await mailbox.send.send(message)
         elif isinstance(call_id, int):
@@ -446,7 +467,7 @@ class Node:
         mailbox = self._actors.get(actor) if isinstance(actor, str) else None
         if mailbox is None or kind not in ("tell", "ask", "stream"):
             return False  # the slow path reports it
-        message = Message(link.peer, str(actor), envelope.get("b"), obj, kind)
+        message = Message(link.peer, str(actor), envelope.get("b"), obj, kind, link.identity)
         call_id = envelope.get("i")
         try:
             if kind == "tell":
@@ -538,7 +559,7 @@ class Node:
                 tg.start_soon(first, link_changed)
                 tg.start_soon(first, peers_changed)
 
-    def _new_link(self, peer: str, role: Role) -> Link:
+    def _new_link(self, peer: str, role: Role, *, identity: str | None = None) -> Link:
         link = Link(
             peer,
             role,
@@ -548,6 +569,8 @@ class Node:
             self._on_link_closed,
             self.regions,
         )
+        if identity is not None:
+            link.identity = identity
         self._links[peer] = link
         self.task_group.start_soon(link.run_deliverer)
         self._notify_peers()
@@ -562,8 +585,13 @@ class Node:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        many_sessions: SessionPolicy = _one_session,
     ) -> int:
-        """Listen on ``host:port`` for peers; returns the bound port. Runs in the node's tasks."""
+        """Listen on ``host:port`` for peers; returns the bound port. Runs in the node's tasks.
+
+        ``authenticate`` names the peer from its certificate; ``many_sessions`` says which peers
+        may hold several sessions at once (see :data:`SessionPolicy`; by default none).
+        """
         prepare_server_context(context)
         try:
             listener = listen_socket(host, port)
@@ -577,7 +605,9 @@ class Node:
             try:
                 while True:
                     raw = await accept_socket(listener)
-                    self.task_group.start_soon(self._accept, raw, context, authenticate)
+                    self.task_group.start_soon(
+                        self._accept, raw, context, authenticate, many_sessions
+                    )
             finally:
                 anyio.notify_closing(listener)
                 listener.close()
@@ -587,7 +617,11 @@ class Node:
         return bound
 
     async def _accept(
-        self, raw: socket.socket, context: ssl.SSLContext, authenticate: Authenticator
+        self,
+        raw: socket.socket,
+        context: ssl.SSLContext,
+        authenticate: Authenticator,
+        many_sessions: SessionPolicy,
     ) -> None:
         try:
             remote: Any = raw.getpeername()
@@ -606,7 +640,9 @@ class Node:
                 raise HandshakeError(
                     f"peer refused: {exc}", kind=HandshakeFailure.IDENTITY_REFUSED
                 ) from None
-            await self._serve_session(stream, peer, peer_certificate(stream))
+            await self._serve_session(
+                stream, peer, peer_certificate(stream), many=many_sessions(peer)
+            )
         except TransportError as exc:
             self._record(self.refusals, f"{remote}: {exc}")
             log.warning(
@@ -631,30 +667,69 @@ class Node:
             await _close_quietly(stream)
 
     async def _serve_session(
-        self, stream: anyio.abc.ByteStream, peer: str, certificate: bytes | None
+        self,
+        stream: anyio.abc.ByteStream,
+        peer: str,
+        certificate: bytes | None,
+        *,
+        many: bool = False,
     ) -> None:
-        """Read HELLO, open or resume ``peer``'s session, and run it until the connection ends."""
+        """Read HELLO, open or resume ``peer``'s session, and run it until the connection ends.
+
+        ``many``: ``peer`` may hold several sessions at once, each at its own address.
+        """
         hello, leftover = await self._read_hello(stream)
-        link = self._links.get(peer)
         if hello.session_id is not None:
-            if link is None or link.closed or link.session.session_id != hello.session_id:
+            link = self._resumable(peer, hello.session_id)
+            if link is None:
                 reason = "unknown or expired session"
                 await _send_refusal(stream, b"".join(refuse_frame(reason, "resume")))
                 raise HandshakeError(
                     f"{peer}: cannot resume: {reason}", kind=HandshakeFailure.RESUME_REFUSED
                 )
             await link.drop_connection()  # a half-open old connection gives way
+        elif many:
+            link = self._new_link(f"{peer}#{next(self._addresses)}", Role.SERVER, identity=peer)
         else:
+            link = self._links.get(peer)
+            if link is not None and link.connected:
+                reason = (
+                    f"{peer} is connected already, in another session (another process with the"
+                    " same identity?); a new session is admitted once that connection ends"
+                )
+                await _send_refusal(stream, b"".join(refuse_frame(reason, "duplicate")))
+                raise HandshakeError(reason, kind=HandshakeFailure.DUPLICATE)
             if link is not None:
                 link.kill(ConnectionClosedError(f"{peer} opened a new session"))
             link = self._new_link(peer, Role.SERVER)
         link.peer_certificate = certificate
         link.session.accept(hello, anyio.current_time())
-        log.info("peer.connected", node=self.name, peer=peer, resumed=hello.session_id is not None)
+        log.info(
+            "peer.connected",
+            node=self.name,
+            peer=link.peer,
+            resumed=hello.session_id is not None,
+        )
         await link.run_connection(stream, leftover)
-        log.info("peer.disconnected", node=self.name, peer=peer, error=_describe(link))
+        log.info("peer.disconnected", node=self.name, peer=link.peer, error=_describe(link))
         if not link.closed:
             self.task_group.start_soon(self._expire, link, link.connections)
+
+    def _resumable(self, peer: str, session_id: bytes) -> Link | None:
+        """``peer``'s open session ``session_id``, if there is one."""
+        link = self._links.get(peer)
+        if link is None or link.session.session_id != session_id:
+            link = next(
+                (
+                    other
+                    for other in self._links.values()
+                    if other.identity == peer and other.session.session_id == session_id
+                ),
+                None,
+            )
+        if link is None or link.closed or link.identity != peer:
+            return None
+        return link
 
     async def _read_hello(self, stream: anyio.abc.ByteStream) -> tuple[Any, bytes]:
         reader = HelloReader(self.config, anyio.current_time())

@@ -132,6 +132,9 @@ class HandshakeFailure(enum.Enum):
     NOT_FLRT = "not_flrt"
     #: The peer would not resume the session named in HELLO (a new session may be opened).
     RESUME_REFUSED = "resume_refused"
+    #: The peer holds a connected session for this side's identity already: another process
+    #: with the same identity (kit)? Dialling again succeeds once that connection ends.
+    DUPLICATE = "duplicate"
 
 
 class CertificateProblem(enum.Enum):

@@ -317,6 +317,7 @@ def _offsets(raw: object, where: str) -> dict[int, int]:
 _REFUSAL_KINDS: dict[str, HandshakeFailure] = {
     "identity": HandshakeFailure.IDENTITY_REFUSED,  # the peer's policy turned this node away
     "protocol": HandshakeFailure.NOT_FLRT,  # the peer could not read this side's HELLO
+    "duplicate": HandshakeFailure.DUPLICATE,  # this identity's session is connected already
 }
 
 
