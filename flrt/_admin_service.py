@@ -2,7 +2,8 @@
 
 Every command is an ``ask`` to ``<server>/admin`` with a map ``{"cmd": ..., ...}``; the answer is
 ``{"ok": true, ...}`` or ``{"ok": false, "code": ..., "error": ..., "key": ...}`` (see
-:class:`~flrt.errors.AdminError` for the codes). ``watch`` subscribes the admin to a job: every
+:class:`~flrt.errors.AdminError` for the codes, and :data:`SERVER_ERROR` for a command the server's
+file system failed: a full disk refuses a submission this way, with nothing of it stored). ``watch`` subscribes the admin to a job: every
 change of its status and every completed round is then told to ``<admin>/events``, so a client
 waits for a job without polling.
 
@@ -60,6 +61,10 @@ COMMANDS: Mapping[str, str] = {
 }
 
 _MAX_JOB_FILE = 1024 * 1024
+
+#: The code of a command the server could not carry out (its file system refused), beside those
+#: of :class:`~flrt.errors.AdminError`: nothing the admin did wrong, and worth trying again.
+SERVER_ERROR = "server_error"
 
 
 def round_table(events: list[dict[str, Any]], rounds: int | None = None) -> list[dict[str, Any]]:
@@ -166,6 +171,11 @@ class AdminService:
                 "admin.refused", admin=admin, command=name, code=exc.code, reason=exc.reason
             )
             return {"ok": False, "code": exc.code, "error": exc.reason, "key": exc.key}
+        except OSError as exc:  # the admin hears why in a sentence; the file is the operator's
+            reason = exc.strerror or str(exc)
+            log.error("admin.failed", admin=admin, command=name, reason=reason, file=exc.filename)
+            error = f"the server cannot do it: its file system failed ({reason})"
+            return {"ok": False, "code": SERVER_ERROR, "error": error, "key": None}
         log.info("admin.command", admin=admin, command=name, job=body.get("job_id"))
         return result
 
@@ -218,18 +228,32 @@ class AdminService:
 
     async def submit(self, identity: Identity, text: str, source: str = "job.toml") -> JobEntry:
         """Validate, store and start a job submitted by ``identity`` (the simulator calls this
-        directly). Raises :class:`~flrt.errors.AdminError` (``invalid_job``, with the key)."""
+        directly). Raises :class:`~flrt.errors.AdminError`: ``invalid_job`` (with the key) for a
+        job it refuses, ``server_error`` when the server's disk cannot store it."""
         try:
             spec = loads_job(text, path=source)
         except JobError as exc:
             raise AdminError(str(exc), command="submit", code="invalid_job", key=exc.key) from None
         self._check_targets(spec, source)
         await anyio.to_thread.run_sync(self._check_trainer, spec, source)
-        entry, _ = await anyio.to_thread.run_sync(
-            lambda: self.core.store.create(
-                text, submitted_by=identity.name, organisation=identity.organisation
+        try:
+            entry, _ = await anyio.to_thread.run_sync(
+                lambda: self.core.store.create(
+                    text, submitted_by=identity.name, organisation=identity.organisation
+                )
             )
-        )
+        except OSError as exc:  # nothing of it is left (JobStore.create)
+            reason = exc.strerror or str(exc)
+            log.error(
+                "job.not_stored",
+                name=spec.name,
+                admin=identity.name,
+                reason=reason,
+                file=exc.filename,
+            )
+            raise AdminError(
+                f"the server cannot store the job: {reason}", command="submit", code=SERVER_ERROR
+            ) from None
         job_id = entry.record.job_id
         log.info("job.submitted", job=job_id, name=spec.name, admin=identity.name)
         self.core.start_job(job_id)

@@ -112,7 +112,9 @@ class JobStore:
     ) -> tuple[JobEntry, JobSpec]:
         """Validate ``text`` (a ``job.toml``) and store it as a new submitted job.
 
-        Raises :class:`~flrt.errors.JobError` naming the key for a job that is refused.
+        Raises :class:`~flrt.errors.JobError` naming the key for a job that is refused, and
+        :class:`OSError` when the file system refuses (a full disk); nothing of the job is left
+        then, not even a folder that was renamed into place but could not be made durable.
         """
         spec = loads_job(text, path=JOB_FILE)
         now = time.time() if now is None else now
@@ -121,14 +123,19 @@ class JobStore:
             JobRecord.submitted(job_id, spec.name, now=now), submitted_by, organisation
         )
         staging = Path(tempfile.mkdtemp(prefix=f".new-{job_id}.", dir=self.root))
+        folder = self.root / job_id
         try:
             atomic_write(staging / JOB_FILE, text.encode())
             atomic_write(staging / RECORD_FILE, _json(entry.to_dict()))
-            os.replace(staging, self.root / job_id)
+            os.replace(staging, folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        fsync_directory(self.root)
+        try:
+            fsync_directory(self.root)
+        except BaseException:  # the submitter is told it failed: it must not run all the same
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return entry, spec
 
     # ------------------------------------------------------------------ records

@@ -6,14 +6,16 @@ takes the server down with it, and nothing already stored is lost."""
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from flrt._durable import atomic_write, fsync_directory
 from flrt.checkpoint import Checkpoint, CheckpointWriter, checkpoint_rounds
-from flrt.errors import ConfigError
+from flrt.errors import AdminError, ConfigError
 from flrt.examples.noise import NoiseTrainer
 from flrt.job import JobStatus, loads_job
 from flrt.jobstore import JobEntry, JobStore
@@ -137,6 +139,86 @@ async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
             result = await fed.admin.wait(job_id, timeout=50)
     assert result["status"] == "finished", result
     assert result["round"] == 3
+
+
+@pytest.mark.parametrize("fails", ["job.toml", "record.json", "rename", "fsync"])
+def test_a_submission_the_disk_cannot_hold_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    jobs = tmp_path / "jobs"
+    real_replace = os.replace
+
+    def write(path: Path, data: bytes) -> None:
+        if path.name == fails:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        atomic_write(path, data)
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if fails == "rename" and Path(target).parent == jobs:
+            raise no_space()
+        real_replace(source, target)
+
+    def fsync(path: Path) -> None:
+        if fails == "fsync":  # the job's folder was renamed into place, but is not durable
+            raise no_space()
+        fsync_directory(path)
+
+    monkeypatch.setattr("flrt.jobstore.atomic_write", write)
+    monkeypatch.setattr("flrt.jobstore.fsync_directory", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store = JobStore(jobs)
+    text = NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+    with pytest.raises(OSError, match="No space left on device"):
+        store.create(text, submitted_by="lead", organisation="Lead")
+    assert list(jobs.iterdir()) == []
+    assert store.entries() == []
+
+
+async def test_a_job_submitted_to_a_full_disk_is_refused_with_the_reason(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = True
+
+    def write(path: Path, data: bytes) -> None:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        atomic_write(path, data)
+
+    def entries(store: JobStore) -> list[JobEntry]:
+        raise PermissionError(errno.EACCES, "Permission denied", str(store.root))
+
+    monkeypatch.setattr("flrt.jobstore.atomic_write", write)
+    text = (
+        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+        + '[targets]\nsites = ["site-1", "site-2"]\n'
+    )
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path, sites=["site-1", "site-2"]) as fed:
+            with capture_logs() as logs, pytest.raises(AdminError) as refused:
+                await fed.admin.submit(fed.job_dir("noise", text))
+            assert refused.value.code == "server_error"
+            assert refused.value.reason == (
+                "the server cannot store the job: No space left on device"
+            )
+            jobs = tmp_path / "server" / "jobs"
+            assert list(jobs.iterdir()) == []  # nothing half-written
+            (event,) = [e for e in logs if e["event"] == "job.not_stored"]
+            assert event["reason"] == "No space left on device"
+            assert event["file"].endswith("job.toml")  # where, for the operator, not the admin
+            # Any other command the file system fails is answered as well, not an actor failure.
+            with monkeypatch.context() as patched:
+                patched.setattr(JobStore, "entries", entries)
+                with pytest.raises(AdminError) as failed:
+                    await fed.admin.jobs()
+            assert failed.value.code == "server_error"
+            assert failed.value.reason == (
+                "the server cannot do it: its file system failed (Permission denied)"
+            )
+            # Space is freed: the same server takes the same job.
+            full = False
+            job_id = await fed.admin.submit(fed.job_dir("noise", text))
+            result = await fed.admin.wait(job_id, timeout=50)
+    assert result["status"] == "finished", result
 
 
 async def test_a_local_folder_the_site_may_not_read_is_a_config_error(
