@@ -101,7 +101,7 @@ class AdminService:
 
     def __init__(self, core: ServerCore) -> None:
         self.core = core
-        self._watchers: dict[str, set[str]] = {}  # job id -> admins
+        self._watchers: dict[str, set[str]] = {}  # job id -> admin consoles (bus addresses)
         self._seq = 0
 
     # ------------------------------------------------------------------ events
@@ -159,13 +159,16 @@ class AdminService:
     async def handle(self, message: Message) -> Any:
         body = message.body if isinstance(message.body, dict) else {}
         command = body.get("cmd")
-        admin = message.sender
+        admin = message.identity  # who asks; message.sender is the address of this console
         name = str(command)[:40]
         try:
             if not isinstance(command, str) or command not in COMMANDS:
                 raise AdminError(f"unknown command {name!r}", command=name, code="bad_request")
             identity = self._authorize(admin, command)
-            result = await getattr(self, f"_cmd_{command}")(identity, body)
+            if command == "watch":
+                result = await self._cmd_watch(identity, body, console=message.sender)
+            else:
+                result = await getattr(self, f"_cmd_{command}")(identity, body)
         except AdminError as exc:
             log.warning(
                 "admin.refused", admin=admin, command=name, code=exc.code, reason=exc.reason
@@ -332,9 +335,13 @@ class AdminService:
             "cross_site": self.core.store.cross_site(job_id),
         }
 
-    async def _cmd_watch(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _cmd_watch(
+        self, identity: Identity, body: Mapping[str, Any], *, console: str
+    ) -> dict[str, Any]:
+        """Subscribe ``console`` (the address of the asking session: an admin may watch from
+        several) to the job's events."""
         entry = self._entry(identity, body, "watch")
-        self._watchers.setdefault(entry.record.job_id, set()).add(identity.name)
+        self._watchers.setdefault(entry.record.job_id, set()).add(console)
         return {"ok": True, "job": self.view(entry)}
 
     async def _cmd_abort(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:

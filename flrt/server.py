@@ -568,10 +568,15 @@ class ServerNode:
                 self._authenticator(kit, roles),
                 host=self.host,
                 port=self._port if self._port is not None else kit.config.port,
+                many_sessions=self._is_admin,
             )
             if admin_port is not None:
                 self.admin_port = await node.serve(
-                    context, self._authenticator(kit, ADMIN_ROLES), host=self.host, port=admin_port
+                    context,
+                    self._authenticator(kit, ADMIN_ROLES),
+                    host=self.host,
+                    port=admin_port,
+                    many_sessions=self._is_admin,
                 )
             log.info(
                 "server.listening",
@@ -600,6 +605,12 @@ class ServerNode:
     def _peer_lost(self, peer: str, error: TransportError | None) -> None:
         if self._core is not None:
             self._core.peer_lost(peer, error)
+
+    def _is_admin(self, peer: str) -> bool:
+        """An admin may run several consoles at once (each session has its own address); a site
+        is one process, and a second one with its kit is refused while the first is connected."""
+        identity = self.identities.get(peer)
+        return identity is not None and identity.role.is_admin
 
     def _authenticator(
         self, kit: Kit, roles: set[Role] | frozenset[Role]
