@@ -312,8 +312,13 @@ class AdminService:
     async def _cmd_status(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
         entries = await anyio.to_thread.run_sync(self.core.store.entries)
         counts: dict[str, int] = {}
+        interrupted: dict[str, str] = {}
         for entry in entries:
-            counts[entry.record.status.value] = counts.get(entry.record.status.value, 0) + 1
+            job_id, status = entry.record.job_id, entry.record.status.value
+            if job_id in self.core.interrupted and not entry.record.status.terminal:
+                status = "interrupted"  # stored as running: it resumes when the server restarts
+                interrupted[job_id] = self.core.interrupted[job_id]
+            counts[status] = counts.get(status, 0) + 1
         return {
             "ok": True,
             "server": self.core.node.name,
@@ -321,6 +326,7 @@ class AdminService:
             "sites": self.core.registry.snapshot(),
             "jobs": counts,
             "running": sorted(self.core.jobs),
+            "interrupted": interrupted,
         }
 
     async def _cmd_job(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:

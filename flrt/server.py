@@ -25,8 +25,11 @@ Inside is a :class:`ServerCore`, which the simulator also runs over in-memory li
   sites (all targets, or, after ``site_wait`` seconds, at least ``min_sites``), then starts from the
   trainer's ``initial_weights()`` or resumes from its newest checkpoint. A server that stops leaves
   running jobs ``running`` on disk; the next start resumes them from their last completed round.
-  A job whose record cannot be written (a full disk) stops alone in the same state, and says so
-  (:attr:`ServerCore.interrupted`); a checkpoint that cannot be written fails the job.
+  A job that the server's file system fails (a full disk: its checkpoint, its record or its spilled
+  updates cannot be written) stops alone in that same state, and says so
+  (:attr:`ServerCore.interrupted`, the admin console's ``jobs`` and ``status``): nothing stored is
+  lost, and once there is space again the next start resumes it from its last good checkpoint.
+  Failing it for good instead would throw away a study for a disk that an operator can free.
 """
 
 from __future__ import annotations
@@ -315,8 +318,9 @@ class ServerCore:
                 async with self._limiter:
                     await self._run_workflow(job_id, running)
         except OSError as exc:
-            # Not even its record could be written (a full disk): what is stored stays as it was,
-            # so the job resumes at the next start; the server and its other jobs go on.
+            # Its checkpoint or its record could not be written (a full disk): what is stored
+            # stays as it was, so the job resumes at the next start from its last good checkpoint;
+            # the server and its other jobs go on.
             reason = f"its state cannot be saved: {exc.strerror or exc}"
             self.interrupted[job_id] = reason
             log.error(
@@ -383,13 +387,9 @@ class ServerCore:
             self._end(job_id, JobStatus.FAILED, str(exc))
             await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
             return
-        except OSError as exc:  # its checkpoint cannot be written (a full disk)
+        except OSError:  # its checkpoint cannot be written (a full disk): interrupted, not over
             await _checkpoint_settled(controller)
-            where = f" ({exc.filename})" if exc.filename is not None else ""
-            reason = f"a file system error on the server: {exc.strerror or exc}{where}"
-            self._end(job_id, JobStatus.FAILED, reason)  # may raise OSError too: see _run_job
-            await self._tell_sites(spec, {"op": "abort", "job": job_id, "reason": "job failed"})
-            return
+            raise  # see _run_job; the sites' tasks were cancelled as the round's scatter ended
         except Exception as exc:  # a bug must fail the job with its reason, not kill the server
             log.exception("job.crashed", job=job_id)
             await _checkpoint_settled(controller)

@@ -87,8 +87,61 @@ async def test_a_checkpoint_the_disk_cannot_hold_is_named_as_such_not_as_an_inte
     monkeypatch.setattr(CheckpointWriter, "save", save)
     with anyio.fail_after(60):
         result = await simulate(job(tmp_path), sites=2, workspace=tmp_path / "ws")
-    assert result.status == "failed"
-    assert result.reason == "a file system error on the server: No space left on device"
+    assert result.status == "interrupted"
+    assert result.reason == "its state cannot be saved: No space left on device"
+
+
+async def test_a_checkpoint_the_disk_cannot_hold_interrupts_the_job_until_the_next_start(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = False
+    fills_at: int | None = 2  # the disk fills up as round 2 is saved; the record still fits
+    real_save = CheckpointWriter.save
+
+    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
+        nonlocal full, fills_at
+        if checkpoint.round == fills_at:
+            full, fills_at = True, None
+        if full:
+            raise no_space()
+        return real_save(writer, checkpoint)
+
+    monkeypatch.setattr(CheckpointWriter, "save", save)
+    sites = ["site-1", "site-2"]
+    text = (
+        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+        + '[targets]\nsites = ["site-1", "site-2"]\n'
+    )
+    reason = "its state cannot be saved: No space left on device"
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path, sites=sites) as fed:
+            job_id = await fed.admin.submit(fed.job_dir("noise", text))
+            core = fed.server.core
+            await poll_until(lambda: job_id in core.interrupted and job_id not in core.jobs)
+            # The admin console says why it stopped, and that it is not over.
+            (view,) = [j for j in await fed.admin.jobs() if j["job_id"] == job_id]
+            assert view["status"] == "running"
+            assert view["reason"] is None
+            assert view["detail"] == f"interrupted ({reason}); it resumes when the server restarts"
+            assert view["round"] == 1
+            status = await fed.admin.status()
+            assert status["jobs"] == {"interrupted": 1}
+            assert status["interrupted"] == {job_id: reason}
+            assert status["running"] == []
+            # Nothing stored is lost: the record still says running, round 1's checkpoint loads.
+            assert core.store.entry(job_id).record.status is JobStatus.RUNNING
+            assert checkpoint_rounds(core.store.checkpoints(job_id)) == [1]
+            state = core.store.latest_state(job_id)
+            assert state is not None
+            assert state.round == 1
+        full = False  # Lead IT frees some space and restarts the server
+        with capture_logs() as logs:
+            async with federation(kits, tmp_path, sites=sites) as fed:
+                result = await fed.admin.wait(job_id, timeout=50)
+    assert result["status"] == "finished", result
+    assert result["round"] == 3
+    resumed = [e for e in logs if e["event"] == "job.resumed"]
+    assert resumed == [{"event": "job.resumed", "job": job_id, "round": 1, "log_level": "info"}]
 
 
 async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
