@@ -24,11 +24,24 @@ the server's messages and never blocks: each task runs in its own task, which
 3. runs ``filter_task``, the trainer's ``train`` or ``evaluate``, and ``filter_result`` in a worker
    thread, one task of a job at a time. The trainer gets a :class:`~flrt.trainer.SiteContext` whose
    ``abort()`` turns true when the server cancels the task or aborts the job;
-4. sends the result (its arrays streamed by the bus) or, if the trainer or a filter raised, a
+4. sends the result (its arrays streamed by the bus) or, if the task could not be received, the
+   job refused (a filter the site's policy requires) or the trainer or a filter raised, a
    ``failed`` message with the reason. A cancelled task's result is never sent: the site tells the
    server it withheld it.
 
-Data locations come only from the site's configuration: a job can name a key, never a path.
+Data locations come only from the site's configuration: a job can name a key, never a path. The
+site hands them to trainers as absolute paths, and its workspace too.
+
+What a site says about its errors
+---------------------------------
+A failure reason goes to the server and to every admin, so it never shows where the site keeps
+its files (paths can name users, hosts, studies, even patients). Every reason a site sends (from
+:meth:`SiteCore._tell_failure`, the only place that builds one) is the error's type and message with
+each absolute path replaced by ``<path>``, then an error id: ``FileNotFoundError: [Errno 2] No such
+file or directory: '<path>' (error id 1f0c9a3e; details in the site's log)``. The site logs
+``task.failed`` (or ``task.not_received``) with the same ``error_id``, the full ``reason`` and the
+traceback (``exception`` in the JSON line), so its operator finds what an admin quotes. See
+:mod:`flrt._redact_paths`.
 """
 
 from __future__ import annotations
@@ -40,7 +53,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import anyio
 import anyio.abc
@@ -57,6 +70,7 @@ from flrt._protocol import (
     check_version,
     failure_body,
 )
+from flrt._redact_paths import describe_failure, redact_paths
 from flrt._site_config import (
     DATA_FILE,
     PRIVACY_FILE,
@@ -115,8 +129,9 @@ class SiteCore:
     ) -> None:
         self.node = node
         self.name = name
-        self.workspace = workspace
-        self.data = dict(data or {})
+        # Absolute, so that an error naming one of them names it as a path the site redacts.
+        self.workspace = workspace.absolute()
+        self.data = {key: Path(location).absolute() for key, location in (data or {}).items()}
         self.policy = policy or SitePolicy()
         self.server = server
         self._jobs: dict[str, _Job] = {}
@@ -216,24 +231,42 @@ class SiteCore:
             log.info("task.aborted")
             return
         except (TransportError, NodeProtocolError) as exc:
-            log.warning("task.not_received", reason=str(exc))
-            await self._send(failure_body("failed", task.tid, task, f"task not received: {exc}"))
+            await self._fail(log, task, exc, event="task.not_received", context="task not received")
             return
         except Exception as exc:  # the trainer's or a filter's failure is the site's answer
-            reason = f"{type(exc).__name__}: {exc}"
-            log.warning("task.failed", reason=reason)
-            await self._send(failure_body("failed", task.tid, task, reason))
+            await self._fail(log, task, exc, event="task.failed")
             return
         finally:
             self._aborts.pop(task.tid, None)
             self.completed += 1
         if abort.is_set():
             log.info("task.withheld", reason="cancelled by the server while training")
-            await self._send(failure_body("withheld", task.tid, task, "cancelled while training"))
+            await self._tell_failure("withheld", task, "cancelled while training")
             return
         message, result_arrays = ResultMessage.of(task.tid, task, result)
         log.info("task.done", samples=result.num_samples)
         await self._send(message.to_body(), result_arrays)
+
+    async def _fail(
+        self,
+        log: Any,
+        task: TaskMessage,
+        exc: BaseException,
+        *,
+        event: str,
+        context: str | None = None,
+    ) -> None:
+        """Log ``exc`` in full under a new error id, and tell the server the task failed: the
+        error's type and message, paths redacted, with that id."""
+        failure = describe_failure(exc, context=context)
+        log.warning(event, error_id=failure.error_id, reason=failure.reason, exc_info=exc)
+        await self._tell_failure("failed", task, failure.upstream)
+
+    async def _tell_failure(
+        self, op: Literal["failed", "withheld"], task: TaskMessage, reason: str
+    ) -> None:
+        """Every reason this site sends upstream passes here: no absolute path leaves the site."""
+        await self._send(failure_body(op, task.tid, task, redact_paths(reason)))
 
     async def _send(self, body: dict[str, Any], arrays: Mapping[str, Any] | None = None) -> None:
         try:
