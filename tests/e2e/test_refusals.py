@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import anyio
 import pytest
 
 from tests.e2e._cluster import ROOT, Cluster
-from tests.nodes._project import ADMIN
+from tests.nodes._project import ADMIN, site_failure
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -66,16 +67,22 @@ async def test_jobs_refused_at_submission_and_a_trainer_that_raises(cluster: Clu
     assert waited.returncode == 0, waited.stdout + waited.stderr
     detail = await anyio.to_thread.run_sync(lambda: flrt("admin", kit, "--json", "job", job_id))
     rounds = json.loads(detail.stdout)["rounds"]
+    reason = "RuntimeError: the data of site-2 cannot be read"
+    error_ids = set()
     for r in rounds:
         assert r["accepted"] == ["site-1", "site-3"]
-        assert r["failed"] == {"site-2": "RuntimeError: the data of site-2 cannot be read"}
+        assert list(r["failed"]) == ["site-2"]
+        found = re.fullmatch(site_failure(reason), r["failed"]["site-2"])
+        assert found, r["failed"]
+        error_ids.add(found.group(1))
     jobs = json.loads(
         (await anyio.to_thread.run_sync(lambda: flrt("admin", kit, "--json", "jobs"))).stdout
     )
     assert [j["job_id"] for j in jobs] == [job_id]  # the refused jobs were never stored
     failures = [e for e in cluster.log("site-2") if e["event"] == "task.failed"]
     assert failures
-    assert failures[0]["reason"] == "RuntimeError: the data of site-2 cannot be read"
+    assert failures[0]["reason"] == reason
+    assert error_ids <= {e["error_id"] for e in failures}  # the admin's id finds the site's entry
 
 
 @pytest.mark.parametrize("node", ["server", "site-1"])

@@ -3,6 +3,7 @@ in each admin role, provisioned into a folder."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -62,3 +63,9 @@ def provision_project(
     text = project_text(port, admin_port=admin_port, sites=sites)
     provision(parse_project(text), workspace, project_text=text.encode())
     return workspace / KITS_DIR
+
+
+def site_failure(reason: str) -> str:
+    """A pattern for a site's failure ``reason`` as the server keeps it: the site's text and the
+    id of the site's log entry that has the details (group 1)."""
+    return re.escape(reason) + r" \(error id ([0-9a-f]+); details in the site's log\)"
