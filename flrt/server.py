@@ -49,7 +49,7 @@ import anyio.abc
 import anyio.to_thread
 import structlog
 
-from flrt import _admin_service
+from flrt import _admin_service, _workspace
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
 from flrt.errors import FlrtError, JobStateError, NodeProtocolError, TrainerError
@@ -492,8 +492,14 @@ class ServerNode:
     it). After entry, :attr:`port` and :attr:`admin_port` are the bound ports and :attr:`refusals`
     lists every peer refused by admission, with the reason.
 
+    The server holds its workspace's lock (:mod:`flrt._workspace`) from before it reads anything
+    there until it stops; ``lock_workspace=False`` is for a caller that holds it already
+    (``flrt server start`` takes it before it opens its log file there).
+
     Raises, on entry: :class:`~security.errors.KitError` (and its subclasses for a tampered or
-    expired kit) and :class:`~transport.errors.ConnectionBrokenError` when the port is taken.
+    expired kit), :class:`~flrt._workspace.WorkspaceInUseError` when another node holds the
+    workspace, :class:`OSError` when the workspace cannot be created, and
+    :class:`~transport.errors.ConnectionBrokenError` when the port is taken.
     """
 
     def __init__(
@@ -507,6 +513,7 @@ class ServerNode:
         site_wait: float = 30.0,
         max_jobs: int = 4,
         session_config: SessionConfig | None = None,
+        lock_workspace: bool = True,
     ) -> None:
         self.kit_path = Path(kit)
         self.workspace = Path(workspace) if workspace is not None else self.kit_path
@@ -516,6 +523,7 @@ class ServerNode:
         self.site_wait = site_wait
         self.max_jobs = max_jobs
         self.session_config = session_config
+        self.lock_workspace = lock_workspace
         self.identities: dict[str, Identity] = {}
         self.refusals: list[str] = []
         self.port = 0
@@ -545,8 +553,11 @@ class ServerNode:
         context = server_ssl_context_from_kit(kit)
         participants = kit.participants or {}
         sites = {n: i.organisation for n, i in participants.items() if i.role is Role.SITE}
-        self.workspace.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
+            if self.lock_workspace:  # before anything in it is read or written
+                stack.enter_context(_workspace.lock_workspace(self.workspace))
+            else:
+                self.workspace.mkdir(parents=True, exist_ok=True)
             node = await stack.enter_async_context(
                 Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
             )

@@ -16,6 +16,7 @@ import anyio
 import structlog
 
 from flrt._groups import only_exception
+from flrt._workspace import lock_workspace
 from flrt.errors import ConfigError
 from flrt.logs import configure_logging
 from security.kit import load_kit
@@ -49,22 +50,31 @@ def run_node(
     *,
     log_name: str,
 ) -> int:
-    """Run a node command: its workspace is ``args.workspace`` or else the kit's folder; log JSON
-    lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless ``args.quiet``),
-    then run ``main(args, workspace)`` on ``args.backend`` until it returns."""
+    """Run a node command: its workspace is ``args.workspace`` or else the kit's folder; lock it
+    for this node (:mod:`flrt._workspace`: a second node on it is refused, naming the first's PID);
+    log JSON lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless
+    ``args.quiet``), then run ``main(args, workspace)`` on ``args.backend`` until it returns. The
+    lock is held until then, so ``main``'s node must not take it again."""
     workspace: Path = args.workspace or args.kit
     load_kit(args.kit)  # a kit it cannot use is named as such, before anything is written
     log_file = workspace / "logs" / f"{log_name}.jsonl"
     try:
-        configure_logging(json_file=log_file, console=None if args.quiet else sys.stderr)
+        lock = lock_workspace(workspace)  # before the log file, the first thing written there
     except OSError as exc:
-        hint = "" if args.workspace is not None else "; give a folder it may write with --workspace"
-        raise ConfigError(
-            f"the workspace {workspace} cannot be written ({exc.strerror or exc}){hint}"
-        ) from None
-    _report_log_errors_once(log_file)
-    run(main, args, workspace, backend=args.backend)
+        raise _unwritable(workspace, exc, args) from None
+    with lock:
+        try:
+            configure_logging(json_file=log_file, console=None if args.quiet else sys.stderr)
+        except OSError as exc:
+            raise _unwritable(workspace, exc, args) from None
+        _report_log_errors_once(log_file)
+        run(main, args, workspace, backend=args.backend)
     return 0
+
+
+def _unwritable(workspace: Path, exc: OSError, args: argparse.Namespace) -> ConfigError:
+    hint = "" if args.workspace is not None else "; give a folder it may write with --workspace"
+    return ConfigError(f"the workspace {workspace} cannot be written ({exc.strerror or exc}){hint}")
 
 
 def _report_log_errors_once(log_file: Path) -> None:

@@ -1,8 +1,9 @@
 """``flrt server start KIT``: run the server of a project until SIGINT or SIGTERM.
 
-It verifies the kit (a tampered or expired kit refuses to start), listens on the kit's port (and
-admin port), logs JSON lines to ``<workspace>/logs/server.jsonl`` and resumes the jobs that were
-running when it last stopped.
+It verifies the kit (a tampered or expired kit refuses to start), locks its workspace (a workspace
+that another server or site holds is refused, naming that node's PID), listens on the kit's port
+(and admin port), logs JSON lines to ``<workspace>/logs/server.jsonl`` and resumes the jobs that
+were running when it last stopped.
 """
 
 from __future__ import annotations

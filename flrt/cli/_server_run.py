@@ -19,6 +19,7 @@ async def _serve(args: argparse.Namespace, workspace: Path) -> None:
         port=args.port,
         site_wait=args.site_wait,
         max_jobs=args.max_jobs,
+        lock_workspace=False,  # run_node holds it, from before it opened the log file there
     ) as server:
         admin = f", admins on port {server.admin_port}" if server.admin_port is not None else ""
         await until_signal(f"flrt server listening on {args.host}:{server.port}{admin}")
