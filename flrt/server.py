@@ -8,8 +8,10 @@ Theory of operation
         await anyio.sleep_forever()        # or run other things; leaving stops it cleanly
 
 On entry it verifies its startup kit (a tampered or expired kit raises before anything listens),
-builds the TLS context, and serves the port of ``node.toml`` (and the admin port, if the project has
-one). Every peer is admitted by :func:`security.admission.admit_peer` against the project CA, the
+builds the TLS context, locks its workspace (:mod:`flrt._workspace`: one node per workspace), and
+serves the port of ``node.toml`` (and the admin port, if the project has one); only then does it
+resume the stored jobs and log ``server.started``. A port it cannot listen on is logged
+(``server.listen_failed``, with host, port and reason) before it stops. Every peer is admitted by :func:`security.admission.admit_peer` against the project CA, the
 revocation list and the participant list of ``trust/``; a refusal is logged with its reason and the
 peer is told why.
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
@@ -50,7 +53,7 @@ import anyio.to_thread
 import structlog
 
 from flrt import _admin_service, _workspace
-from flrt._groups import close_unwrapped
+from flrt._groups import close_unwrapped, unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
 from flrt.errors import FlrtError, JobStateError, NodeProtocolError, TrainerError
 from flrt.job import JobSpec, JobStatus
@@ -113,6 +116,9 @@ class ServerCore:
     ``sites`` maps every site of the project to its organisation; ``identity_of`` names a peer's
     identity (admission fills it); ``site_wait`` is how long a starting job waits for all its sites
     before it starts with ``min_sites``; ``max_jobs`` bounds the jobs running at once.
+    ``resume_on_entry=False`` leaves the stored jobs alone on entry until :meth:`resume_jobs`
+    (a :class:`ServerNode` calls it once its ports are bound: a server that cannot listen must not
+    have started a job first).
     """
 
     def __init__(
@@ -124,9 +130,11 @@ class ServerCore:
         identity_of: IdentityOf,
         site_wait: float = 30.0,
         max_jobs: int = 4,
+        resume_on_entry: bool = True,
     ) -> None:
         self.node = node
         self.workspace = workspace
+        self.resume_on_entry = resume_on_entry
         self.identity_of = identity_of
         self.site_wait = site_wait
         self.store = JobStore(workspace / "jobs")
@@ -150,11 +158,17 @@ class ServerCore:
         self.node.register(ADMIN_ACTOR, self.admin.handle, mailbox_size=256)
         for site in self.registry.sites:
             self._tg.start_soon(self._watch_site, site)
+        if self.resume_on_entry:
+            self.resume_jobs()
+        return self
+
+    def resume_jobs(self) -> None:
+        """Start every stored job that is not over, and log ``server.started`` (on entry, unless
+        made with ``resume_on_entry=False``)."""
         for entry in self.store.entries():
             if not entry.record.status.terminal:
                 self.start_job(entry.record.job_id)
         log.info("server.started", sites=len(self.registry.sites), workspace=str(self.workspace))
-        return self
 
     async def __aexit__(
         self,
@@ -553,51 +567,87 @@ class ServerNode:
         context = server_ssl_context_from_kit(kit)
         participants = kit.participants or {}
         sites = {n: i.organisation for n, i in participants.items() if i.role is Role.SITE}
-        async with AsyncExitStack() as stack:
-            if self.lock_workspace:  # before anything in it is read or written
-                stack.enter_context(_workspace.lock_workspace(self.workspace))
-            else:
-                self.workspace.mkdir(parents=True, exist_ok=True)
-            node = await stack.enter_async_context(
-                Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
+        raised: BaseException | None = None
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    await self._start(stack, kit, context, sites)
+                except BaseException as exc:
+                    raised = exc
+                    raise
+                self._stack = stack.pop_all()
+        except BaseExceptionGroup as group:  # the node's and core's task groups wrap it
+            error = unwrapped(group, raised)
+            if error is group:
+                raise
+            raise error from None
+        finally:
+            if self._stack is None:  # it did not start: nothing of it is running
+                self._core = None
+                self._node = None
+        return self
+
+    async def _start(
+        self, stack: AsyncExitStack, kit: Kit, context: ssl.SSLContext, sites: dict[str, str]
+    ) -> None:
+        if self.lock_workspace:  # before anything in it is read or written
+            stack.enter_context(_workspace.lock_workspace(self.workspace))
+        else:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        node = await stack.enter_async_context(
+            Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
+        )
+        self._node = node
+        self._core = await stack.enter_async_context(
+            ServerCore(
+                node,
+                self.workspace,
+                sites=sites,
+                identity_of=self.identities.get,
+                site_wait=self.site_wait,
+                max_jobs=self.max_jobs,
+                resume_on_entry=False,  # once it listens: see resume_jobs() below
             )
-            self._node = node
-            self._core = await stack.enter_async_context(
-                ServerCore(
-                    node,
-                    self.workspace,
-                    sites=sites,
-                    identity_of=self.identities.get,
-                    site_wait=self.site_wait,
-                    max_jobs=self.max_jobs,
-                )
+        )
+        admin_port = self._admin_port if self._admin_port is not None else kit.config.admin_port
+        roles = {Role.SITE} if admin_port is not None else {Role.SITE, *ADMIN_ROLES}
+        self.port = await self._listen(
+            context,
+            self._authenticator(kit, roles),
+            self._port if self._port is not None else kit.config.port,
+            "sites" if admin_port is not None else "sites and admins",
+        )
+        if admin_port is not None:
+            self.admin_port = await self._listen(
+                context, self._authenticator(kit, ADMIN_ROLES), admin_port, "admins"
             )
-            admin_port = self._admin_port if self._admin_port is not None else kit.config.admin_port
-            roles = {Role.SITE} if admin_port is not None else {Role.SITE, *ADMIN_ROLES}
-            self.port = await node.serve(
+        log.info(
+            "server.listening",
+            project=kit.config.project,
+            host=self.host,
+            port=self.port,
+            admin_port=self.admin_port,
+        )
+        self._core.resume_jobs()
+
+    async def _listen(
+        self, context: ssl.SSLContext, authenticate: Callable[[bytes], str], port: int, peers: str
+    ) -> int:
+        """Serve ``port`` for ``peers``; a port it cannot listen on is logged (the log is where an
+        operator looks for why a server stopped) and raised."""
+        try:
+            return await self.node.serve(
                 context,
-                self._authenticator(kit, roles),
+                authenticate,
                 host=self.host,
-                port=self._port if self._port is not None else kit.config.port,
+                port=port,
                 many_sessions=self._is_admin,
             )
-            if admin_port is not None:
-                self.admin_port = await node.serve(
-                    context,
-                    self._authenticator(kit, ADMIN_ROLES),
-                    host=self.host,
-                    port=admin_port,
-                    many_sessions=self._is_admin,
-                )
-            log.info(
-                "server.listening",
-                project=kit.config.project,
-                host=self.host,
-                port=self.port,
-                admin_port=self.admin_port,
-            )
-            self._stack = stack.pop_all()
-        return self
+        except TransportError as exc:
+            cause = exc.__cause__ or exc.__context__  # the OS's refusal, under the bus's error
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+            log.error("server.listen_failed", host=self.host, port=port, peers=peers, reason=reason)
+            raise
 
     async def __aexit__(
         self,

@@ -6,7 +6,12 @@ takes the server down with it, and nothing already stored is lost."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -27,6 +32,7 @@ from security.project import parse_project
 from security.provision import provision
 from tests.nodes._federation import federation, poll_until
 from tests.nodes._project import project_text
+from transport.errors import ConnectionBrokenError
 
 pytestmark = pytest.mark.anyio
 
@@ -272,6 +278,85 @@ async def test_a_job_submitted_to_a_full_disk_is_refused_with_the_reason(
             job_id = await fed.admin.submit(fed.job_dir("noise", text))
             result = await fed.admin.wait(job_id, timeout=50)
     assert result["status"] == "finished", result
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another program listens on."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port: int = other.getsockname()[1]
+        yield port
+
+
+async def test_a_port_the_server_cannot_listen_on_is_logged_and_no_job_starts(
+    kits: Path, tmp_path: Path, taken_port: int
+) -> None:
+    with capture_logs() as logs, pytest.raises(ConnectionBrokenError) as refused:
+        async with ServerNode(
+            kits / "server", tmp_path / "server", host="127.0.0.1", port=taken_port
+        ):
+            pass
+    assert "Address already in use" in str(refused.value)
+    events = [e["event"] for e in logs if e["event"].startswith("server.")]
+    assert events == ["server.listen_failed", "server.stopped"]  # never 'started'
+    (failed,) = [e for e in logs if e["event"] == "server.listen_failed"]
+    assert failed == {
+        "event": "server.listen_failed",
+        "host": "127.0.0.1",
+        "port": taken_port,
+        "peers": "sites and admins",
+        "reason": "Address already in use",
+        "log_level": "error",
+    }
+
+
+async def test_a_server_says_it_started_once_it_listens(kits: Path, tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        async with ServerNode(kits / "server", tmp_path / "server", host="127.0.0.1", port=0):
+            pass
+    events = [e["event"] for e in logs if e["event"].startswith("server.")]
+    assert events == ["server.listening", "server.started", "server.stopped"]
+
+
+def test_flrt_server_start_on_a_port_in_use_says_why_in_its_log(
+    kits: Path, tmp_path: Path, taken_port: int
+) -> None:
+    workspace = tmp_path / "srv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flrt",
+            "server",
+            "start",
+            str(kits / "server"),
+            "--workspace",
+            str(workspace),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(taken_port),
+            "--quiet",
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"flrt: error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+    ]
+    lines = (workspace / "logs" / "server.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["event"] for e in events] == ["server.listen_failed", "server.stopped"]
+    assert events[0]["host"] == "127.0.0.1"
+    assert events[0]["port"] == taken_port
+    assert events[0]["reason"] == "Address already in use"
+    assert events[0]["level"] == "error"
 
 
 async def test_a_local_folder_the_site_may_not_read_is_a_config_error(
