@@ -27,30 +27,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from flrt.errors import ConfigError
+from flrt.errors import WorkspaceInUseError
 
 __all__ = ["LOCK_FILE", "WorkspaceInUseError", "WorkspaceLock", "lock_workspace"]
 
 #: The lock file, in the workspace's top folder.
 LOCK_FILE = ".flrt.lock"
-
-
-class WorkspaceInUseError(ConfigError):
-    """Another node holds ``workspace``; ``pid`` is its process id (``None``: not known)."""
-
-    def __init__(self, workspace: Path, pid: int | None) -> None:
-        self.workspace = workspace
-        self.pid = pid
-        if pid is None:
-            holder = "another flrt node"
-        elif pid == os.getpid():
-            holder = f"another flrt node of this process (PID {pid})"
-        else:
-            holder = f"another flrt node (PID {pid})"
-        super().__init__(
-            f"the workspace {workspace} is in use by {holder}: stop it, or give this node"
-            " another workspace"
-        )
 
 
 class WorkspaceLock:

@@ -6,6 +6,8 @@
     file, the key and what was expected.
 
     - :class:`JobError`: a job definition (``job.toml``) is wrong.
+    - :class:`WorkspaceInUseError`: another node holds the workspace (its lock file); it names the
+      workspace and, when known, the holder's PID.
 
   - :class:`ModelFileError`: a model file or an encoded model (safetensors format) is malformed; it
     names the problem, the file (if any) and the tensor (if any). Also a :class:`ValueError`.
@@ -45,8 +47,8 @@
   - :class:`NodeProtocolError`: a peer node sent an flrt message this node cannot accept (the peer
     sent something bad); it names the peer and what was wrong.
   - :class:`AdminError`: an admin command was refused or failed at the server; ``code`` says which
-    kind (``denied``, ``invalid_job``, ``unknown_job``, ``bad_state``, ``bad_request``) and
-    ``reason`` why.
+    kind (``denied``, ``invalid_job``, ``unknown_job``, ``bad_state``, ``bad_request``,
+    ``server_error``) and ``reason`` why.
 
 Errors from :mod:`transport` and :mod:`security` keep their own trees; the runtime lets them through
 unchanged so that callers can tell a broken connection from a bad job.
@@ -54,6 +56,7 @@ unchanged so that callers can tell a broken connection from a bad job.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 __all__ = [
@@ -79,6 +82,7 @@ __all__ = [
     "UpdateError",
     "WorkflowError",
     "WorkflowStalledError",
+    "WorkspaceInUseError",
 ]
 
 
@@ -105,6 +109,24 @@ class ConfigError(FlrtError, ValueError):
         if key is not None:
             where += f"{': ' if where else ''}{key}"
         super().__init__(f"{where}: {reason}" if where else reason)
+
+
+class WorkspaceInUseError(ConfigError):
+    """Another node holds ``workspace``; ``pid`` is its process id (``None``: not known)."""
+
+    def __init__(self, workspace: Path, pid: int | None) -> None:
+        self.workspace = workspace
+        self.pid = pid
+        if pid is None:
+            holder = "another flrt node"
+        elif pid == os.getpid():
+            holder = f"another flrt node of this process (PID {pid})"
+        else:
+            holder = f"another flrt node (PID {pid})"
+        super().__init__(
+            f"the workspace {workspace} is in use by {holder}: stop it, or give this node"
+            " another workspace"
+        )
 
 
 class ModelFileError(FlrtError, ValueError):
@@ -270,7 +292,9 @@ class AdminError(FlrtError):
 
     ``command`` is the command, ``code`` the kind of failure (``denied``: the role may not do this;
     ``invalid_job``: the job file was refused, ``key`` names the dotted key; ``unknown_job``;
-    ``bad_state``: the job cannot do that now; ``bad_request``), ``reason`` the server's explanation.
+    ``bad_state``: the job cannot do that now; ``bad_request``; ``server_error``: the server could
+    not do it, its file system failed (a full disk), and its log has the details), ``reason`` the
+    server's explanation.
     """
 
     def __init__(self, reason: str, *, command: str, code: str, key: str | None = None) -> None:

@@ -61,6 +61,7 @@ import anyio.to_thread
 import numpy as np
 import structlog
 
+from flrt import _workspace
 from flrt._groups import close_unwrapped
 from flrt._protocol import (
     RESULTS_ACTOR,
@@ -362,9 +363,13 @@ class SiteNode:
     wait between attempts to reach the server; ``server`` (host, port) replaces the addresses of
     the kit (tests run servers on free ports).
 
-    Raises, on entry: :class:`~security.errors.KitError` (and subclasses) for a kit it cannot use and
-    :class:`~flrt.errors.ConfigError` for a local policy it cannot read. It does not wait for the
-    server: use :meth:`wait_connected`.
+    The site holds its workspace's lock while it runs (:mod:`flrt._workspace`);
+    ``lock_workspace=False`` is for a caller that holds it already.
+
+    Raises, on entry: :class:`~security.errors.KitError` (and subclasses) for a kit it cannot use,
+    :class:`~flrt.errors.ConfigError` for a local policy it cannot read, and
+    :class:`~flrt.errors.WorkspaceInUseError` when another node holds the workspace. It does not
+    wait for the server: use :meth:`wait_connected`.
     """
 
     def __init__(
@@ -376,8 +381,10 @@ class SiteNode:
         backoff: tuple[float, float] = (0.2, 5.0),
         session_config: SessionConfig | None = None,
         server: tuple[str, int] | None = None,
+        lock_workspace: bool = True,
     ) -> None:
         self.kit_path = Path(kit)
+        self.lock_workspace = lock_workspace
         self.server_address = server
         self.workspace = Path(workspace) if workspace is not None else self.kit_path
         self.data_overrides = {k: Path(v) for k, v in (data or {}).items()}
@@ -431,6 +438,8 @@ class SiteNode:
         context = client_ssl_context_from_kit(kit)
         self.workspace.mkdir(parents=True, exist_ok=True)
         async with AsyncExitStack() as stack:
+            if self.lock_workspace:  # before anything in it is read or written
+                stack.enter_context(_workspace.lock_workspace(self.workspace))
             node = await stack.enter_async_context(
                 Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
             )

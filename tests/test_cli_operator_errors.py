@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from flrt.cli import main
+from flrt.cli._admin_run import _status
 from tests.nodes._project import provision_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +206,23 @@ def test_output_cut_short_by_a_pager_or_head_is_not_an_error_message(
     monkeypatch.setattr("flrt.cli._kit._verify", cut_short)
     assert main(["kit", "verify", "/opt/flrt/hospital-a"]) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_status_names_each_interrupted_job_and_why(capsys: pytest.CaptureFixture[str]) -> None:
+    class Admin:
+        async def status(self) -> dict[str, object]:
+            return {
+                "server": "server",
+                "jobs": {"finished": 1, "interrupted": 1},
+                "interrupted": {"job-7": "its state cannot be saved: No space left on device"},
+                "sites": [],
+            }
+
+    code = anyio.run(_status, Admin(), argparse.Namespace(json=False))  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "jobs 1 finished, 1 interrupted" in out
+    assert (
+        "job job-7 interrupted: its state cannot be saved: No space left on device;"
+        " it resumes when the server restarts"
+    ) in out

@@ -51,6 +51,8 @@ async def _status(admin: AdminClient, args: argparse.Namespace) -> int:
         return 0
     counts = ", ".join(f"{n} {s}" for s, n in sorted(status["jobs"].items())) or "none"
     print(f"server {status['server']}: jobs {counts}")
+    for job_id, reason in sorted(status.get("interrupted", {}).items()):
+        print(f"job {job_id} interrupted: {reason}; it resumes when the server restarts")
     print(sites_table(status["sites"]))
     return 0
 

@@ -12,7 +12,13 @@ __all__ = ["start"]
 
 
 async def _run(args: argparse.Namespace, workspace: Path) -> None:
-    async with SiteNode(args.kit, workspace, data=dict(args.data), server=args.server) as site:
+    async with SiteNode(
+        args.kit,
+        workspace,
+        data=dict(args.data),
+        server=args.server,
+        lock_workspace=False,  # run_node holds it, from before it opened the log file there
+    ) as site:
         assert site.kit is not None
         await until_signal(f"flrt site {site.kit.config.name} started")
 

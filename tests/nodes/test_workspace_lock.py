@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from flrt._workspace import LOCK_FILE, WorkspaceInUseError, lock_workspace
 from flrt.errors import ConfigError
 from flrt.server import ServerNode
+from flrt.site import SiteNode
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -112,6 +113,22 @@ async def test_a_second_server_on_a_workspace_is_refused_before_it_reads_anythin
         assert staging.is_dir()
         assert [e["event"] for e in logs] == []  # not started, not stopped, no job resumed
     async with ServerNode(kits / "server", workspace, host="127.0.0.1", port=0):
+        pass  # the first one stopped: its workspace is free
+
+
+@pytest.mark.anyio
+async def test_a_second_site_on_a_workspace_is_refused_an_embedded_one_too(
+    kits: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "site"
+    nowhere = ("127.0.0.1", 9)  # no server needed: the refusal comes first
+    async with SiteNode(kits / "site-1", workspace, server=nowhere):
+        with pytest.raises(WorkspaceInUseError) as refused:
+            async with SiteNode(kits / "site-2", workspace, server=nowhere):
+                pass
+        assert refused.value.pid == os.getpid()
+        assert str(workspace) in str(refused.value)
+    async with SiteNode(kits / "site-2", workspace, server=nowhere):
         pass  # the first one stopped: its workspace is free
 
 
