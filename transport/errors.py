@@ -154,7 +154,27 @@ class CertificateProblem(enum.Enum):
     OTHER = "other"
 
 
-class HandshakeError(TransportError):
+class _ClassifiedFailure(TransportError):
+    """A failure with a :class:`HandshakeFailure` kind (see :class:`HandshakeError`)."""
+
+    _DEFAULT_KIND: HandshakeFailure
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        kind: HandshakeFailure | None = None,
+        certificate: CertificateProblem | None = None,
+        alert: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.kind = kind if kind is not None else self._DEFAULT_KIND
+        self.certificate = certificate
+        self.alert = alert
+        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
+
+
+class HandshakeError(_ClassifiedFailure):
     """TLS or session set-up failed; ``reason`` says why, ``kind`` what kind of failure it is.
 
     ``certificate`` is set with :attr:`HandshakeFailure.PEER_CERTIFICATE`, ``alert`` (the alert's
@@ -162,19 +182,7 @@ class HandshakeError(TransportError):
     ``str()`` is ``reason``; the structured fields survive pickling.
     """
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        kind: HandshakeFailure = HandshakeFailure.UNKNOWN,
-        certificate: CertificateProblem | None = None,
-        alert: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.kind = kind
-        self.certificate = certificate
-        self.alert = alert
-        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
+    _DEFAULT_KIND = HandshakeFailure.UNKNOWN
 
 
 class ResumeRefusedError(HandshakeError):
@@ -192,7 +200,7 @@ class ConnectionClosedError(TransportError):
     """The connection or the bus is closed."""
 
 
-class ConnectionBrokenError(TransportError):
+class ConnectionBrokenError(_ClassifiedFailure):
     """The connection broke underneath the session; ``reason`` says how.
 
     ``kind`` (with ``certificate`` and ``alert``) is what the failure means if it ends a handshake,
@@ -202,19 +210,7 @@ class ConnectionBrokenError(TransportError):
     :attr:`HandshakeFailure.TLS_ALERT`.
     """
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        kind: HandshakeFailure = HandshakeFailure.TRANSIENT,
-        certificate: CertificateProblem | None = None,
-        alert: str | None = None,
-    ) -> None:
-        self.reason = reason
-        self.kind = kind
-        self.certificate = certificate
-        self.alert = alert
-        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
+    _DEFAULT_KIND = HandshakeFailure.TRANSIENT
 
 
 class PeerTimeoutError(TransportError, TimeoutError):
