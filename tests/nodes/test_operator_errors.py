@@ -63,8 +63,34 @@ def job(tmp_path: Path, spec: str = "flrt.examples.noise:NoiseTrainer") -> Path:
     return folder
 
 
+#: The noise job on site-1 and site-2 (its quorum: a round needs both).
+NOISE_ON_TWO_SITES = (
+    NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
+    + '[targets]\nsites = ["site-1", "site-2"]\n'
+)
+
+
 def no_space(*_args: object) -> OSError:
     return OSError(errno.ENOSPC, "No space left on device")
+
+
+class DiskFillingAt:
+    """The server's disk fills up as round ``fills_at``'s checkpoint is saved: that save and every
+    later one fail with ENOSPC while ``full`` (a test sets it back to False to free space)."""
+
+    def __init__(self, fills_at: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self._fills_at: int | None = fills_at
+        real_save = CheckpointWriter.save
+
+        def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
+            if checkpoint.round == self._fills_at:
+                self.full, self._fills_at = True, None
+            if self.full:
+                raise no_space()
+            return real_save(writer, checkpoint)
+
+        monkeypatch.setattr(CheckpointWriter, "save", save)
 
 
 async def test_a_trainer_that_cannot_build_round_0_fails_the_job_naming_the_trainer(
@@ -100,24 +126,9 @@ async def test_a_checkpoint_the_disk_cannot_hold_is_named_as_such_not_as_an_inte
 async def test_a_checkpoint_the_disk_cannot_hold_interrupts_the_job_until_the_next_start(
     kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full = False
-    fills_at: int | None = 2  # the disk fills up as round 2 is saved; the record still fits
-    real_save = CheckpointWriter.save
-
-    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
-        nonlocal full, fills_at
-        if checkpoint.round == fills_at:
-            full, fills_at = True, None
-        if full:
-            raise no_space()
-        return real_save(writer, checkpoint)
-
-    monkeypatch.setattr(CheckpointWriter, "save", save)
+    disk = DiskFillingAt(2, monkeypatch)  # as round 2 is saved; the record still fits
     sites = ["site-1", "site-2"]
-    text = (
-        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
-        + '[targets]\nsites = ["site-1", "site-2"]\n'
-    )
+    text = NOISE_ON_TWO_SITES
     reason = "its state cannot be saved: No space left on device"
     with anyio.fail_after(60):
         async with federation(kits, tmp_path, sites=sites) as fed:
@@ -140,7 +151,7 @@ async def test_a_checkpoint_the_disk_cannot_hold_interrupts_the_job_until_the_ne
             state = core.store.latest_state(job_id)
             assert state is not None
             assert state.round == 1
-        full = False  # Lead IT frees some space and restarts the server
+        disk.full = False  # Lead IT frees some space and restarts the server
         with capture_logs() as logs:
             async with federation(kits, tmp_path, sites=sites) as fed:
                 result = await fed.admin.wait(job_id, timeout=50)
@@ -153,31 +164,17 @@ async def test_a_checkpoint_the_disk_cannot_hold_interrupts_the_job_until_the_ne
 async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
     kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    full = False
-    fills_at: int | None = 2  # the disk fills up as round 2 is saved
-    real_save = CheckpointWriter.save
+    disk = DiskFillingAt(2, monkeypatch)  # as round 2 is saved
     real_store_save = JobStore.save
 
-    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:
-        nonlocal full, fills_at
-        if checkpoint.round == fills_at:
-            full, fills_at = True, None
-        if full:
-            raise no_space()
-        return real_save(writer, checkpoint)
-
     def store_save(store: JobStore, entry: JobEntry) -> None:
-        if full:
+        if disk.full:
             raise no_space()
         real_store_save(store, entry)
 
-    monkeypatch.setattr(CheckpointWriter, "save", save)
     monkeypatch.setattr(JobStore, "save", store_save)
     sites = ["site-1", "site-2"]
-    text = (
-        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
-        + '[targets]\nsites = ["site-1", "site-2"]\n'
-    )
+    text = NOISE_ON_TWO_SITES
     with anyio.fail_after(60):
         async with federation(kits, tmp_path, sites=sites) as fed:
             job_id = await fed.admin.submit(fed.job_dir("noise", text))
@@ -193,7 +190,7 @@ async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
             # What was stored before the disk filled up is as it was.
             assert core.store.entry(job_id).record.status is JobStatus.RUNNING
             assert checkpoint_rounds(core.store.checkpoints(job_id)) == [1]
-        full = False  # Lead IT frees some space and restarts the server
+        disk.full = False  # Lead IT frees some space and restarts the server
         async with federation(kits, tmp_path, sites=sites) as fed:
             result = await fed.admin.wait(job_id, timeout=50)
     assert result["status"] == "finished", result
@@ -247,10 +244,7 @@ async def test_a_job_submitted_to_a_full_disk_is_refused_with_the_reason(
         raise PermissionError(errno.EACCES, "Permission denied", str(store.root))
 
     monkeypatch.setattr("flrt.jobstore.atomic_write", write)
-    text = (
-        NOISE.format(spec="flrt.examples.noise:NoiseTrainer")
-        + '[targets]\nsites = ["site-1", "site-2"]\n'
-    )
+    text = NOISE_ON_TWO_SITES
     with anyio.fail_after(60):
         async with federation(kits, tmp_path, sites=["site-1", "site-2"]) as fed:
             with capture_logs() as logs, pytest.raises(AdminError) as refused:
