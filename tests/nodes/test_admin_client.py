@@ -564,11 +564,10 @@ async def test_an_output_folder_that_cannot_be_written_is_one_line(
     assert line.startswith(f"flrt: error: cannot write {tmp_path / 'results'}")
 
 
-@pytest.mark.timeout(60)
-def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
-    argv = ["admin", str(kits / ADMIN), "-v", "--server", f"127.0.0.1:{free_port()}", "wait", "x"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flrt", *argv],
+def interruptible(command: list[str]) -> subprocess.Popen[str]:
+    """``command`` started as an operator's terminal does, its output piped, ready for Ctrl-C."""
+    return subprocess.Popen(
+        command,
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.DEVNULL,
@@ -578,6 +577,12 @@ def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
         # Ctrl-C reaches it even when the tests run in a shell's background (SIGINT ignored).
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
+    argv = ["admin", str(kits / ADMIN), "-v", "--server", f"127.0.0.1:{free_port()}", "wait", "x"]
+    proc = interruptible([sys.executable, "-m", "flrt", *argv])
     try:
         assert proc.stderr is not None
         logged = ""
@@ -625,16 +630,7 @@ runpy.run_module("flrt", run_name="__main__", alter_sys=True)
 )
 def test_ctrl_c_while_importing_is_one_line(kits: Path, module: str) -> None:
     argv = ["admin", str(kits / ADMIN), "--server", f"127.0.0.1:{free_port()}", "jobs"]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_IMPORT, module, *argv],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    proc = interruptible([sys.executable, "-c", SLOW_IMPORT, module, *argv])
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == f"importing {module}\n", proc.communicate(timeout=30)
