@@ -52,12 +52,17 @@
 
 Errors from :mod:`transport` and :mod:`security` keep their own trees; the runtime lets them through
 unchanged so that callers can tell a broken connection from a bad job.
+
+Every error survives ``pickle`` (a service that runs flrt in worker processes gets it back whole):
+its message and its fields are restored as they were, without calling its constructor (see
+:meth:`FlrtError.__reduce__`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AdminError",
@@ -88,6 +93,19 @@ __all__ = [
 
 class FlrtError(Exception):
     """Root of every error raised by :mod:`flrt`."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduction calls the class with ``args`` (the message), which a
+        # constructor with other parameters refuses: rebuild the error without calling it.
+        return _rebuild, (type(self), self.args), self.__dict__
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An error of ``cls`` whose ``args`` are ``args``, its ``__init__`` not called (pickle then
+    restores its fields from its ``__dict__``)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class ConfigError(FlrtError, ValueError):

@@ -28,7 +28,8 @@
 
 Local misuse (a bad argument) raises the builtin ``ValueError`` or ``TypeError``. What a peer or a
 file on disk got wrong raises one of the above. Every error carries the structured fields that explain
-it (the file, the name, the reason), never key material or passwords.
+it (the file, the name, the reason), never key material or passwords. Every error survives
+``pickle`` with its message and its fields (see :meth:`SecurityError.__reduce__`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AdmissionError",
@@ -62,6 +64,19 @@ __all__ = [
 
 class SecurityError(Exception):
     """Root of every error raised by :mod:`security`."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduction calls the class with ``args`` (the message), which a
+        # constructor with other parameters refuses: rebuild the error without calling it.
+        return _rebuild, (type(self), self.args), self.__dict__
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An error of ``cls`` whose ``args`` are ``args``, its ``__init__`` not called (pickle then
+    restores its fields from its ``__dict__``)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class CertificateError(SecurityError):

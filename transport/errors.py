@@ -38,13 +38,15 @@
 
     - :class:`DigestMismatchError`: the bytes received do not hash to the announced digest.
 
-Errors carry structured fields; none ever holds payload bytes or key material.
+Errors carry structured fields; none ever holds payload bytes or key material. Every error
+survives ``pickle`` with its message and its fields (see :meth:`TransportError.__reduce__`).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "ActorError",
@@ -71,6 +73,19 @@ __all__ = [
 
 class TransportError(Exception):
     """Root of every error raised by :mod:`transport`."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduction calls the class with ``args`` (the message), which a
+        # constructor with other parameters refuses: rebuild the error without calling it.
+        return _rebuild, (type(self), self.args), self.__dict__
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An error of ``cls`` whose ``args`` are ``args``, its ``__init__`` not called (pickle then
+    restores its fields from its ``__dict__``)."""
+    error = cls.__new__(cls, *args)
+    error.args = args  # OSError's __new__ (TimeoutError) leaves them to __init__
+    return error
 
 
 class LocalProtocolError(TransportError, RuntimeError):
@@ -171,7 +186,7 @@ class _ClassifiedFailure(TransportError):
         self.kind = kind if kind is not None else self._DEFAULT_KIND
         self.certificate = certificate
         self.alert = alert
-        super().__init__(reason)  # args stay (reason,): pickle restores the rest from __dict__
+        super().__init__(reason)
 
 
 class HandshakeError(_ClassifiedFailure):
