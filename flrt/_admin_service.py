@@ -7,6 +7,10 @@ file system failed: a full disk refuses a submission this way, with nothing of i
 change of its status and every completed round is then told to ``<admin>/events``, so a client
 waits for a job without polling.
 
+A command may say, with ``"as"``, which of the client's commands it carries out (a client's
+``wait`` is a ``watch`` on the wire, see :data:`CALLED_AS`): a refusal then names that command
+(``role member may not wait``), the one the admin typed.
+
 Authorization is by the role in the admin's certificate (a later issue adds the full policies of
 ``local/authorization.toml``): ``project_admin`` may do everything; ``lead`` may submit, view, and
 abort or download the jobs it submitted; ``org_admin`` and ``member`` may view. Sites and the server
@@ -59,6 +63,12 @@ COMMANDS: Mapping[str, str] = {
     "abort": "manage",
     "download": "download",
 }
+
+#: The other names a client may give a command (``"as"``): a client's ``wait`` is a ``watch``.
+CALLED_AS: Mapping[str, frozenset[str]] = {"watch": frozenset({"wait"})}
+
+#: How a refusal says "may only <verb> its own jobs", where the command is not a verb of its own.
+_VERB = {"wait": "wait for", "job": "view"}
 
 _MAX_JOB_FILE = 1024 * 1024
 
@@ -161,17 +171,27 @@ class AdminService:
         command = body.get("cmd")
         admin = message.identity  # who asks; message.sender is the address of this console
         name = str(command)[:40]
+        called = body.get("as")
+        if not isinstance(called, str) or called not in CALLED_AS.get(name, ()):
+            called = name  # the client called it by its own name (or by one it may not use)
         try:
             if not isinstance(command, str) or command not in COMMANDS:
                 raise AdminError(f"unknown command {name!r}", command=name, code="bad_request")
-            identity = self._authorize(admin, command)
+            identity = self._authorize(admin, command, called)
             if command == "watch":
-                result = await self._cmd_watch(identity, body, console=message.sender)
+                result = await self._cmd_watch(
+                    identity, body, console=message.sender, called=called
+                )
             else:
                 result = await getattr(self, f"_cmd_{command}")(identity, body)
         except AdminError as exc:
             log.warning(
-                "admin.refused", admin=admin, command=name, code=exc.code, reason=exc.reason
+                "admin.refused",
+                admin=admin,
+                command=name,
+                called=called,
+                code=exc.code,
+                reason=exc.reason,
             )
             return {"ok": False, "code": exc.code, "error": exc.reason, "key": exc.key}
         except OSError as exc:  # the admin hears why in a sentence; the file is the operator's
@@ -182,22 +202,35 @@ class AdminService:
         log.info("admin.command", admin=admin, command=name, job=body.get("job_id"))
         return result
 
-    def _authorize(self, admin: str, command: str) -> Identity:
+    def _authorize(self, admin: str, command: str, called: str) -> Identity:
+        """Who ``admin`` is, if it may use ``command`` (``called`` by the client: named in a
+        refusal). Raises :class:`~flrt.errors.AdminError` (``denied``)."""
         identity = self.core.identity_of(admin)
         if identity is None or not identity.role.is_admin:
             role = identity.role.value if identity is not None else "unknown"
             raise AdminError(
                 f"only admins may use the admin console; {admin} is a {role}",
-                command=command,
+                command=called,
                 code="denied",
             )
         if COMMANDS[command] not in RIGHTS.get(identity.role, {}):
             raise AdminError(
-                f"role {identity.role.value} may not {command}", command=command, code="denied"
+                f"role {identity.role.value} may not {called}", command=called, code="denied"
             )
         return identity
 
-    def _entry(self, identity: Identity, body: Mapping[str, Any], command: str) -> JobEntry:
+    def _entry(
+        self,
+        identity: Identity,
+        body: Mapping[str, Any],
+        command: str,
+        *,
+        called: str | None = None,
+    ) -> JobEntry:
+        """The job ``command`` (``called`` by the client, by default ``command``) names, if
+        ``identity`` may use it on that job. Raises :class:`~flrt.errors.AdminError`
+        (``unknown_job``, ``denied``)."""
+        called = called or command
         job_id = body.get("job_id")
         try:
             if not isinstance(job_id, str):
@@ -205,14 +238,14 @@ class AdminService:
             entry = self.core.store.entry(job_id)
         except KeyError:
             raise AdminError(
-                f"no job {str(job_id)[:80]!r}", command=command, code="unknown_job"
+                f"no job {str(job_id)[:80]!r}", command=called, code="unknown_job"
             ) from None
         condition = RIGHTS[identity.role].get(COMMANDS[command])
         if condition == _OWN_JOB and entry.submitted_by != identity.name:
             raise AdminError(
-                f"role {identity.role.value} may only {command} its own jobs;"
+                f"role {identity.role.value} may only {_VERB.get(called, called)} its own jobs;"
                 f" {entry.record.job_id} was submitted by {entry.submitted_by}",
-                command=command,
+                command=called,
                 code="denied",
             )
         return entry
@@ -342,11 +375,11 @@ class AdminService:
         }
 
     async def _cmd_watch(
-        self, identity: Identity, body: Mapping[str, Any], *, console: str
+        self, identity: Identity, body: Mapping[str, Any], *, console: str, called: str
     ) -> dict[str, Any]:
         """Subscribe ``console`` (the address of the asking session: an admin may watch from
         several) to the job's events."""
-        entry = self._entry(identity, body, "watch")
+        entry = self._entry(identity, body, "watch", called=called)
         self._watchers.setdefault(entry.record.job_id, set()).add(console)
         return {"ok": True, "job": self.view(entry)}
 

@@ -356,21 +356,21 @@ class AdminClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _ask_once(self, cmd: str, command: str, /, **args: Any) -> Reply:
-        """Ask ``cmd`` on the current session; a refusal is an :class:`AdminError` for ``command``."""
-        reply = await self.node.ask(
-            f"{SERVER}/{ADMIN_ACTOR}", {"cmd": cmd, **args}, timeout=self.timeout
-        )
-        body = reply.body
-        if not isinstance(body, dict):
+        """Ask ``cmd`` on the current session; a refusal is an :class:`AdminError` for ``command``
+        (which the server is told, ``"as"``, so that its reason names it too: ``may not wait``)."""
+        body = {"cmd": cmd, **args} if command == cmd else {"cmd": cmd, "as": command, **args}
+        reply = await self.node.ask(f"{SERVER}/{ADMIN_ACTOR}", body, timeout=self.timeout)
+        answer = reply.body
+        if not isinstance(answer, dict):
             raise AdminError(
                 "the server's answer is not a map", command=command, code="bad_request"
             )
-        if not body.get("ok"):
+        if not answer.get("ok"):
             raise AdminError(
-                str(body.get("error", "refused")),
+                str(answer.get("error", "refused")),
                 command=command,
-                code=str(body.get("code", "bad_request")),
-                key=body.get("key") if isinstance(body.get("key"), str) else None,
+                code=str(answer.get("code", "bad_request")),
+                key=answer.get("key") if isinstance(answer.get("key"), str) else None,
             )
         return reply
 

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -30,16 +30,17 @@ import anyio.lowlevel
 import numpy as np
 import pytest
 
+from flrt import _admin_service
 from flrt.admin import AdminClient, ServerUnreachableError, _write_download, read_job
 from flrt.cli import main
 from flrt.cli._admin_run import _download
 from flrt.errors import AdminError, JobError
 from flrt.server import ServerNode
 from security.kit import load_kit
-from security.pki import identity_from_certificate
+from security.pki import Role, identity_from_certificate
 from security.provision import revoke
 from security.tls import server_ssl_context_from_kit
-from tests.nodes._project import ADMIN, LEAD, free_port, provision_project
+from tests.nodes._project import ADMIN, LEAD, MEMBER, free_port, provision_project
 from transport.bus import Node
 from transport.errors import (
     CertificateProblem,
@@ -373,6 +374,62 @@ async def test_an_unknown_job_is_named_by_the_command_called(kits: Path, tmp_pat
     assert (waited.value.command, waited.value.code) == ("wait", "unknown_job")
     assert str(waited.value) == "wait: no job 'no-such-job'"
     assert str(watched.value) == "watch: no job 'no-such-job'"
+
+
+#: Each command of the client, called as a test calls it.
+CALLS: dict[str, Callable[[AdminClient, str, Path], Awaitable[object]]] = {
+    "submit": lambda admin, job_id, job: admin.submit(job),
+    "jobs": lambda admin, job_id, job: admin.jobs(),
+    "status": lambda admin, job_id, job: admin.status(),
+    "job": lambda admin, job_id, job: admin.job(job_id),
+    "abort": lambda admin, job_id, job: admin.abort(job_id),
+    "download": lambda admin, job_id, job: admin.download(job_id, job / "out"),
+    "wait": lambda admin, job_id, job: admin.wait(job_id, timeout=30),
+    "watch": lambda admin, job_id, job: anext(aiter(admin.watch(job_id))),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.parametrize("own_jobs", [False, True], ids=["none", "own jobs"])
+async def test_a_refusal_names_the_command_called(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_jobs: bool
+) -> None:
+    """The member's role may do nothing at all, or everything but only on its own jobs: every
+    command it calls is refused, and the refusal names that command (``wait``, not the ``watch``
+    it is on the wire)."""
+    rights = dict.fromkeys(("view", "submit", "manage", "download"), _admin_service._OWN_JOB)
+    monkeypatch.setattr(
+        _admin_service, "RIGHTS", {**_admin_service.RIGHTS, Role.MEMBER: rights if own_jobs else {}}
+    )
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.toml").write_text(WAITING_JOB)
+    refusals: dict[str, str] = {}
+    with anyio.fail_after(60):
+        async with server(kits, tmp_path / "server") as node:
+            address = ("127.0.0.1", node.port)
+            async with AdminClient(kits / ADMIN, server=address) as admin:
+                job_id = await admin.submit(job)  # the project admin's job
+            async with AdminClient(kits / MEMBER, server=address) as member:
+                for command, call in CALLS.items():
+                    if own_jobs and command in ("submit", "jobs", "status"):
+                        continue  # not about a job: allowed
+                    with pytest.raises(AdminError) as refused:
+                        await call(member, job_id, job)
+                    assert (refused.value.command, refused.value.code) == (command, "denied")
+                    refusals[command] = str(refused.value)
+    if own_jobs:
+        verbs = {"job": "view", "wait": "wait for"}
+        assert refusals == {
+            command: f"{command}: role member may only {verbs.get(command, command)} its own"
+            f" jobs; {job_id} was submitted by {ADMIN}"
+            for command in ("job", "abort", "download", "wait", "watch")
+        }
+    else:
+        assert refusals == {
+            command: f"{command}: role member may not {command}" for command in CALLS
+        }
 
 
 def test_read_job_names_what_is_missing(tmp_path: Path) -> None:
