@@ -693,12 +693,25 @@ class Node:
         else:
             link = self._links.get(peer)
             if link is not None and link.connected:
-                reason = (
-                    f"{peer} is connected already, in another session (another process with the"
-                    " same identity?); a new session is admitted once that connection ends"
+                # A live peer is heard from at least every heartbeat interval; a connection
+                # silent for longer is presumed half-open (the peer's host went away without a
+                # word, and the peer has restarted): the new session replaces it now rather
+                # than after the liveness timeout.
+                silent = link.session.silent_for(anyio.current_time())
+                if silent < link.session.presumed_dead_after:
+                    reason = (
+                        f"{peer} is connected already, in another session (another process with"
+                        f" the same identity?), last heard from {silent:.1f} s ago; a new session"
+                        " is admitted once that connection ends or falls silent"
+                    )
+                    await _send_refusal(stream, b"".join(refuse_frame(reason, "duplicate")))
+                    raise HandshakeError(reason, kind=HandshakeFailure.DUPLICATE)
+                log.info(
+                    "peer.replaced",
+                    node=self.name,
+                    peer=peer,
+                    reason=f"the old connection was silent for {silent:.1f} s",
                 )
-                await _send_refusal(stream, b"".join(refuse_frame(reason, "duplicate")))
-                raise HandshakeError(reason, kind=HandshakeFailure.DUPLICATE)
             if link is not None:
                 link.kill(ConnectionClosedError(f"{peer} opened a new session"))
             link = self._new_link(peer, Role.SERVER)

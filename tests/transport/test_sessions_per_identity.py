@@ -1,7 +1,9 @@
 """How many sessions one identity may hold on a server, over real TLS on loopback.
 
 A site is one process: a second process with the same kit is refused while the first is
-connected (before, each took the session from the other, for ever), and admitted once it is not.
+connected (before, each took the session from the other, for ever), and admitted once it is not,
+or once the first's connection has fallen silent (a half-open connection left by a host that went
+away: the restarted site need not wait out the liveness timeout).
 An operator may run the console in two terminals: a peer the server's policy allows several
 sessions gets an address per session (``name#n``), and its messages say who it is.
 """
@@ -14,6 +16,8 @@ import pytest
 from tests.transport.conftest import FAST, Pki, name_from_certificate
 from transport.bus import Message, Node
 from transport.errors import HandshakeError, HandshakeFailure
+from transport.protocol.session import SessionConfig
+from transport.testing import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -26,15 +30,20 @@ async def _connect(node: Node, port: int, pki: Pki) -> None:
     await node.connect("127.0.0.1", port, pki.site_context(), server_hostname="localhost")
 
 
+#: A twin heard from every second is live: the server presumes a connection half-open only after
+#: two heartbeat intervals of silence, so a loaded test machine does not make the twin look dead.
+TWINS = SessionConfig(heartbeat_interval=1.0, liveness_timeout=10.0, handshake_timeout=2.0)
+
+
 async def test_a_second_process_with_a_sites_identity_is_refused_while_the_first_is_connected(
     pki: Pki,
 ) -> None:
-    async with Node("server", config=FAST) as server:
+    async with Node("server", config=TWINS) as server:
         server.register("who", _who)
         port = await server.serve(pki.server_context(), name_from_certificate)
-        async with Node("site-1", config=FAST) as first:
+        async with Node("site-1", config=TWINS) as first:
             await _connect(first, port, pki)
-            async with Node("site-1", config=FAST) as second:
+            async with Node("site-1", config=TWINS) as second:
                 with pytest.raises(HandshakeError) as refused:
                     await _connect(second, port, pki)
                 second.task_group.cancel_scope.cancel()
@@ -51,11 +60,47 @@ async def test_a_second_process_with_a_sites_identity_is_refused_while_the_first
         # Once the first is gone, the next process with the identity is admitted.
         with anyio.fail_after(10):
             await server.wait_peer("site-1", connected=False)
-        async with Node("site-1", config=FAST) as third:
+        async with Node("site-1", config=TWINS) as third:
             await _connect(third, port, pki)
             reply = await third.ask("server/who", None, timeout=5)
             assert reply.body == ["site-1", "site-1"]
             third.task_group.cancel_scope.cancel()
+        server.task_group.cancel_scope.cancel()
+
+
+async def test_a_restarted_site_replaces_its_half_open_session_before_the_liveness_timeout(
+    pki: Pki,
+) -> None:
+    # The liveness timeout is a minute: the old rule (refuse while the old connection counts as
+    # connected) keeps the restarted site out for all of it.
+    config = SessionConfig(heartbeat_interval=0.2, liveness_timeout=60.0, handshake_timeout=2.0)
+    async with Node("server", config=config) as server:
+        server.register("who", _who)
+        port = await server.serve(pki.server_context(), name_from_certificate)
+        async with FaultProxy("127.0.0.1", port) as proxy, Node("site-1", config=config) as old:
+            await _connect(old, proxy.port, pki)
+            assert (await old.ask("server/who", None, timeout=5)).body == ["site-1", "site-1"]
+            old_link = server.link("site-1")
+            proxy.stall()  # the old host is gone: its connection stays open, silent
+
+            async with Node("site-1", config=config) as restarted:
+                refusals: list[HandshakeError] = []
+                with anyio.fail_after(15):
+                    while True:
+                        try:
+                            await _connect(restarted, port, pki)
+                            break
+                        except HandshakeError as exc:  # refused until the old one falls silent
+                            refusals.append(exc)
+                            await anyio.sleep(0.1)
+                assert all(exc.kind is HandshakeFailure.DUPLICATE for exc in refusals), refusals
+                assert all("last heard from" in str(exc) for exc in refusals), refusals
+                reply = await restarted.ask("server/who", None, timeout=5)
+                assert reply.body == ["site-1", "site-1"]
+                assert server.link("site-1") is not old_link
+                assert old_link.closed
+                restarted.task_group.cancel_scope.cancel()
+            old.task_group.cancel_scope.cancel()
         server.task_group.cancel_scope.cancel()
 
 

@@ -432,6 +432,17 @@ class Session:
                 f"{event.value} is not allowed in state {self.state.value}"
             ) from None
 
+    def silent_for(self, now: float) -> float:
+        """Seconds since the peer's last frame on this connection (any frame: a live peer sends a
+        heartbeat at least every ``heartbeat_interval``)."""
+        return now - self._last_received
+
+    @property
+    def presumed_dead_after(self) -> float:
+        """Silence after which the connection is presumed half-open when the same peer dials in
+        again: twice the heartbeat interval, or the liveness timeout if that is shorter."""
+        return min(2 * self.config.heartbeat_interval, self.config.liveness_timeout)
+
     @property
     def undelivered(self) -> tuple[int, ...]:
         """Ids of sent messages the peer has not acknowledged yet."""
