@@ -143,7 +143,10 @@ class AdminService:
     # ------------------------------------------------------------------ views
 
     def view(self, entry: JobEntry) -> dict[str, Any]:
-        """A job as the console shows it."""
+        """A job as the console shows it: its record, the last round it completed, its rounds,
+        what it is doing (``detail``), and ``interrupted``, the reason the server stopped it while
+        it was not over (its state could not be saved: it stays ``running`` on disk and resumes
+        when the server restarts; ``None`` for a job that was not stopped so)."""
         job_id = entry.record.job_id
         detail, rounds_done = self.core.job_detail(job_id)
         if rounds_done is None:
@@ -153,14 +156,21 @@ class AdminService:
             total: int | None = self.core.job_spec(job_id).workflow.rounds
         except JobError:
             total = None
+        interrupted = None
         if entry.record.status.terminal:
             detail = ""
-        self._seq += 1  # events travel in separate tasks: the client keeps the newest view
+        else:
+            interrupted = self.core.interrupted.get(job_id)
+        # Events travel in separate tasks: the client keeps the view of highest ``seq``. Wall-clock
+        # nanoseconds, so that the views of a restarted server sort after those of the run before
+        # (a client that waits across the restart would otherwise keep the old run's last view).
+        self._seq = max(time.time_ns(), self._seq + 1)
         return {
             **entry.to_dict(),
             "round": rounds_done,
             "rounds": total,
             "detail": detail,
+            "interrupted": interrupted,
             "seq": self._seq,
         }
 

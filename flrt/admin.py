@@ -21,6 +21,11 @@ restarting, unreachable) is dialled again, as below, for as long as the caller w
 ``timeout``, or the cancel scope around ``watch``), not for ``connect_timeout``: a job outlives a
 server restart, and so does a wait on it. When the server answers again, the client opens a new
 session and subscribes again. A failure that dialling again cannot mend still ends the wait at once.
+A wait ends when the job can no longer move by itself: it is over (:data:`TERMINAL`), or the server
+stopped it while it was not over, because it could not save its state (a full disk). Such a job is
+*interrupted*: it stays ``running`` on the server's disk, its view names the reason
+(``interrupted``), and it resumes from its last saved round only when the server restarts, so
+waiting for it before then would only run out the caller's time.
 
 Reaching the server. The client dials each of the server's addresses in turn, then again after a
 pause that doubles up to 2 s, until ``connect_timeout`` seconds have passed (while waiting for a
@@ -79,6 +84,12 @@ _RETRYABLE = frozenset({"jobs", "status", "job", "watch", "download"})
 
 #: Job states after which nothing more happens.
 TERMINAL = frozenset({"finished", "failed", "aborted"})
+
+
+def _stopped(job: Mapping[str, Any]) -> bool:
+    """Whether ``job`` (a view from the server) can no longer move by itself: it is over, or it
+    was interrupted and waits for the server to restart (see the module docstring)."""
+    return job.get("status") in TERMINAL or bool(job.get("interrupted"))
 
 #: Longest pause between two rounds of dialling the server's addresses.
 _MAX_PAUSE = 2.0
@@ -410,7 +421,8 @@ class AdminClient:
 
     def watch(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
         """Yield the job each time the server says it changed (status, a completed round), until it
-        is over.
+        is over or interrupted (its ``interrupted`` names why: it resumes when the server
+        restarts).
 
         If the server goes away meanwhile, the client dials it again until it answers: bound the
         watch with a cancel scope (see the module docstring). Raises
@@ -426,8 +438,11 @@ class AdminClient:
         timeout: float | None = None,
         on_change: Callable[[dict[str, Any]], object] | None = None,
     ) -> dict[str, Any]:
-        """Wait until the job is finished, failed or aborted; returns it. ``on_change`` is called
-        with the job each time the server says it changed, the last time included.
+        """Wait until the job is finished, failed or aborted, or until the server has interrupted
+        it; returns it. An interrupted job is ``running`` still, with ``interrupted`` the reason
+        (its state could not be saved): it moves again only when the server restarts, so the wait
+        ends at once rather than at ``timeout``. ``on_change`` is called with the job each time the
+        server says it changed, the last time included.
 
         ``timeout`` bounds the whole wait, reaching the server again included: a server that goes
         away meanwhile is dialled again until then (see the module docstring). Raises
@@ -439,13 +454,13 @@ class AdminClient:
             async for job in self._follow(job_id, "wait"):
                 if on_change is not None:
                     on_change(job)
-                if job.get("status") in TERMINAL:
+                if _stopped(job):
                     return job
-        raise AdminError("the watch ended early", command="wait", code="bad_state")
+        raise AssertionError("unreachable: a follow ends only on a stopped job")  # pragma: no cover
 
     async def _follow(self, job_id: str, command: str) -> AsyncIterator[dict[str, Any]]:
-        """Subscribe to ``job_id`` for ``command`` and yield each new view of it until it is over;
-        a lost server is dialled again for as long as the caller waits."""
+        """Subscribe to ``job_id`` for ``command`` and yield each new view of it until it is over
+        or interrupted; a lost server is dialled again for as long as the caller waits."""
         self._store(await self._command("watch", command=command, job_id=job_id))
         # Subscribed again on every new session; only now, as a job the server does not know would
         # make every later reconnection fail.
@@ -456,7 +471,7 @@ class AdminClient:
             if current != seen:
                 seen = current
                 yield current
-                if current.get("status") in TERMINAL:
+                if _stopped(current):
                     return
             changed = self._changed
             if self._lost.is_set():

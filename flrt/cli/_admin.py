@@ -11,7 +11,9 @@ the server after the shorter of the two times; once the wait has begun, a server
 (stopped, restarting) is dialled again until the job is over or S seconds have passed since the
 command started, however long ``--command-timeout`` is. Without ``--timeout``, ``wait`` waits until
 the job is over, however long the server is away (Ctrl-C stops waiting; the job keeps running).
-A certificate that is refused ends any command at once.
+A certificate that is refused ends any command at once. ``wait`` also ends at once, with exit
+code 1, for a job the server interrupted (it could not save the job's state): such a job moves
+again only when the server restarts.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ def register(subparsers: Any) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id", metavar="JOB_ID")
-    wait = sub.add_parser("wait", help="wait until a job is over (exit code 0 if it finished)")
+    wait = sub.add_parser(
+        "wait",
+        help="wait until a job is over or interrupted (exit code 0 if it finished)",
+    )
     wait.add_argument("job_id", metavar="JOB_ID")
     wait.add_argument(
         "--timeout",

@@ -86,16 +86,28 @@ async def _abort(admin: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _print_progress(job: dict[str, Any]) -> None:
+    status = "interrupted" if job.get("interrupted") else job["status"]
     print(
-        f"{job['job_id']} {job['status']} round {job.get('round', 0)}/{job.get('rounds')}"
+        f"{job['job_id']} {status} round {job.get('round', 0)}/{job.get('rounds')}"
         + (f": {job['reason']}" if job.get("reason") else ""),
         flush=True,
     )
 
 
+def _interrupted_job(job: dict[str, Any]) -> str:
+    """What to say of a job the server interrupted: why, and what resumes it."""
+    return (
+        f"job {job['job_id']} was interrupted at round {job.get('round', 0)}/{job.get('rounds')}:"
+        f" {job['interrupted']}; it resumes from its last saved round when the server restarts:"
+        " mend the cause, then restart the server (flrt server start)"
+    )
+
+
 async def _wait(admin: AdminClient, args: argparse.Namespace, deadline: float) -> int:
     """``wait``: :meth:`AdminClient.wait` until ``deadline`` (a server that goes away meanwhile is
-    dialled again until then, see :mod:`flrt.cli._admin`)."""
+    dialled again until then, see :mod:`flrt.cli._admin`). Exit code 0 for a finished job, 1 for
+    one that failed or was aborted, and 1 at once, saying why and what resumes it, for one the
+    server interrupted."""
     try:
         job = await admin.wait(
             args.job_id,
@@ -115,6 +127,9 @@ async def _wait(admin: AdminClient, args: argparse.Namespace, deadline: float) -
         return 1
     if args.json:
         _print_json(job)
+    if job.get("interrupted"):  # it moves no more until the server restarts: no use waiting
+        print(f"flrt: error: {_interrupted_job(job)}", file=sys.stderr)
+        return 1
     return 0 if job["status"] == "finished" else 1
 
 

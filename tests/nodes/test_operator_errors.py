@@ -11,14 +11,18 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from structlog.testing import capture_logs
 
 from flrt._durable import atomic_write, fsync_directory
+from flrt.admin import AdminClient
 from flrt.checkpoint import Checkpoint, CheckpointWriter, checkpoint_rounds
 from flrt.errors import AdminError, ConfigError
 from flrt.examples.noise import NoiseTrainer
@@ -31,7 +35,7 @@ from flrt.tasks import Weights
 from security.project import parse_project
 from security.provision import provision
 from tests.nodes._federation import federation, poll_until
-from tests.nodes._project import project_text
+from tests.nodes._project import ADMIN, free_port, project_text
 from transport.errors import ConnectionBrokenError
 
 pytestmark = pytest.mark.anyio
@@ -195,6 +199,84 @@ async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
             result = await fed.admin.wait(job_id, timeout=50)
     assert result["status"] == "finished", result
     assert result["round"] == 3
+
+
+async def test_a_wait_on_an_interrupted_job_ends_at_once_and_says_what_resumes_it(
+    kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job the server interrupted moves no more until the server restarts: a wait that was
+    following it ends when it stops, one begun after ends at once, the command line says why and
+    what resumes it; and the same client, once the server has restarted, waits for the job to
+    finish (the restarted server's views are not taken for older than the last one before)."""
+    watching = threading.Event()  # a wait follows the job
+    full = True
+    real_save = CheckpointWriter.save
+
+    def save(writer: CheckpointWriter, checkpoint: Checkpoint) -> Path:  # in a worker thread
+        if checkpoint.round >= 2 and full:
+            watching.wait(timeout=30)  # the disk fills up while the wait follows the job
+            raise no_space()
+        return real_save(writer, checkpoint)
+
+    monkeypatch.setattr(CheckpointWriter, "save", save)
+    reason = "its state cannot be saved: No space left on device"
+    address = ("127.0.0.1", free_port())
+    workspace = tmp_path / "server"
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "job.toml").write_text(NOISE_ON_TWO_SITES)
+
+    async def serve(
+        stop: anyio.Event, stopped: anyio.Event, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
+        try:
+            async with ServerNode(
+                kits / "server", workspace, host=address[0], port=address[1], site_wait=5
+            ):
+                task_status.started()
+                await stop.wait()
+        finally:
+            stopped.set()
+
+    with anyio.fail_after(100):
+        async with anyio.create_task_group() as servers, AsyncExitStack() as sites:
+            stop, stopped = anyio.Event(), anyio.Event()
+            await servers.start(serve, stop, stopped)
+            for name in ("site-1", "site-2"):
+                site = SiteNode(kits / name, tmp_path / name, server=address, backoff=(0.05, 0.5))
+                await sites.enter_async_context(site)
+            async with AdminClient(kits / ADMIN, server=address, timeout=30) as admin:
+                job_id = await admin.submit(job_dir)
+                following = await admin.wait(job_id, timeout=20, on_change=lambda _: watching.set())
+                begun_after = await admin.wait(job_id, timeout=20)
+                argv = ["--server", f"{address[0]}:{address[1]}", "wait", job_id, "--timeout", "20"]
+                command_line = await anyio.to_thread.run_sync(
+                    lambda: subprocess.run(
+                        [sys.executable, "-m", "flrt", "admin", str(kits / ADMIN), *argv],
+                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=False,
+                    )
+                )
+                full = False  # Lead IT frees some space and restarts the server
+                stop.set()
+                await stopped.wait()
+                stop, stopped = anyio.Event(), anyio.Event()
+                await servers.start(serve, stop, stopped)
+                resumed = await admin.wait(job_id, timeout=50)
+                stop.set()
+    for job in (following, begun_after):
+        assert (job["status"], job["round"], job["interrupted"]) == ("running", 1, reason), job
+    assert command_line.returncode == 1, command_line.stderr
+    assert command_line.stdout == f"{job_id} interrupted round 1/3\n"
+    assert command_line.stderr.splitlines() == [
+        f"flrt: error: job {job_id} was interrupted at round 1/3: {reason}; it resumes from its"
+        " last saved round when the server restarts: mend the cause, then restart the server"
+        " (flrt server start)"
+    ]
+    assert (resumed["status"], resumed["round"], resumed["interrupted"]) == ("finished", 3, None)
 
 
 @pytest.mark.parametrize("fails", ["job.toml", "record.json", "rename", "fsync"])
