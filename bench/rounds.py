@@ -17,10 +17,16 @@ round time is the median of warm rounds. (Without ``TCP_NODELAY``, Nagle's algor
 acknowledgements made a 0.4 MB exchange take 15 to 60 ms instead of about 9.) The peak RSS of the
 server and of the largest site are read from ``/proc/<pid>/status`` (VmHWM) before they stop.
 
+It also reports the processor time both spend: ``cpu_ms_per_round``, the user and system time of
+the server and every site from the end of the first round to the end of the job, per round, and
+``ssl_cpu_ms``, that of the baseline's processes per warm exchange. With more processes than cores
+(9 on 2 here) the round is bound by that time divided by the cores, whatever the scheduling.
+
 Ends with one JSON line::
 
     {"bench": "rounds", "sites": N, "model_mib": M, "median_round_s": ..., "server_peak_rss_mib":
-     ..., "site_peak_rss_mib": ..., "ssl_baseline_s": ..., "ratio": ...}
+     ..., "site_peak_rss_mib": ..., "ssl_baseline_s": ..., "ratio": ..., "cpu_ms_per_round": ...,
+     "ssl_cpu_ms": ...}
 
 Usage: python bench/rounds.py --sites N --model-mib M --rounds R
 """
@@ -99,6 +105,12 @@ noise_scale = 0.01
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system time of process ``pid`` and its threads so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -160,16 +172,50 @@ async def run_flrt(
         folder.mkdir()
         (folder / "job.toml").write_text(job(sites, mib, rounds + 1, budget_mib))
         timeout = 120 + rounds * (5 + sites * mib / 20)
+        pids = [proc.pid for proc in procs.procs.values()]
         async with AdminClient(kits / ADMIN, timeout=60, connect_timeout=60) as admin:
             job_id = await admin.submit(folder)
-            done = await admin.wait(job_id, timeout=timeout)
+            metrics = root / "server" / "jobs" / job_id / "metrics.jsonl"
+            first: list[float] = []
+            stop = threading.Event()
+            watcher = threading.Thread(
+                target=cpu_at_first_checkpoint, args=(metrics, pids, first, stop)
+            )
+            watcher.start()
+            try:
+                done = await admin.wait(job_id, timeout=timeout)
+            finally:
+                stop.set()
+                watcher.join()
             if done["status"] != "finished":
                 raise RuntimeError(f"the benchmark job ended {done['status']}: {done['reason']}")
+            if not first:
+                raise RuntimeError("the first round's checkpoint was not seen")
+        cpu_per_round = (sum(map(cpu_seconds, pids)) - first[0]) / rounds
         server_rss = peak_rss_mib(procs.procs["server"].pid)
         site_rss = max(peak_rss_mib(procs.procs[f"site-{i}"].pid) for i in range(1, sites + 1))
     finally:
         procs.stop()
-    return {"job_id": job_id, "server_peak_rss_mib": server_rss, "site_peak_rss_mib": site_rss}
+    return {
+        "job_id": job_id,
+        "server_peak_rss_mib": server_rss,
+        "site_peak_rss_mib": site_rss,
+        "cpu_s_per_round": cpu_per_round,
+    }
+
+
+def cpu_at_first_checkpoint(
+    metrics: Path, pids: list[int], out: list[float], stop: threading.Event
+) -> None:
+    """Append to ``out`` the processor time of ``pids`` once the job's first checkpoint is in
+    ``metrics`` (looked at every millisecond: a round of a small model takes a few dozen)."""
+    while not stop.wait(0.001):
+        try:
+            if b'"checkpoint"' in metrics.read_bytes():
+                out.append(sum(map(cpu_seconds, pids)))
+                return
+        except FileNotFoundError:
+            pass
 
 
 def round_times(root: Path, job_id: str) -> list[float]:
@@ -203,6 +249,7 @@ def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int, exchanges: i
         receive(conn, nbytes)
 
     seconds = []
+    cpu = [time.process_time()]
     for _ in range(exchanges):
         start = time.perf_counter()
         threads = [threading.Thread(target=exchange, args=(c,)) for c in conns]
@@ -211,7 +258,8 @@ def ssl_server(kit: Path, port_file: Path, sites: int, nbytes: int, exchanges: i
         for t in threads:
             t.join()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps(seconds), flush=True)
+        cpu.append(time.process_time())
+    print(json.dumps({"seconds": seconds, "cpu": cpu}), flush=True)
     for conn in conns:
         conn.close()
 
@@ -226,6 +274,7 @@ def ssl_client(kit: Path, port: int, nbytes: int, exchanges: int) -> None:
         conn.sendall(b"r")
         buffer = bytearray(nbytes)
         view = memoryview(buffer)
+        cpu = [time.process_time()]
         for _ in range(exchanges):
             got = 0
             while got < nbytes:
@@ -234,7 +283,9 @@ def ssl_client(kit: Path, port: int, nbytes: int, exchanges: int) -> None:
                     raise ConnectionError("the baseline server closed early")
                 got += n
             conn.sendall(buffer)
+            cpu.append(time.process_time())
         conn.recv(1)
+    print(json.dumps(cpu), flush=True)
 
 
 def receive(conn: Any, total: int) -> None:
@@ -247,8 +298,11 @@ def receive(conn: Any, total: int) -> None:
         total -= n
 
 
-def run_ssl(root: Path, kits: Path, sites: int, nbytes: int, exchanges: int) -> list[float]:
-    """The seconds of each of ``exchanges`` baseline exchanges over the same connections."""
+def run_ssl(
+    root: Path, kits: Path, sites: int, nbytes: int, exchanges: int
+) -> tuple[list[float], float]:
+    """The seconds of each of ``exchanges`` baseline exchanges over the same connections, and the
+    processor seconds all the baseline's processes spent per exchange after the first."""
     port_file = root / "ssl-port"
     me = [sys.executable, str(Path(__file__).resolve())]
     server = subprocess.Popen(
@@ -273,15 +327,22 @@ def run_ssl(root: Path, kits: Path, sites: int, nbytes: int, exchanges: int) -> 
                 *me,
                 *("--role", "ssl-client", "--kit", str(kits / f"site-{i}")),
                 *("--port", port, "--bytes", str(nbytes), "--exchanges", str(exchanges)),
-            ]
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(1, sites + 1)
     ]
     out, _ = server.communicate(timeout=600)
+    report = json.loads(out.strip().splitlines()[-1])
+    # Each process's time from the end of its first exchange to the end of its last.
+    cpu = report["cpu"][-1] - report["cpu"][1]
     for client in clients:
-        client.wait(timeout=60)
-    seconds: list[float] = json.loads(out.strip().splitlines()[-1])
-    return seconds
+        client_out, _ = client.communicate(timeout=60)
+        marks = json.loads(client_out.strip().splitlines()[-1])
+        cpu += marks[-1] - marks[1]
+    seconds: list[float] = report["seconds"]
+    return seconds, cpu / max(exchanges - 1, 1)
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -299,8 +360,8 @@ def measure(sites: int, mib: float, rounds: int, budget_mib: float) -> dict[str,
         nbytes = max(int(mib * MiB) // 4, ARRAYS) * 4
         # As many exchanges as counted rounds, over the same connections: the median of warm
         # exchanges against the median of warm rounds (one cold exchange was noise, up to 3x).
-        exchanges = run_ssl(root, kits, sites, nbytes, rounds + 1)[1:]
-        baseline = statistics.median(exchanges)
+        seconds, ssl_cpu = run_ssl(root, kits, sites, nbytes, rounds + 1)
+        baseline = statistics.median(seconds[1:])
     return {
         "bench": "rounds",
         "sites": sites,
@@ -310,6 +371,8 @@ def measure(sites: int, mib: float, rounds: int, budget_mib: float) -> dict[str,
         "site_peak_rss_mib": round(figures["site_peak_rss_mib"], 1),
         "ssl_baseline_s": round(baseline, 4),
         "ratio": round(median / baseline, 2),
+        "cpu_ms_per_round": round(figures["cpu_s_per_round"] * 1000, 1),
+        "ssl_cpu_ms": round(ssl_cpu * 1000, 1),
     }
 
 

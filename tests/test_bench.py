@@ -81,8 +81,11 @@ def test_rounds_reports_round_time_memory_and_a_warm_ssl_baseline() -> None:
         "site_peak_rss_mib",
         "ssl_baseline_s",
         "ratio",
+        "cpu_ms_per_round",
+        "ssl_cpu_ms",
     )
     assert figures["ssl_baseline_s"] > 0
+    assert figures["cpu_ms_per_round"] > 0
 
 
 def test_provision_reports_kits() -> None:
