@@ -4,7 +4,10 @@ Each command lives in its own module that exposes ``register(subparsers)``; :dat
 them. A command's handler returns the process exit code. Errors from the three packages are printed
 as one line naming the problem, never as a stack trace; so is an :class:`OSError` that no command
 translated (a full disk, a folder it may not write), with the file it concerns. Ctrl-C, even while
-the commands' modules are still loading, ends with ``flrt: interrupted`` and exit code 130.
+the commands' modules are still loading, ends with ``flrt: interrupted`` and exit code 130: this
+module imports nothing at its top but :mod:`sys`, and :func:`main` imports everything else inside
+its handler, so that Ctrl-C finds the handler in place from the moment the command line is
+imported (``python -m flrt`` is covered from its first line, see :mod:`flrt.__main__`).
 
 The parser is built whichever command runs, so a command's module declares its arguments and
 imports little more than :mod:`argparse` (``_kit`` is the exception: it still loads the kit and
@@ -17,17 +20,12 @@ server, its job store, workflows and aggregators, nor an admin client the site's
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import os
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import flrt
-from flrt.errors import FlrtError
-from security.errors import SecurityError
-from transport.errors import TransportError
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -50,6 +48,11 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
+    import flrt
+
     parser = argparse.ArgumentParser(
         prog="flrt",
         description="flrt: a federated-learning runtime for hospitals.",
@@ -62,7 +65,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether ``error`` is Ctrl-C, alone or in a group with what it interrupted."""
+    if isinstance(error, BaseExceptionGroup):
+        return error.subgroup(KeyboardInterrupt) is not None
+    return isinstance(error, KeyboardInterrupt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command of ``argv`` (by default the process's); returns the exit code."""
+    try:
+        return _main(argv)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Ctrl-C, wherever it landed: an import, the parser, a command (a command with more to
+        # say about it, such as admin, says it itself and returns 130).
+        if not _interrupted(exc):
+            raise
+        print("flrt: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    # Imported here rather than at the top, so that Ctrl-C while they load finds main's handler.
+    import contextlib
+    import os
+
+    from flrt.errors import FlrtError
+    from security.errors import SecurityError
+    from transport.errors import TransportError
+
     try:
         parser = build_parser()  # imports every command's module: Ctrl-C may land here
         args = parser.parse_args(argv)
@@ -81,7 +112,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the machine refused (a full disk, a permission): name what and why
         print(f"flrt: error: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a command with more to say about it (admin) says it itself
-        print("flrt: interrupted", file=sys.stderr)
-        return 130
     return code

@@ -18,6 +18,7 @@ import anyio
 
 from flrt._report import cross_site_table, jobs_table, rounds_table, sites_table
 from flrt.admin import AdminClient, read_job
+from flrt.cli import _interrupted
 from flrt.cli._run import run
 from flrt.logs import configure_logging
 from transport.errors import TransportError
@@ -176,13 +177,6 @@ async def _run(args: argparse.Namespace) -> int:
         if args.admin_command == "wait":
             return await _wait(admin, args, deadline)
         return await _COMMANDS[args.admin_command](admin, args)
-
-
-def _interrupted(error: BaseException) -> bool:
-    """Whether ``error`` is Ctrl-C, alone or in a group with what it interrupted."""
-    if isinstance(error, BaseExceptionGroup):
-        return error.subgroup(KeyboardInterrupt) is not None
-    return isinstance(error, KeyboardInterrupt)
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from security.kit import load_kit
 from security.pki import Role, identity_from_certificate
 from security.provision import revoke
 from security.tls import server_ssl_context_from_kit
+from tests._interrupt import interruptible
 from tests.nodes._project import ADMIN, LEAD, MEMBER, free_port, provision_project
 from transport.bus import Node
 from transport.errors import (
@@ -621,21 +622,6 @@ async def test_an_output_folder_that_cannot_be_written_is_one_line(
     assert line.startswith(f"flrt: error: cannot write {tmp_path / 'results'}")
 
 
-def interruptible(command: list[str]) -> subprocess.Popen[str]:
-    """``command`` started as an operator's terminal does, its output piped, ready for Ctrl-C."""
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # Ctrl-C reaches it even when the tests run in a shell's background (SIGINT ignored).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
 @pytest.mark.timeout(60)
 def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
     argv = ["admin", str(kits / ADMIN), "-v", "--server", f"127.0.0.1:{free_port()}", "wait", "x"]
@@ -655,46 +641,3 @@ def test_ctrl_c_while_waiting_is_one_line(kits: Path) -> None:
     assert proc.returncode == 130
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "flrt: interrupted; the job keeps running on the server"
-
-
-#: Runs ``flrt`` as ``python -m flrt`` does, but the import of one module stops (announced on
-#: stdout) until a signal comes: Ctrl-C lands while the command line is still importing.
-SLOW_IMPORT = """
-import runpy, sys, time
-
-SLOW = sys.argv[1]
-
-class SlowImport:
-    def find_spec(self, name, path=None, target=None):
-        if name == SLOW:
-            print("importing", name, flush=True)
-            time.sleep(60)
-        return None
-
-sys.meta_path.insert(0, SlowImport())
-sys.argv = ["flrt", *sys.argv[2:]]
-runpy.run_module("flrt", run_name="__main__", alter_sys=True)
-"""
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "module",
-    [
-        pytest.param("security.kit", id="building the parser"),
-        pytest.param("flrt.cli._admin_run", id="loading the admin client"),
-    ],
-)
-def test_ctrl_c_while_importing_is_one_line(kits: Path, module: str) -> None:
-    argv = ["admin", str(kits / ADMIN), "--server", f"127.0.0.1:{free_port()}", "jobs"]
-    proc = interruptible([sys.executable, "-c", SLOW_IMPORT, module, *argv])
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == f"importing {module}\n", proc.communicate(timeout=30)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-    assert proc.returncode == 130
-    assert one_line_error(err) == "flrt: interrupted"
