@@ -19,7 +19,7 @@ except KeyboardInterrupt:
 try:  # what the command printed leaves before the shutdown that Ctrl-C may now interrupt
     sys.stdout.flush()
     sys.stderr.flush()
-except (OSError, ValueError):  # a closed or broken pipe: Python's own flush at exit says nothing
+except (OSError, ValueError):  # a closed or broken pipe: what was left to print is lost anyway
     pass
 import signal  # only now: it loads enum, time Ctrl-C could land in while importing
 
