@@ -91,6 +91,7 @@ def _stopped(job: Mapping[str, Any]) -> bool:
     was interrupted and waits for the server to restart (see the module docstring)."""
     return job.get("status") in TERMINAL or bool(job.get("interrupted"))
 
+
 #: Longest pause between two rounds of dialling the server's addresses.
 _MAX_PAUSE = 2.0
 
