@@ -76,16 +76,9 @@ class TransportError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exception's own reduction calls the class with ``args`` (the message), which a
-        # constructor with other parameters refuses: rebuild the error without calling it.
-        return _rebuild, (type(self), self.args), self.__dict__
-
-
-def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
-    """An error of ``cls`` whose ``args`` are ``args``, its ``__init__`` not called (pickle then
-    restores its fields from its ``__dict__``)."""
-    error = cls.__new__(cls, *args)
-    error.args = args  # OSError's __new__ (TimeoutError) leaves them to __init__
-    return error
+        # constructor with other parameters refuses: make the error without calling it, then
+        # restore ``args`` and the fields as state (BaseException.__setstate__ sets each).
+        return type(self).__new__, (type(self),), {**self.__dict__, "args": self.args}
 
 
 class LocalProtocolError(TransportError, RuntimeError):
