@@ -108,11 +108,6 @@ IMPORTS = [
         "admin",
         "importlib.metadata",
         id="admin: the flrt package",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="flrt/__init__.py imports importlib.metadata (for __version__) at its top,"
-            " before flrt/__main__.py can run: it should look the version up when asked",
-        ),
     ),
     *(
         pytest.param(name, "flrt.cli", id=f"{name}: the command line")
