@@ -28,9 +28,16 @@ import structlog
 
 from flrt._protocol import EVENTS_ACTOR, PROTOCOL_VERSION
 from flrt.checkpoint import checkpoint_rounds
-from flrt.errors import AdminError, CheckpointError, JobError, JobStateError, TrainerError
+from flrt.errors import (
+    AdminError,
+    CheckpointError,
+    JobError,
+    JobRecordError,
+    JobStateError,
+    TrainerError,
+)
 from flrt.job import JobSpec, loads_job
-from flrt.jobstore import JobEntry
+from flrt.jobstore import JobEntry, unreadable_reason
 from flrt.trainer import load_trainer
 from security.pki import Identity, Role
 from transport.bus import Message, Reply
@@ -209,6 +216,13 @@ class AdminService:
             log.error("admin.failed", admin=admin, command=name, reason=reason, file=exc.filename)
             error = f"the server cannot do it: its file system failed ({reason})"
             return {"ok": False, "code": SERVER_ERROR, "error": error, "key": None}
+        except JobRecordError as exc:
+            log.error("admin.failed", admin=admin, command=name, reason=str(exc))
+            error = (
+                f"the server cannot do it: the stored record of job {body.get('job_id')} cannot"
+                f" be read ({exc.reason}; the server's log names the file)"
+            )
+            return {"ok": False, "code": SERVER_ERROR, "error": error, "key": None}
         log.info("admin.command", admin=admin, command=name, job=body.get("job_id"))
         return result
 
@@ -353,9 +367,12 @@ class AdminService:
         return {"ok": True, "jobs": [self.view(e) for e in entries]}
 
     async def _cmd_status(self, identity: Identity, body: Mapping[str, Any]) -> dict[str, Any]:
-        entries = await anyio.to_thread.run_sync(self.core.store.entries)
+        entries, unreadable = await anyio.to_thread.run_sync(self.core.store.scan)
         counts: dict[str, int] = {}
         interrupted: dict[str, str] = {}
+        for job_id, error in unreadable.items():  # it does not run until mended, as interrupted
+            counts["interrupted"] = counts.get("interrupted", 0) + 1
+            interrupted[job_id] = unreadable_reason(error)
         for entry in entries:
             job_id, status = entry.record.job_id, entry.record.status.value
             if job_id in self.core.interrupted and not entry.record.status.terminal:

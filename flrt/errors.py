@@ -6,6 +6,7 @@
     file, the key and what was expected.
 
     - :class:`JobError`: a job definition (``job.toml``) is wrong.
+    - :class:`JobRecordError`: a stored job's record (``record.json``) cannot be read.
     - :class:`WorkspaceInUseError`: another node holds the workspace (its lock file); it names the
       workspace and, when known, the holder's PID.
 
@@ -75,6 +76,7 @@ __all__ = [
     "FlrtError",
     "IncompatibleWeightsError",
     "JobError",
+    "JobRecordError",
     "JobStateError",
     "ModelFileError",
     "NodeProtocolError",
@@ -208,6 +210,12 @@ class DatasetError(FlrtError, ValueError):
 
 class JobError(ConfigError):
     """A job definition (``job.toml``) is wrong: ``path`` is the file, ``key`` the dotted key."""
+
+
+class JobRecordError(ConfigError):
+    """A stored job's record (``record.json``: its status and history) cannot be read: ``path`` is
+    the file. The server leaves the file as it is, runs the job no further and says so; the job
+    resumes once the record is mended (or the folder removed) and the server restarts."""
 
 
 class JobStateError(FlrtError, RuntimeError):

@@ -22,7 +22,6 @@ ones. What a job resumes from is its checkpoints, which are durable (:mod:`flrt.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -39,11 +38,11 @@ import structlog
 
 from flrt._durable import atomic_write, fsync_directory
 from flrt.checkpoint import latest_checkpoint
-from flrt.errors import CheckpointError, JobError
+from flrt.errors import CheckpointError, JobError, JobRecordError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
 from flrt.workflows.state import WorkflowState
 
-__all__ = ["JobEntry", "JobStore", "MetricsLog"]
+__all__ = ["JobEntry", "JobStore", "MetricsLog", "unreadable_reason"]
 
 log = structlog.get_logger("flrt.jobstore")
 
@@ -52,6 +51,14 @@ RECORD_FILE = "record.json"
 CHECKPOINTS = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 CROSS_SITE_FILE = "cross_site.json"
+
+
+def unreadable_reason(error: JobRecordError) -> str:
+    """What admins hear of a job whose record cannot be read (the server's log names the file)."""
+    return (
+        f"its stored record cannot be read ({error.reason}): mend or remove the file the server's"
+        " log names, then restart the server"
+    )
 
 
 def _json(data: Any) -> bytes:
@@ -141,24 +148,45 @@ class JobStore:
     # ------------------------------------------------------------------ records
 
     def entry(self, job_id: str) -> JobEntry:
-        """Raises :class:`KeyError` for an unknown job."""
+        """Raises :class:`KeyError` for an unknown job, :class:`~flrt.errors.JobRecordError` for a
+        record that cannot be read (not JSON, not a record, a disk error)."""
+        path = self.folder(job_id) / RECORD_FILE
         try:
-            raw = (self.folder(job_id) / RECORD_FILE).read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise KeyError(job_id) from None
-        return JobEntry.from_dict(json.loads(raw))
+        except OSError as exc:
+            raise JobRecordError(f"cannot read it: {exc.strerror or exc}", path=path) from None
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            return JobEntry.from_dict(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise JobRecordError(f"not a job record: {what}"[:300], path=path) from None
 
     def save(self, entry: JobEntry) -> None:
         atomic_write(self.folder(entry.record.job_id) / RECORD_FILE, _json(entry.to_dict()))
 
     def entries(self) -> list[JobEntry]:
-        """Every job, oldest first (job ids sort by creation time)."""
-        out = []
+        """Every job whose record can be read, oldest first (job ids sort by creation time)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[JobEntry], dict[str, JobRecordError]]:
+        """Every job, oldest first: those whose record can be read, and the others with the
+        reason (see :meth:`entry`)."""
+        out: list[JobEntry] = []
+        unreadable: dict[str, JobRecordError] = {}
         for folder in sorted(self.root.iterdir()):
             if is_job_id(folder.name) and (folder / RECORD_FILE).is_file():
-                with contextlib.suppress(OSError, ValueError, KeyError):
+                try:
                     out.append(self.entry(folder.name))
-        return out
+                except JobRecordError as exc:
+                    unreadable[folder.name] = exc
+                except KeyError:  # removed meanwhile
+                    pass
+        return out, unreadable
 
     def spec(self, job_id: str) -> JobSpec:
         """The stored job, validated again. Raises :class:`~flrt.errors.JobError`."""

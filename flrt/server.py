@@ -55,9 +55,15 @@ import structlog
 from flrt import _admin_service, _workspace
 from flrt._groups import close_unwrapped, unwrapped
 from flrt._protocol import ADMIN_ACTOR, PROTOCOL_VERSION, RESULTS_ACTOR, check_version
-from flrt.errors import FlrtError, JobStateError, NodeProtocolError, TrainerError
+from flrt.errors import (
+    FlrtError,
+    JobRecordError,
+    JobStateError,
+    NodeProtocolError,
+    TrainerError,
+)
 from flrt.job import JobSpec, JobStatus
-from flrt.jobstore import JobEntry, JobStore
+from flrt.jobstore import JobEntry, JobStore, unreadable_reason
 from flrt.network import NetworkController, TaskTable, drain
 from flrt.registry import SiteRegistry
 from flrt.tasks import Weights
@@ -165,9 +171,13 @@ class ServerCore:
     def resume_jobs(self) -> None:
         """Start every stored job that is not over, and log ``server.started`` (on entry, unless
         made with ``resume_on_entry=False``)."""
-        for entry in self.store.entries():
+        entries, unreadable = self.store.scan()
+        for entry in entries:
             if not entry.record.status.terminal:
                 self.start_job(entry.record.job_id)
+        for job_id, error in unreadable.items():
+            self.interrupted[job_id] = unreadable_reason(error)
+            log.error("job.unreadable", job=job_id, reason=str(error), resumes="once mended")
         log.info("server.started", sites=len(self.registry.sites), workspace=str(self.workspace))
 
     async def __aexit__(
@@ -344,6 +354,11 @@ class ServerCore:
                 file=exc.filename,
                 resumes="when the server restarts",
             )
+        except JobRecordError as exc:
+            # Its record was damaged on disk (by hand, or by the disk): left as it is for the
+            # operator, and the job goes no further; the server and its other jobs go on.
+            self.interrupted[job_id] = unreadable_reason(exc)
+            log.error("job.unreadable", job=job_id, reason=str(exc), resumes="once mended")
         finally:
             if running.controller is not None:
                 running.controller.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flrt.errors import JobError
+from flrt.errors import JobError, JobRecordError
 from flrt.job import JobStatus
 from flrt.jobstore import JobEntry, JobStore
 from flrt.registry import SiteRegistry
@@ -38,6 +38,36 @@ def test_a_job_is_stored_whole_and_its_record_advances(tmp_path: Path) -> None:
     assert store.entry(job_id) == running
     assert [e.record.job_id for e in store.entries()] == [job_id]
     assert not list((tmp_path / "jobs").glob(".*"))  # no temporary leftovers
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{not json", "not a job record: Expecting property name"),
+        (b"[1, 2]", "not a job record: a JSON list, not an object"),
+        (b'{"job_id": "x"}', "not a job record: missing field 'name'"),
+        (b"", "not a job record: Expecting value"),
+    ],
+)
+def test_a_damaged_record_is_named_and_kept_apart_and_left_as_it_is(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    store = JobStore(tmp_path / "jobs")
+    good, _ = store.create(JOB, submitted_by="lead", organisation="Lead", now=1000.0)
+    bad, _ = store.create(JOB, submitted_by="lead", organisation="Lead", now=2000.0)
+    record = store.folder(bad.record.job_id) / "record.json"
+    record.write_bytes(content)
+    with pytest.raises(JobRecordError) as raised:
+        store.entry(bad.record.job_id)
+    assert raised.value.path == record
+    assert raised.value.reason.startswith(reason)
+    assert isinstance(raised.value, ValueError)
+    assert not isinstance(raised.value, KeyError)
+    entries, unreadable = store.scan()
+    assert entries == [good] == store.entries()
+    assert list(unreadable) == [bad.record.job_id]
+    assert unreadable[bad.record.job_id].path == record
+    assert record.read_bytes() == content  # the operator's to mend: never rewritten
 
 
 def test_a_refused_job_leaves_nothing(tmp_path: Path) -> None:

@@ -201,6 +201,56 @@ async def test_a_disk_too_full_for_the_job_record_stops_that_job_not_the_server(
     assert result["round"] == 3
 
 
+async def test_a_job_record_damaged_on_disk_stops_that_job_not_the_server(
+    kits: Path, tmp_path: Path
+) -> None:
+    """record.json edited by hand (or by a failing disk), while the job runs and before a start:
+    the job goes no further, admins hear why, the file is left for the operator to mend, and once
+    it is mended a restart resumes the job."""
+    sites = ["site-1", "site-2"]
+    slow = NOISE_ON_TWO_SITES.replace("size_mib = 0.01", "size_mib = 0.01\nsleep_seconds = 0.3")
+    with anyio.fail_after(90):
+        async with federation(kits, tmp_path, sites=sites) as fed:
+            core = fed.server.core
+            job_id = await fed.admin.submit(fed.job_dir("noise", slow))
+            await poll_until(lambda: (core.jobs.get(job_id) or _NotYet).detail == "running")
+            record = core.store.folder(job_id) / "record.json"
+            good = record.read_bytes()
+            record.write_bytes(b"{damaged")
+            with capture_logs() as logs:
+                # the job's next step reads its record: at the latest, at its end
+                await poll_until(lambda: job_id in core.interrupted and job_id not in core.jobs)
+            (logged,) = [e for e in logs if e["event"] == "job.unreadable"]
+            assert str(record) in logged["reason"]
+            # The server still answers, and says what happened to the job.
+            status = await fed.admin.status()
+            assert status["interrupted"][job_id].startswith(
+                "its stored record cannot be read (not a job record: Expecting property name"
+            )
+            with pytest.raises(AdminError) as refused:
+                await fed.admin.job(job_id)
+            assert refused.value.code == "server_error"
+            assert "record of job" in str(refused.value)
+            assert str(tmp_path) not in str(refused.value)
+            assert record.read_bytes() == b"{damaged"
+
+        # A start with the record still damaged: the server starts, and says why the job waits.
+        with capture_logs() as logs:
+            async with federation(kits, tmp_path, sites=sites) as fed:
+                status = await fed.admin.status()
+                assert list(status["interrupted"]) == [job_id]
+        assert [e["job"] for e in logs if e["event"] == "job.unreadable"] == [job_id]
+
+        record.write_bytes(good)  # the operator mends it and restarts the server
+        async with federation(kits, tmp_path, sites=sites) as fed:
+            result = await fed.admin.wait(job_id, timeout=60)
+    assert result["status"] == "finished", result
+
+
+class _NotYet:
+    detail = ""
+
+
 async def test_a_wait_on_an_interrupted_job_ends_at_once_and_says_what_resumes_it(
     kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
