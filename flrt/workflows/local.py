@@ -21,6 +21,12 @@ tasks fail; it reconnects: open scatters see :class:`~flrt.workflows.controller.
 cancelled straggler still answers, and its result is delivered into whatever scatter is open then,
 as a network would. With ``stream_pieces``, train results are streamed into the scatter's sink in
 that many pieces per array, as the bus does, before the reply says ``staged=True``.
+
+A site's failure reads as a deployed site's does (see :mod:`flrt.site`): a trainer or filter that
+raises is reported as the error's type and message with its paths replaced by ``<path>``
+(:func:`~flrt._redact_paths.upstream_reason`), and a ``fail`` hook's reason is redacted the same
+way. What a real site adds, an error id that points into its log, is left out: in one process
+there is no site log for it to point into.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from flrt._redact_paths import redact_paths, upstream_reason
 from flrt.aggregation import layout_of
 from flrt.checkpoint import CheckpointWriter
 from flrt.errors import UpdateError, WorkflowStalledError
@@ -75,7 +82,7 @@ class LocalSite:
     - ``delay``: seconds on the virtual clock from sending a task to its answer (a number, or a
       function of the task).
     - ``fail``: returns a reason when the site should fail the task (after its delay) instead of
-      running it.
+      running it (its paths are redacted, as a site's are).
     - ``filters``: the site's filter chain (its mandatory filters and the job's).
     """
 
@@ -332,7 +339,7 @@ class LocalController:
         spec = self.sites[site]
         reason = spec.fail(task)
         if reason is not None:
-            return SiteFailed(site, reason)
+            return SiteFailed(site, redact_paths(reason))  # as a site tells any reason upstream
         context = FilterContext(site=site, job_id=task.job_id, round=task.round)
         result, error = await anyio.to_thread.run_sync(_compute, spec, task, context)
         if result is None:
@@ -362,8 +369,9 @@ class LocalController:
 def _compute(
     spec: LocalSite, task: Task, context: FilterContext
 ) -> tuple[TrainResult | EvalResult | None, str | None]:
-    """Run a site's callable on a task through its filters; errors become a reason (this runs in a
-    worker thread, where a trainer's exception must not escape as a crash of the controller)."""
+    """Run a site's callable on a task through its filters; errors become a reason, as a site
+    words it (this runs in a worker thread, where a trainer's exception must not escape as a crash
+    of the controller)."""
     try:
         seen = spec.filters.filter_task(task, context)
         result: Any
@@ -381,4 +389,4 @@ def _compute(
                 return None, f"evaluate returned {type(result).__name__}, not EvalResult"
         return spec.filters.filter_result(result, seen, context), None
     except Exception as exc:  # a trainer's failure is the site's failure, reported as such
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, upstream_reason(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anyio
@@ -11,7 +12,12 @@ import pytest
 from flrt.cli import main
 from flrt.errors import AdminError
 from flrt.examples.logreg import centralised_weights
+from flrt.job import loads_job
 from flrt.simulator import memory_pipe, simulate
+from flrt.trainer import SiteContext, load_trainer
+from flrt.workflows import LocalController, LocalSite, RoundCompleted, run_workflow
+
+from ._path_errors import UPSTREAM
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +52,22 @@ evaluate_every = 2
 spec = "flrt.examples.noise:NoiseTrainer"
 [trainer.args]
 size_mib = 0.05
+"""
+
+
+PATH_ERRORS = """\
+name = "path-errors"
+[workflow]
+name = "fedavg"
+rounds = 1
+sites_per_round = 2
+min_sites = 1
+grace_seconds = 60.0
+[trainer]
+spec = "tests.nodes._path_errors:PathErrorTrainer"
+[trainer.args]
+failing_sites = ["site-2"]
+size_mib = 0.01
 """
 
 
@@ -132,3 +154,30 @@ async def test_every_workflow_runs_over_the_bus(tmp_path: Path, workflow: str) -
     assert result.status == "finished", result.reason
     assert result.weights is not None
     assert all(np.isfinite(v).all() for v in result.weights.values())
+
+
+async def test_a_failing_trainer_reads_the_same_from_a_site_and_in_process(tmp_path: Path) -> None:
+    """The simulator's sites are real sites: the server gets the error with its paths redacted and
+    an error id. The in-process controller reports the same text, without the id."""
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path, PATH_ERRORS), sites=2, workspace=tmp_path / "ws")
+    assert result.status == "finished", result.reason
+    sent = result.rounds[0]["failed"]["site-2"]
+    match = re.fullmatch(r"(.*) \(error id [0-9a-f]{8}; details in the site's log\)", sent)
+    assert match is not None, sent
+    assert match[1] == UPSTREAM
+
+    spec = loads_job(PATH_ERRORS)
+    trainers = {n: load_trainer(spec.trainer.spec, spec.trainer.args) for n in ("site-1", "site-2")}
+    ctl = LocalController(
+        {
+            n: LocalSite.from_trainer(t, SiteContext.create(n, scratch=tmp_path / "local" / n))
+            for n, t in trainers.items()
+        }
+    )
+    with anyio.fail_after(30):
+        await run_workflow(
+            ctl, spec, job_id="local", initial_weights=trainers["site-1"].initial_weights()
+        )
+    [completed] = [e for e in ctl.events if isinstance(e, RoundCompleted)]
+    assert completed.failed == {"site-2": UPSTREAM}
