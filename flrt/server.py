@@ -449,9 +449,13 @@ class ServerCore:
                 return
             if len(connected) >= spec.workflow.min_sites and anyio.current_time() >= deadline:
                 return
+            missing = sorted(wanted - connected)
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if missing[5:] else ""
+            )
             running.detail = (
                 f"waiting for sites: {len(connected)} of {len(wanted)} connected"
-                f" ({spec.workflow.min_sites} needed)"
+                f" ({spec.workflow.min_sites} needed); not connected: {shown}"
             )
             with anyio.CancelScope(deadline=deadline if anyio.current_time() < deadline else 1e18):
                 await self.registry.wait_changed()

@@ -251,6 +251,27 @@ class _NotYet:
     detail = ""
 
 
+async def test_a_job_waiting_for_its_sites_names_those_not_connected(
+    kits: Path, tmp_path: Path
+) -> None:
+    """A job cannot start before ``min_sites`` of its sites are connected: its view says which
+    are missing, so the lead knows which hospital to call."""
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path, sites=["site-1"]) as fed:
+            job_id = await fed.admin.submit(fed.job_dir("noise", NOISE_ON_TWO_SITES))
+            core = fed.server.core
+            await poll_until(
+                lambda: (core.jobs.get(job_id) or _NotYet).detail.startswith("waiting")
+            )
+            view = (await fed.admin.job(job_id))["job"]
+            assert view["detail"] == (
+                "waiting for sites: 1 of 2 connected (2 needed); not connected: site-2"
+            )
+            await fed.start_site("site-2")  # the second hospital comes online: the job runs
+            result = await fed.admin.wait(job_id, timeout=50)
+    assert result["status"] == "finished", result
+
+
 async def test_a_wait_on_an_interrupted_job_ends_at_once_and_says_what_resumes_it(
     kits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
