@@ -37,7 +37,8 @@ What a site says about its errors
 A failure reason goes to the server and to every admin, so it never shows where the site keeps
 its files (paths can name users, hosts, studies, even patients). Every reason a site sends (from
 :meth:`SiteCore._tell_failure`, the only place that builds one) is the error's type and message with
-each absolute path replaced by ``<path>``, then an error id: ``FileNotFoundError: [Errno 2] No such
+each path replaced by ``<path>`` (absolute, ``./``-relative, or leading to a data file, and any
+file an ``OSError`` names), then an error id: ``FileNotFoundError: [Errno 2] No such
 file or directory: '<path>' (error id 1f0c9a3e; details in the site's log)``. The site logs
 ``task.failed`` (or ``task.not_received``) with the same ``error_id``, the full ``reason`` and the
 traceback (``exception`` in the JSON line), so its operator finds what an admin quotes. See
@@ -266,7 +267,7 @@ class SiteCore:
     async def _tell_failure(
         self, op: Literal["failed", "withheld"], task: TaskMessage, reason: str
     ) -> None:
-        """Every reason this site sends upstream passes here: no absolute path leaves the site."""
+        """Every reason this site sends upstream passes here: no path leaves the site."""
         await self._send(failure_body(op, task.tid, task, redact_paths(reason)))
 
     async def _send(self, body: dict[str, Any], arrays: Mapping[str, Any] | None = None) -> None:
