@@ -1,4 +1,5 @@
-"""Starting ``flrt`` as an operator's terminal does, ready for Ctrl-C (SIGINT)."""
+"""Starting ``flrt`` (or any command) from the source tree with its output piped, as an operator's
+terminal does, ready for Ctrl-C (SIGINT) if asked."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import signal
 import subprocess
 from pathlib import Path
 
-__all__ = ["ROOT", "interruptible"]
+__all__ = ["ROOT", "interruptible", "piped"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def interruptible(command: list[str]) -> subprocess.Popen[str]:
-    """``command`` started as an operator's terminal does, its output piped, ready for Ctrl-C."""
+def piped(command: list[str], *, ctrl_c: bool = False) -> subprocess.Popen[str]:
+    """``command`` started in the source tree (on ``PYTHONPATH``), no input, its output piped as
+    text; ``ctrl_c``: ready for Ctrl-C, as an operator's terminal is."""
     return subprocess.Popen(
         command,
         cwd=ROOT,
@@ -23,5 +25,10 @@ def interruptible(command: list[str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         # Ctrl-C reaches it even when the tests run in a shell's background (SIGINT ignored).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if ctrl_c else None,
     )
+
+
+def interruptible(command: list[str]) -> subprocess.Popen[str]:
+    """``command`` started as an operator's terminal does, its output piped, ready for Ctrl-C."""
+    return piped(command, ctrl_c=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._interrupt import piped
 from tests.nodes._project import free_port, provision_project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +51,7 @@ def _loaded(modules: list[str], roots: tuple[str, ...]) -> list[str]:
 
 
 def _popen(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", PROBE, *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return piped([sys.executable, "-c", PROBE, *args])
 
 
 def _report(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:

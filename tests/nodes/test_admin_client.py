@@ -40,7 +40,7 @@ from security.kit import load_kit
 from security.pki import Role, identity_from_certificate
 from security.provision import revoke
 from security.tls import server_ssl_context_from_kit
-from tests._interrupt import interruptible
+from tests._interrupt import interruptible, piped
 from tests.nodes._project import ADMIN, LEAD, MEMBER, free_port, provision_project
 from transport.bus import Node
 from transport.errors import (
@@ -511,15 +511,7 @@ async def test_wait_gives_up_on_a_server_gone_at_its_own_timeout_and_says_so(
             job_id = await admin.submit(job)
         argv = ["--server", address, "--command-timeout", "1", "wait", job_id, "--timeout", "8"]
         proc = await anyio.to_thread.run_sync(
-            lambda: subprocess.Popen(
-                [sys.executable, "-m", "flrt", "admin", str(kits / ADMIN), *argv],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            lambda: piped([sys.executable, "-m", "flrt", "admin", str(kits / ADMIN), *argv])
         )
         try:
             assert proc.stdout is not None
