@@ -42,8 +42,12 @@ for each.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -53,10 +57,10 @@ from typing import Any, Self
 import anyio
 import structlog
 
-from flrt._durable import atomic_write
+from flrt._durable import atomic_write, fsync_directory
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
-from flrt.errors import AdminError, JobError
+from flrt.errors import AdminError, ConfigError, JobError
 from flrt.model import save_weights
 from security.errors import KitError
 from security.kit import Kit, load_kit
@@ -482,12 +486,22 @@ class AdminClient:
 
     async def download(self, job_id: str, directory: Path | str) -> Path:
         """Write the job's model (``model.safetensors``), ``job.json`` (record, per-round summaries),
-        ``metrics.jsonl``, ``cross_site.json`` (if any) and ``job.toml`` into ``directory``."""
+        ``metrics.jsonl``, ``cross_site.json`` (if any) and ``job.toml`` into ``directory``.
+
+        The files appear together or not at all: they are written into a staging folder inside
+        ``directory`` and renamed into place once all are complete. ``directory`` may hold other
+        files, and an earlier download of the same job (which this one refreshes), never the
+        results of another job. Raises :class:`~flrt.errors.ConfigError` naming ``directory``,
+        before anything is downloaded, if it is a file or holds another job's results (or result
+        files of no known job), and :class:`OSError` if it cannot be written (it is then as it
+        was).
+        """
+        target = Path(directory)
+        await anyio.to_thread.run_sync(_check_download_target, target, job_id)
         reply = await self._ask("download", job_id=job_id)
         if reply.object is None:
             raise AdminError("the server sent no model", command="download", code="bad_state")
         weights = await reply.object.arrays()
-        target = Path(directory)
         await anyio.to_thread.run_sync(_write_download, target, reply.body, dict(weights))
         return target
 
@@ -531,16 +545,69 @@ def read_job(job: Path | str) -> tuple[Path, str]:
         raise JobError(f"cannot be read: {exc.strerror or exc}", path=path) from None
 
 
+#: What a download writes into its folder: every one is replaced, or removed, by the next
+#: download of the same job there.
+_DOWNLOAD_FILES = ("model.safetensors", "job.json", "metrics.jsonl", "cross_site.json", "job.toml")
+
+
+def _check_download_target(target: Path, job_id: str) -> None:
+    """Refuse a download folder that is a file, or that holds results not of ``job_id``."""
+    if target.exists() and not target.is_dir():
+        raise ConfigError(
+            "is a file, not a folder: give a folder (new or existing) with -o", path=target
+        )
+    present = [name for name in _DOWNLOAD_FILES if (target / name).exists()]
+    if not present:
+        return
+    try:
+        held = json.loads((target / "job.json").read_bytes())["job"]["job_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        held = None
+    if held == job_id:
+        return  # an earlier download of this job: this one refreshes it
+    whose = f"the results of job {held}" if isinstance(held, str) else "results of an unknown job"
+    raise ConfigError(
+        f"holds {whose} ({', '.join(present)}), which this download would overwrite: give"
+        " another folder with -o, or move those files away first",
+        path=target,
+    )
+
+
 def _write_download(target: Path, body: Mapping[str, Any], weights: dict[str, Any]) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    save_weights(target / "model.safetensors", weights)
-    summary = {k: body[k] for k in ("job", "round", "finished", "rounds")}
-    atomic_write(target / "job.json", _json(summary))
-    lines = "".join(json.dumps(e, sort_keys=True) + "\n" for e in body.get("metrics", []))
-    atomic_write(target / "metrics.jsonl", lines.encode())
+    # Again: another download may have come meanwhile.
+    _check_download_target(target, str(body["job"]["job_id"]))
+    files: dict[str, bytes] = {
+        "job.json": _json({k: body[k] for k in ("job", "round", "finished", "rounds")}),
+        "metrics.jsonl": "".join(
+            json.dumps(e, sort_keys=True) + "\n" for e in body.get("metrics", [])
+        ).encode(),
+        "job.toml": str(body.get("job_toml", "")).encode(),
+    }
     if body.get("cross_site") is not None:
-        atomic_write(target / "cross_site.json", _json(body["cross_site"]))
-    atomic_write(target / "job.toml", str(body.get("job_toml", "")).encode())
+        files["cross_site.json"] = _json(body["cross_site"])
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=".flrt-download-", dir=target))
+    except OSError as exc:  # it names the staging folder, which the caller never heard of
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+    try:
+        name = "model.safetensors"
+        try:
+            save_weights(staging / name, weights)
+            for name, data in files.items():
+                atomic_write(staging / name, data)
+        except OSError as exc:  # name the file the caller asked for, not its staged copy
+            raise OSError(exc.errno, exc.strerror, str(target / name)) from exc
+        # Every file is complete: move them in, job.json last (it says whose results these are).
+        for name in sorted(_DOWNLOAD_FILES, key=lambda n: n == "job.json"):
+            if (staging / name).exists():
+                os.replace(staging / name, target / name)
+            else:  # a file of the earlier download of this job that this one does not have
+                with contextlib.suppress(FileNotFoundError):
+                    (target / name).unlink()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fsync_directory(target)
 
 
 def _json(data: Any) -> bytes:

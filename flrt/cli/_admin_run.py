@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -139,10 +140,28 @@ async def _download(admin: AdminClient, args: argparse.Namespace) -> int:
         target = await admin.download(args.job_id, args.output)
     except OSError as exc:  # the output folder, not the server
         where = exc.filename or args.output
-        print(f"flrt: error: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"flrt: error: cannot write {where}: {exc.strerror or exc}; nothing was downloaded"
+            f" into {args.output}",
+            file=sys.stderr,
+        )
         return 1
-    print(f"{args.job_id}: model and results written to {target}")
+    print(f"{args.job_id}: model and results written to {target}{_download_note(target)}")
     return 0
+
+
+def _download_note(target: Path) -> str:
+    """What to know of a downloaded model that is not the job's last: the round it is from."""
+    try:
+        job = json.loads((target / "job.json").read_bytes())["job"]
+        if job["status"] == "finished":
+            return ""
+        return (
+            f" (the model of round {job['round']} of {job['rounds']}: the job is {job['status']},"
+            " not finished)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 _COMMANDS: dict[str, Callable[[AdminClient, argparse.Namespace], Awaitable[int]]] = {
