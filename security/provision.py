@@ -539,9 +539,11 @@ def _extend(
                     os.replace(archive, path / SEALED_DIR / archive.name)
                 if sealed:
                     fsync_dir(path / SEALED_DIR)
+                # Written even when the server's kit was moved away (handed over): the report
+                # tells Lead IT to copy this folder to the server, so it must hold the new list.
                 server_kit = path / KITS_DIR / ws.server_name
-                if server_kit.is_dir():
-                    _write_trust(server_kit, ws, now, crl=False, participants=True)
+                missing_crl = not (server_kit / TRUST_DIR / CRL_FILE).is_file()
+                _write_trust(server_kit, ws, now, crl=missing_crl, participants=True)
                 atomic_write(path / CA_DIR / _REGISTRY, ws.registry_json())
             if project_text is not None:
                 atomic_write(path / "project.toml", project_text)
@@ -599,10 +601,9 @@ def revoke(
         # is repaired by running revoke again.
         atomic_write(path / CA_DIR / _REGISTRY, ws.registry_json())
         data = _crl_bytes(ws, now)
-        files = [path / CA_DIR / "crl.pem"]
-        server_kit = path / KITS_DIR / ws.server_name
-        if server_kit.is_dir():
-            files.append(server_kit / TRUST_DIR / CRL_FILE)
+        # The server kit's trust/ too, even when the kit was moved away: it is what Lead IT
+        # is told to copy to the server.
+        files = [path / CA_DIR / "crl.pem", path / KITS_DIR / ws.server_name / TRUST_DIR / CRL_FILE]
         for file in files:
             atomic_write(file, data)
     return RevocationResult(
