@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from flrt.cli import main
 from flrt.cli._admin_run import _status
-from tests.nodes._project import provision_project
+from tests.nodes._project import ADMIN, provision_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,28 @@ def test_a_kit_folder_that_does_not_exist_is_named_and_not_created(
     result = flrt(command, "start", tmp_path / "kits" / "hospital-a", "--quiet", cwd=tmp_path)
     assert "hospital-a: does not exist" in one_line_error(result)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "kit", "says"),
+    [
+        ("site", ADMIN, "a project_admin kit cannot run a site: start it from the site's own kit"),
+        ("site", "server", "a server kit cannot run a site: start it from the site's own kit"),
+        ("server", "site-1", "a site kit cannot run the server: start it from the server's kit"),
+    ],
+)
+def test_a_kit_of_another_role_is_refused_before_anything_is_written(
+    kits: Path, tmp_path: Path, command: str, kit: str, says: str
+) -> None:
+    copy = tmp_path / "kit"
+    shutil.copytree(kits / kit, copy)
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    result = flrt(command, "start", copy, "--quiet", cwd=tmp_path)  # the workspace: the kit
+    assert says in one_line_error(result)
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before  # no logs/, no lock
+    result = flrt(command, "start", copy, "--workspace", tmp_path / "ws", "--quiet", cwd=tmp_path)
+    assert says in one_line_error(result)
+    assert not (tmp_path / "ws").exists()
 
 
 @pytest.mark.parametrize(

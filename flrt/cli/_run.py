@@ -19,7 +19,9 @@ from flrt._groups import only_exception
 from flrt._workspace import lock_workspace
 from flrt.errors import ConfigError
 from flrt.logs import configure_logging
+from security.errors import KitError
 from security.kit import load_kit
+from security.pki import Role
 
 T = TypeVar("T")
 
@@ -49,14 +51,19 @@ def run_node(
     args: argparse.Namespace,
     *,
     log_name: str,
+    role: Role,
 ) -> int:
     """Run a node command: its workspace is ``args.workspace`` or else the kit's folder; lock it
     for this node (:mod:`flrt._workspace`: a second node on it is refused, naming the first's PID);
     log JSON lines to ``<workspace>/logs/<log_name>.jsonl`` (and to the terminal unless
     ``args.quiet``), then run ``main(args, workspace)`` on ``args.backend`` until it returns. The
-    lock is held until then, so ``main``'s node must not take it again."""
+    lock is held until then, so ``main``'s node must not take it again.
+
+    Raises :class:`~security.errors.KitError` for a kit it cannot use, or one whose role is not
+    ``role``, before anything is written."""
     workspace: Path = args.workspace or args.kit
-    load_kit(args.kit)  # a kit it cannot use is named as such, before anything is written
+    kit = load_kit(args.kit)
+    _check_role(args.kit, kit.identity.role, role)
     log_file = workspace / "logs" / f"{log_name}.jsonl"
     try:
         lock = lock_workspace(workspace)  # before the log file, the first thing written there
@@ -70,6 +77,16 @@ def run_node(
         _report_log_errors_once(log_file)
         run(main, args, workspace, backend=args.backend)
     return 0
+
+
+def _check_role(path: Path, has: Role, wanted: Role) -> None:
+    """A kit of another role is refused, saying which kit the command wants."""
+    if has is wanted:
+        return
+    what = "the server" if wanted is Role.SERVER else f"a {wanted.value}"
+    own = "the server's kit" if wanted is Role.SERVER else f"the {wanted.value}'s own kit"
+    hint = "; an admin kit is used with `flrt admin KIT COMMAND`" if has.is_admin else ""
+    raise KitError(path, f"a {has.value} kit cannot run {what}: start it from {own}{hint}")
 
 
 def _unwritable(workspace: Path, exc: OSError, args: argparse.Namespace) -> ConfigError:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flrt.cli._run import run_node, until_signal
 from flrt.server import ServerNode
+from security.pki import Role
 
 __all__ = ["start"]
 
@@ -26,4 +27,4 @@ async def _serve(args: argparse.Namespace, workspace: Path) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
-    return run_node(_serve, args, log_name="server")
+    return run_node(_serve, args, log_name="server", role=Role.SERVER)

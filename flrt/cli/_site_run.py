@@ -7,6 +7,7 @@ from pathlib import Path
 
 from flrt.cli._run import run_node, until_signal
 from flrt.site import SiteNode
+from security.pki import Role
 
 __all__ = ["start"]
 
@@ -24,4 +25,4 @@ async def _run(args: argparse.Namespace, workspace: Path) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
-    return run_node(_run, args, log_name="site")
+    return run_node(_run, args, log_name="site", role=Role.SITE)
