@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from flrt._report import cross_site_table, rounds_table
@@ -15,7 +16,7 @@ from flrt.simulator import SimulationResult, simulate
 __all__ = ["handle"]
 
 
-def _report(result: SimulationResult) -> int:
+def _report(result: SimulationResult, log_file: Path) -> int:
     if result.rounds:
         print(rounds_table(result.rounds))
     if result.cross_site:
@@ -32,6 +33,8 @@ def _report(result: SimulationResult) -> int:
             saved = False
             print(f"flrt: error: cannot write {model}: {exc.strerror or exc}", file=sys.stderr)
     print(f"\njob {result.job_id} {result.status}: {result.reason}; results in {result.workspace}")
+    if result.status != "finished":  # a site's failure names an error id: say where it is told
+        print(f"the sites' and the server's log, with each error id's details: {log_file}")
     return 0 if result.status == "finished" and saved else 1
 
 
@@ -39,8 +42,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.sites < 1:
         print("flrt: error: --sites must be at least 1", file=sys.stderr)
         return 2
-    workspace: Path | None = args.workspace
-    log_file = workspace / "logs" / "simulation.jsonl" if workspace is not None else None
+    # Always a log: a site's failure is reported as an error id whose details are in the log.
+    workspace: Path = args.workspace or Path(tempfile.mkdtemp(prefix="flrt-sim-"))
+    log_file = workspace / "logs" / "simulation.jsonl"
     configure_logging(json_file=log_file, console=sys.stderr if args.verbose else None)
     result = run(simulate, args.job, backend=args.backend, sites=args.sites, workspace=workspace)
-    return _report(result)
+    return _report(result, log_file)
