@@ -28,7 +28,9 @@ manifest but each signed by the CA; provisioning and revocation rewrite them the
 Every check (project file, workspace, conflicts with what was issued before) runs before anything
 is written. New kits are built in a private staging folder inside the workspace and renamed into
 place; the registry is written last, atomically. A first run builds the whole workspace next to
-its destination and renames it into place. A failure at any point leaves the workspace as it was.
+its destination and renames it into place, or, if the destination is an empty folder already (a
+mount point cannot be replaced), inside it and moves it in with ``ca/`` last. A failure at any
+point leaves the workspace as it was.
 """
 
 from __future__ import annotations
@@ -430,7 +432,15 @@ def _create(
         organisation=project.server.participant.organisation,
     )
     names = [p.name for p in project.participants]
-    with staging_dir(path.parent, f".{path.name}.provisioning-") as staging:
+    # An empty folder that already exists (one made for the project, a mount point such as an
+    # encrypted volume) is kept, with its owner and mode: the workspace is built inside it and
+    # moved in entry by entry, ca/ last, as only ca/registry.json makes it a workspace. A new
+    # folder is built beside its destination and renamed into place whole.
+    in_place = path.is_dir()
+    parent, prefix = (
+        (path, ".provisioning-") if in_place else (path.parent, f".{path.name}.provisioning-")
+    )
+    with staging_dir(parent, prefix) as staging:
         ws = Workspace(
             path=staging,
             ca=ca,
@@ -457,7 +467,12 @@ def _create(
         atomic_write(ca_dir / _REGISTRY, ws.registry_json())
         os.chmod(ca_dir, 0o700)  # the CA key; the workspace itself stays 0700 as staging made it
         try:
-            replace_dir(staging, path)
+            if in_place:
+                for entry in sorted(staging.iterdir(), key=lambda e: e.name == CA_DIR):
+                    os.rename(entry, path / entry.name)
+                fsync_dir(path)
+            else:
+                replace_dir(staging, path)
         except OSError as exc:
             raise WorkspaceError(path, f"cannot be created: {exc.strerror or exc}") from None
     return ProvisionResult(
