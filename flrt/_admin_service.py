@@ -430,11 +430,14 @@ class AdminService:
         except CheckpointError as exc:
             raise AdminError(str(exc), command="download", code="bad_state") from None
         if state is None:
-            raise AdminError(
-                f"job {job_id} has no model yet (no round completed)",
-                command="download",
-                code="bad_state",
+            record = entry.record
+            why = (
+                f"job {job_id} {record.status.value} before completing a round: it has no model"
+                + (f" ({record.reason})" if record.reason else "")
+                if record.status.terminal
+                else f"job {job_id} has no model yet (no round completed)"
             )
+            raise AdminError(why, command="download", code="bad_state")
         events = await anyio.to_thread.run_sync(self.core.store.metrics, job_id)
         summary = {
             "ok": True,

@@ -43,6 +43,7 @@ from flrt.errors import (
 )
 from flrt.model import all_finite, check_compatible
 from flrt.tasks import EvalResult, Metrics, TrainResult, TrainTask, UpdateKind, Weights
+from transport.protocol.objects import ALLOWED_DTYPES
 
 __all__ = [
     "CheckedTrainer",
@@ -158,6 +159,13 @@ def _check_weights(value: object, what: str, method: str, spec: str | None) -> W
         if not isinstance(array, np.ndarray):
             raise TrainerOutputError(
                 f"returned {what} {name!r} of type {type(array).__name__}, not numpy.ndarray",
+                method=method,
+                spec=spec,
+            )
+        if array.dtype.name not in ALLOWED_DTYPES:
+            raise TrainerOutputError(
+                f"returned {what} {name!r} of dtype {array.dtype.name}, which a model cannot hold"
+                f" (booleans, integers, floats and complex numbers of up to 64 bits per part)",
                 method=method,
                 spec=spec,
             )

@@ -133,6 +133,8 @@ def result(**changes: Any) -> Any:
         (result(weights={"w": np.zeros(2)}), "do not match .*float32 \\(2,\\), got float64"),
         (result(weights={}), "do not match .*'w'.*missing"),
         (result(weights={"w": np.array([np.nan, 0], np.float32)}), "'w' with NaN or infinite"),
+        (result(weights={"w": np.array([{}, 1], dtype=object)}), "'w' of dtype object, which a"),
+        (result(weights={"w": np.array(["a"])}), "'w' of dtype str32, which a model cannot"),
         (result(num_samples=True), "num_samples True"),
         (result(num_samples=2.5), "num_samples 2.5"),
         (result(metrics={"loss": "low"}), "metric 'loss' = str"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
@@ -108,6 +109,45 @@ async def test_a_trainer_that_cannot_build_round_0_fails_the_job_naming_the_trai
         f"trainer {spec}: initial_weights() raised FileNotFoundError: [Errno 2] No such file or"
         " directory: '/models/pretrained.pt'"
     )
+
+
+class InitialWeightsOfObjects(NoiseTrainer):
+    """A trainer whose round 0's model holds Python objects, which no model file can."""
+
+    def initial_weights(self) -> Weights:
+        return {"w": np.array([{}, 1], dtype=object)}
+
+
+async def test_a_round_0_model_of_objects_fails_the_job_naming_the_trainer(
+    tmp_path: Path,
+) -> None:
+    spec = f"{__name__}:InitialWeightsOfObjects"
+    with anyio.fail_after(60):
+        result = await simulate(job(tmp_path, spec), sites=2, workspace=tmp_path / "ws")
+    assert result.status == "failed"
+    assert result.reason is not None
+    assert result.reason.startswith(
+        f"trainer {spec}: initial_weights() returned weights 'w' of dtype object, which a model"
+        " cannot hold"
+    ), result.reason
+
+
+async def test_downloading_a_job_that_failed_before_its_first_round_says_it_has_no_model(
+    kits: Path, tmp_path: Path
+) -> None:
+    text = NOISE.format(spec=f"{__name__}:InitialWeightsFail")
+    with anyio.fail_after(60):
+        async with federation(kits, tmp_path, sites=["site-1", "site-2"]) as fed:
+            job_id = await fed.admin.submit(fed.job_dir("noise", text))
+            done = await fed.admin.wait(job_id, timeout=30)
+            assert done["status"] == "failed"
+            with pytest.raises(AdminError) as refused:
+                await fed.admin.download(job_id, tmp_path / "results")
+    assert refused.value.code == "bad_state"
+    assert refused.value.reason.startswith(
+        f"job {job_id} failed before completing a round: it has no model (trainer "
+    ), refused.value.reason
+    assert "yet" not in refused.value.reason
 
 
 async def test_a_checkpoint_the_disk_cannot_hold_is_named_as_such_not_as_an_internal_error(
