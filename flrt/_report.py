@@ -77,13 +77,26 @@ def rounds_table(rounds: Iterable[Mapping[str, Any]]) -> str:
             [
                 str(r["round"]),
                 str(len(r.get("accepted", []))),
-                ",".join(missing) or "-",
+                _names(missing),
                 _number(r.get("seconds")),
                 _number(r.get("train", {}).get("loss")),
                 *(_number(r.get("evaluate", {}).get(m)) for m in metric_names),
             ]
         )
     return _table(header, lines)
+
+
+#: How many site names a cell lists before it says how many more there are.
+_NAMES_SHOWN = 3
+
+
+def _names(names: list[str]) -> str:
+    """``names`` joined by commas, the first few only (a round of a thousand simulated sites must
+    not print a line of a thousand names): ``a,b,c +997 more``; ``-`` for none."""
+    if not names:
+        return "-"
+    shown = ",".join(names[:_NAMES_SHOWN])
+    return shown if len(names) <= _NAMES_SHOWN else f"{shown} +{len(names) - _NAMES_SHOWN} more"
 
 
 def cross_site_table(cross: Mapping[str, Any], metric: str) -> str:
