@@ -31,6 +31,7 @@ member: only regular files and folders with relative, normalised names are accep
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import io
@@ -49,7 +50,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from security._atomic import atomic_write, fsync_dir, replace_dir, staging_dir
 from security.errors import KitError, SealError, SealFormatError, SealPasswordError
-from security.kit import Kit, load_kit
+from security.kit import MANIFEST_FILE, SIGNATURE_FILE, Kit, load_kit
 
 __all__ = [
     "DEFAULT_PARAMS",
@@ -307,7 +308,8 @@ def open_sealed_kit(
 ) -> Kit:
     """Open the sealed kit ``archive`` into the new folder ``destination`` and return the verified kit.
 
-    ``destination`` must not exist (an empty folder is accepted). Raises :class:`SealFormatError`,
+    ``destination`` must not exist, or be an empty folder (kept as it is: its owner and mode, or a
+    mount point). Raises :class:`SealFormatError`,
     :class:`SealPasswordError`, any :class:`~security.errors.KitError` of the kit inside, or
     :class:`SealError` if the destination is taken; in every case nothing is left at ``destination``.
     """
@@ -322,9 +324,16 @@ def open_sealed_kit(
     except OSError as exc:
         raise SealError(f"{archive} cannot be read: {exc.strerror or exc}") from None
     payload = unseal_bytes(data, password)
-    parent = destination.absolute().parent
+    # An empty folder that exists already (made for the kit, or a mount point such as an
+    # encrypted volume, which cannot be replaced) is kept, with its owner and mode: the kit is
+    # opened inside it and moved in, its signed manifest last. A new folder is opened beside its
+    # destination and renamed into place whole.
+    in_place = destination.is_dir()
+    parent = destination if in_place else destination.absolute().parent
     try:
-        with staging_dir(parent, f".{destination.name}.opening-") as staging:
+        with staging_dir(
+            parent, ".opening-" if in_place else f".{destination.name}.opening-"
+        ) as staging:
             _extract(payload, staging)
             try:
                 load_kit(staging, now=now, ca_fingerprint=ca_fingerprint)
@@ -332,9 +341,29 @@ def open_sealed_kit(
                 exc.path = archive
                 exc.args = (f"kit {archive}: {exc.reason}",)
                 raise
-            os.chmod(staging, 0o755)
-            replace_dir(staging, destination)
+            if in_place:
+                _move_into(staging, destination)
+            else:
+                os.chmod(staging, 0o755)
+                replace_dir(staging, destination)
     except OSError as exc:  # a full disk, a folder this user may not write
         raise SealError(f"{destination} cannot be created: {exc.strerror or exc}") from None
     fsync_dir(parent)
     return load_kit(destination, now=now, ca_fingerprint=ca_fingerprint)
+
+
+def _move_into(staging: Path, destination: Path) -> None:
+    """Move every entry of ``staging`` into the empty folder ``destination``, the manifest and
+    its signature last (a kit without them does not load); on failure, take back what moved."""
+    moved: list[Path] = []
+    last = (MANIFEST_FILE, SIGNATURE_FILE)
+    try:
+        for entry in sorted(staging.iterdir(), key=lambda e: (e.name in last, e.name)):
+            os.rename(entry, destination / entry.name)
+            moved.append(destination / entry.name)
+        fsync_dir(destination)
+    except OSError:
+        for path in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(path, staging / path.name)
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import tarfile
@@ -100,6 +101,20 @@ def test_destination_must_be_new(sealed: Path, tmp_path: Path) -> None:
     assert (tmp_path / "busy" / "file").read_text() == "mine"
     (tmp_path / "empty").mkdir()
     assert open_sealed_kit(sealed, tmp_path / "empty", PASSWORD).identity.name == "site-a"
+
+
+def test_an_empty_folder_that_exists_is_kept_with_its_mode(sealed: Path, tmp_path: Path) -> None:
+    # A mount point (an encrypted volume) cannot be replaced, and an operator's folder keeps the
+    # owner and mode it was given: the kit is opened inside it.
+    folder = tmp_path / "volume"
+    folder.mkdir(mode=0o750)
+    os.chmod(folder, 0o750)
+    before = folder.stat()
+    kit = open_sealed_kit(sealed, folder, PASSWORD)
+    after = folder.stat()
+    assert kit.identity.name == "site-a"
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("password", [b"", b"short", b"aaaaaaaaaaaa"])
