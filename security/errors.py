@@ -129,7 +129,12 @@ class KitTamperedError(KitError):
             "signature": "does not carry a valid signature of the project CA",
             "special": "is not a regular file (links and devices are refused)",
         }.get(change, change)
-        super().__init__(path, f"{file} {what}")
+        # What to do: the kit cannot be mended in place, only issued again.
+        super().__init__(
+            path,
+            f"{file} {what}; do not use this kit: ask the project's Lead IT for a new one"
+            " (or restore this one from the sealed archive you received)",
+        )
 
 
 class KitValidityError(KitError):

@@ -84,6 +84,7 @@ def test_changed_file_is_named(kit_copy: KitCopy, name: str) -> None:
         load_kit(kit)
     assert (exc.value.file, exc.value.change) == (f"startup/{name}", "changed")
     assert f"startup/{name} was changed" in str(exc.value)
+    assert "ask the project's Lead IT for a new one" in str(exc.value)
 
 
 @pytest.mark.parametrize("name", SIGNED)
