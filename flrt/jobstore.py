@@ -162,7 +162,7 @@ class JobStore:
             if not isinstance(data, dict):
                 raise TypeError(f"a JSON {type(data).__name__}, not an object")
             return JobEntry.from_dict(data)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise JobRecordError(f"not a job record: {what}"[:300], path=path) from None
 

@@ -29,7 +29,7 @@ from flrt.errors import AdminError, ConfigError
 from flrt.examples.noise import NoiseTrainer
 from flrt.job import JobStatus, loads_job
 from flrt.jobstore import JobEntry, JobStore
-from flrt.server import ServerNode
+from flrt.server import ServerCore, ServerNode
 from flrt.simulator import simulate
 from flrt.site import SiteNode
 from flrt.tasks import Weights
@@ -251,7 +251,7 @@ async def test_a_job_record_damaged_on_disk_stops_that_job_not_the_server(
         async with federation(kits, tmp_path, sites=sites) as fed:
             core = fed.server.core
             job_id = await fed.admin.submit(fed.job_dir("noise", slow))
-            await poll_until(lambda: (core.jobs.get(job_id) or _NotYet).detail == "running")
+            await poll_until(lambda: _detail(core, job_id) == "running")
             record = core.store.folder(job_id) / "record.json"
             good = record.read_bytes()
             record.write_bytes(b"{damaged")
@@ -285,8 +285,10 @@ async def test_a_job_record_damaged_on_disk_stops_that_job_not_the_server(
     assert result["status"] == "finished", result
 
 
-class _NotYet:
-    detail = ""
+def _detail(core: ServerCore, job_id: str) -> str:
+    """What the server says the job is doing ("" once it no longer runs here)."""
+    running = core.jobs.get(job_id)
+    return running.detail if running is not None else ""
 
 
 async def test_a_job_waiting_for_its_sites_names_those_not_connected(
@@ -298,9 +300,7 @@ async def test_a_job_waiting_for_its_sites_names_those_not_connected(
         async with federation(kits, tmp_path, sites=["site-1"]) as fed:
             job_id = await fed.admin.submit(fed.job_dir("noise", NOISE_ON_TWO_SITES))
             core = fed.server.core
-            await poll_until(
-                lambda: (core.jobs.get(job_id) or _NotYet).detail.startswith("waiting")
-            )
+            await poll_until(lambda: _detail(core, job_id).startswith("waiting"))
             view = (await fed.admin.job(job_id))["job"]
             assert view["detail"] == (
                 "waiting for sites: 1 of 2 connected (2 needed); not connected: site-2"
