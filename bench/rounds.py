@@ -17,23 +17,37 @@ round time is the median of warm rounds. (Without ``TCP_NODELAY``, Nagle's algor
 acknowledgements made a 0.4 MB exchange take 15 to 60 ms instead of about 9.) The peak RSS of the
 server and of the largest site are read from ``/proc/<pid>/status`` (VmHWM) before they stop.
 
+A second baseline, the *floor*, does only the byte work a round cannot do without, over the very
+stream flrt's links use (:class:`transport._sslsocket.SSLSocketStream` on the same AnyIO backend):
+the server sends the model with its SHA-256 digest to every site at once; each site receives it
+into fresh arrays, checks the digest, adds the noise trainer's noise, and sends the result back
+with its digest; the server receives each into fresh arrays, checks it, folds it into a running
+weighted sum and writes the new model durably (write, fsync, rename, fsync of the folder). No
+framing, acknowledgement, resumption, flow control, job state, metrics or logs: it is a lower
+bound for any async implementation of the round, not a runtime. ``floor_ratio`` is flrt's median
+round over the floor's median, measured in the same run.
+
 It also reports the processor time both spend: ``cpu_ms_per_round``, the user and system time of
 the server and every site from the end of the first round to the end of the job, per round, and
-``ssl_cpu_ms``, that of the baseline's processes per warm exchange. With more processes than cores
-(9 on 2 here) the round is bound by that time divided by the cores, whatever the scheduling.
+``ssl_cpu_ms`` and ``floor_cpu_ms``, that of the baselines' processes per warm exchange, and the
+server's share of each (``server_cpu_ms_per_round``, ``floor_server_cpu_ms``). With more processes
+than cores (9 on 2 here) the round is bound by the total divided by the cores, and by the server's
+share (one thread does it), whatever the scheduling.
 
 Ends with one JSON line::
 
     {"bench": "rounds", "sites": N, "model_mib": M, "median_round_s": ..., "server_peak_rss_mib":
-     ..., "site_peak_rss_mib": ..., "ssl_baseline_s": ..., "ratio": ..., "cpu_ms_per_round": ...,
-     "ssl_cpu_ms": ...}
+     ..., "site_peak_rss_mib": ..., "ssl_baseline_s": ..., "ratio": ..., "floor_s": ...,
+     "floor_ratio": ..., "cpu_ms_per_round": ..., "server_cpu_ms_per_round": ..., "ssl_cpu_ms":
+     ..., "floor_cpu_ms": ..., "floor_server_cpu_ms": ...}
 
-Usage: python bench/rounds.py --sites N --model-mib M --rounds R
+Usage: python bench/rounds.py --sites N --model-mib M --rounds R [--backend trio|asyncio]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -49,17 +63,24 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._util import emit  # noqa: E402
 from flrt.admin import AdminClient  # noqa: E402
+from flrt.examples.noise import add_noise  # noqa: E402
 from flrt.logs import configure_logging  # noqa: E402
 from security.kit import load_kit  # noqa: E402
 from security.project import parse_project  # noqa: E402
 from security.provision import provision  # noqa: E402
 from security.tls import client_ssl_context_from_kit, server_ssl_context_from_kit  # noqa: E402
+from transport._sslsocket import (  # noqa: E402
+    SSLSocketStream,
+    accept_socket,
+    listen_socket,
+)
 
 MiB = 1024 * 1024
 ADMIN = "bench@example.org"
@@ -149,7 +170,7 @@ class Processes:
 
 
 async def run_flrt(
-    root: Path, kits: Path, sites: int, mib: float, rounds: int, budget_mib: float
+    root: Path, kits: Path, sites: int, mib: float, rounds: int, budget_mib: float, backend: str
 ) -> dict[str, Any]:
     procs = Processes(root)
     procs.start(
@@ -163,10 +184,16 @@ async def run_flrt(
         "127.0.0.1",
         "--site-wait",
         "300",
+        "--backend",
+        backend,
     )
     for i in range(1, sites + 1):
         name = f"site-{i}"
-        procs.start(name, "site", "start", str(kits / name), "--workspace", str(root / name))
+        procs.start(
+            name,
+            *("site", "start", str(kits / name)),
+            *("--workspace", str(root / name), "--backend", backend),
+        )
     try:
         folder = root / "job"
         folder.mkdir()
@@ -192,6 +219,7 @@ async def run_flrt(
             if not first:
                 raise RuntimeError("the first round's checkpoint was not seen")
         cpu_per_round = (sum(map(cpu_seconds, pids)) - first[0]) / rounds
+        server_cpu_per_round = (cpu_seconds(pids[0]) - first[1]) / rounds
         server_rss = peak_rss_mib(procs.procs["server"].pid)
         site_rss = max(peak_rss_mib(procs.procs[f"site-{i}"].pid) for i in range(1, sites + 1))
     finally:
@@ -201,18 +229,21 @@ async def run_flrt(
         "server_peak_rss_mib": server_rss,
         "site_peak_rss_mib": site_rss,
         "cpu_s_per_round": cpu_per_round,
+        "server_cpu_s_per_round": server_cpu_per_round,
     }
 
 
 def cpu_at_first_checkpoint(
     metrics: Path, pids: list[int], out: list[float], stop: threading.Event
 ) -> None:
-    """Append to ``out`` the processor time of ``pids`` once the job's first checkpoint is in
-    ``metrics`` (looked at every millisecond: a round of a small model takes a few dozen)."""
+    """Append to ``out`` the processor time of ``pids``, then that of the first (the server), once
+    the job's first checkpoint is in ``metrics`` (looked at every millisecond: a round of a small
+    model takes a few dozen)."""
     while not stop.wait(0.001):
         try:
             if b'"checkpoint"' in metrics.read_bytes():
                 out.append(sum(map(cpu_seconds, pids)))
+                out.append(cpu_seconds(pids[0]))
                 return
         except FileNotFoundError:
             pass
@@ -298,19 +329,27 @@ def receive(conn: Any, total: int) -> None:
         total -= n
 
 
-def run_ssl(
-    root: Path, kits: Path, sites: int, nbytes: int, exchanges: int
-) -> tuple[list[float], float]:
-    """The seconds of each of ``exchanges`` baseline exchanges over the same connections, and the
-    processor seconds all the baseline's processes spent per exchange after the first."""
-    port_file = root / "ssl-port"
+def run_baseline(
+    role: str,
+    root: Path,
+    kits: Path,
+    sites: int,
+    nbytes: int,
+    exchanges: int,
+    *extra: str,
+) -> tuple[list[float], float, float]:
+    """Run the ``role`` baseline (``ssl`` or ``floor``): its server and one client process per
+    site. Returns the seconds of each of ``exchanges`` exchanges over the same connections, and
+    the processor seconds all its processes, and its server alone, spent per exchange after the
+    first."""
+    port_file = root / f"{role}-port"
     me = [sys.executable, str(Path(__file__).resolve())]
     server = subprocess.Popen(
         [
             *me,
-            *("--role", "ssl-server", "--kit", str(kits / "server")),
+            *("--role", f"{role}-server", "--kit", str(kits / "server")),
             *("--port-file", str(port_file), "--sites", str(sites), "--bytes", str(nbytes)),
-            *("--exchanges", str(exchanges)),
+            *("--exchanges", str(exchanges), *extra),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -318,15 +357,15 @@ def run_ssl(
     deadline = time.monotonic() + 60
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline or server.poll() is not None:
-            raise RuntimeError("the baseline server did not start")
+            raise RuntimeError(f"the {role} baseline server did not start")
         time.sleep(0.01)
     port = port_file.read_text()
     clients = [
         subprocess.Popen(
             [
                 *me,
-                *("--role", "ssl-client", "--kit", str(kits / f"site-{i}")),
-                *("--port", port, "--bytes", str(nbytes), "--exchanges", str(exchanges)),
+                *("--role", f"{role}-client", "--kit", str(kits / f"site-{i}")),
+                *("--port", port, "--bytes", str(nbytes), "--exchanges", str(exchanges), *extra),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -336,43 +375,195 @@ def run_ssl(
     out, _ = server.communicate(timeout=600)
     report = json.loads(out.strip().splitlines()[-1])
     # Each process's time from the end of its first exchange to the end of its last.
-    cpu = report["cpu"][-1] - report["cpu"][1]
+    cpu = server_cpu = report["cpu"][-1] - report["cpu"][1]
     for client in clients:
         client_out, _ = client.communicate(timeout=60)
         marks = json.loads(client_out.strip().splitlines()[-1])
         cpu += marks[-1] - marks[1]
     seconds: list[float] = report["seconds"]
-    return seconds, cpu / max(exchanges - 1, 1)
+    counted = max(exchanges - 1, 1)
+    return seconds, cpu / counted, server_cpu / counted
+
+
+# -- the floor: a round's unavoidable byte work over flrt's own TLS stream ------------------------
+
+_FLOOR_HEADER = 32  # the SHA-256 digest of the arrays that follow
+
+
+def floor_arrays(nbytes: int) -> list[np.ndarray]:
+    """Fresh float32 arrays for an ``nbytes`` model, split as the noise trainer splits it."""
+    count = nbytes // 4
+    sizes = [count // ARRAYS + (1 if i < count % ARRAYS else 0) for i in range(ARRAYS)]
+    return [np.empty(size, dtype=np.float32) for size in sizes]
+
+
+def _bytes(array: np.ndarray) -> memoryview:
+    return array.data.cast("B")
+
+
+def _digest(arrays: list[np.ndarray]) -> bytes:
+    hasher = hashlib.sha256()
+    for array in arrays:
+        hasher.update(_bytes(array))
+    return hasher.digest()
+
+
+async def _floor_send(stream: SSLSocketStream, arrays: list[np.ndarray]) -> None:
+    await stream.send(_digest(arrays))
+    for array in arrays:
+        await stream.send(_bytes(array))
+
+
+async def _receive_exactly(stream: SSLSocketStream, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        got += await stream.receive_into(view[got:])
+
+
+async def _floor_receive(stream: SSLSocketStream, nbytes: int) -> list[np.ndarray]:
+    digest = bytearray(_FLOOR_HEADER)
+    await _receive_exactly(stream, memoryview(digest))
+    arrays = floor_arrays(nbytes)
+    for array in arrays:
+        await _receive_exactly(stream, _bytes(array))
+    if _digest(arrays) != digest:
+        raise RuntimeError("the floor baseline received a model whose digest does not match")
+    return arrays
+
+
+def floor_server(
+    kit: Path, port_file: Path, sites: int, nbytes: int, exchanges: int, backend: str
+) -> None:
+    """Accept ``sites`` TLS connections; ``exchanges`` rounds of: the model to every site at once,
+    every update back into fresh arrays, folded into a weighted sum, the new model written
+    durably. Prints the seconds of each round and the processor time after each as JSON."""
+
+    async def serve() -> dict[str, list[float]]:
+        context = server_ssl_context_from_kit(load_kit(kit))
+        listener = listen_socket("127.0.0.1", 0)
+        port_file.write_text(str(listener.getsockname()[1]))  # noqa: ASYNC240 (before any peer)
+        streams = []
+        for _ in range(sites):
+            raw = await accept_socket(listener)
+            streams.append(await SSLSocketStream.handshake(raw, context, server_side=True))
+        listener.close()
+        model = floor_arrays(nbytes)
+        for array in model:
+            array[:] = 1.0
+        folder = port_file.parent
+        seconds: list[float] = []
+        cpu = [time.process_time()]
+        for _ in range(exchanges):
+            start = time.perf_counter()
+            sums = [np.zeros(array.size, dtype=np.float64) for array in model]
+            async with anyio.create_task_group() as group:
+                for stream in streams:
+                    group.start_soon(_floor_exchange, stream, model, sums, 1.0 / sites)
+            model = [(old + sum_).astype(np.float32) for old, sum_ in zip(model, sums, strict=True)]
+            write_durably(folder / "model.bin", model)
+            seconds.append(time.perf_counter() - start)
+            cpu.append(time.process_time())
+        for stream in streams:
+            await stream.aclose()
+        return {"seconds": seconds, "cpu": cpu}
+
+    print(json.dumps(anyio.run(serve, backend=backend)), flush=True)
+
+
+async def _floor_exchange(
+    stream: SSLSocketStream, model: list[np.ndarray], sums: list[np.ndarray], weight: float
+) -> None:
+    """The model to one site and its update back, folded into ``sums`` with ``weight``."""
+    await _floor_send(stream, model)
+    update = await _floor_receive(stream, sum(array.nbytes for array in model))
+    for total, new, old in zip(sums, update, model, strict=True):
+        piece = np.subtract(new, old, dtype=np.float64)
+        piece *= weight
+        total += piece
+
+
+def write_durably(path: Path, arrays: list[np.ndarray]) -> None:
+    """``arrays`` into ``path`` as a checkpoint is written: a new file fsynced, renamed over the
+    old one, the folder fsynced."""
+    staging = path.with_suffix(".tmp")
+    with staging.open("wb") as out:
+        for array in arrays:
+            out.write(_bytes(array))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def floor_client(kit: Path, port: int, nbytes: int, exchanges: int, backend: str) -> None:
+    """Dial the floor server; ``exchanges`` times receive the model, add the noise trainer's
+    noise, send it back. Prints the processor time after each exchange as JSON."""
+
+    async def serve() -> list[float]:
+        context = client_ssl_context_from_kit(load_kit(kit))
+        raw = await SSLSocketStream.open_tcp("127.0.0.1", port)
+        stream = await SSLSocketStream.handshake(
+            raw, context, server_side=False, server_hostname="localhost"
+        )
+        rng = np.random.default_rng(1)
+        cpu = [time.process_time()]
+        for _ in range(exchanges):
+            model = await _floor_receive(stream, nbytes)
+            await _floor_send(stream, [add_noise(array, 0.01, rng) for array in model])
+            cpu.append(time.process_time())
+        await stream.aclose()
+        return cpu
+
+    print(json.dumps(anyio.run(serve, backend=backend)), flush=True)
 
 
 # -- orchestration -------------------------------------------------------------------------------
 
 
-def measure(sites: int, mib: float, rounds: int, budget_mib: float) -> dict[str, Any]:
+def measure(sites: int, mib: float, rounds: int, budget_mib: float, backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="flrt-bench-rounds-") as tmp:
         root = Path(tmp)
         text = project(sites, free_port())
         provision(parse_project(text), root / "ws")
         kits = root / "ws" / "kits"
-        figures = anyio.run(run_flrt, root, kits, sites, mib, rounds, budget_mib, backend="trio")
+        figures = anyio.run(
+            run_flrt, root, kits, sites, mib, rounds, budget_mib, backend, backend="trio"
+        )
         median = statistics.median(round_times(root, figures["job_id"]))
         # The model as the noise trainer builds it: 4 float32 arrays of size_mib in all.
         nbytes = max(int(mib * MiB) // 4, ARRAYS) * 4
         # As many exchanges as counted rounds, over the same connections: the median of warm
         # exchanges against the median of warm rounds (one cold exchange was noise, up to 3x).
-        seconds, ssl_cpu = run_ssl(root, kits, sites, nbytes, rounds + 1)
+        seconds, ssl_cpu, ssl_server_cpu = run_baseline(
+            "ssl", root, kits, sites, nbytes, rounds + 1
+        )
         baseline = statistics.median(seconds[1:])
+        seconds, floor_cpu, floor_server_cpu = run_baseline(
+            "floor", root, kits, sites, nbytes, rounds + 1, "--backend", backend
+        )
+        floor = statistics.median(seconds[1:])
     return {
         "bench": "rounds",
         "sites": sites,
         "model_mib": mib,
+        "backend": backend,
         "median_round_s": round(median, 4),
         "server_peak_rss_mib": round(figures["server_peak_rss_mib"], 1),
         "site_peak_rss_mib": round(figures["site_peak_rss_mib"], 1),
         "ssl_baseline_s": round(baseline, 4),
         "ratio": round(median / baseline, 2),
+        "floor_s": round(floor, 4),
+        "floor_ratio": round(median / floor, 2),
         "cpu_ms_per_round": round(figures["cpu_s_per_round"] * 1000, 1),
+        "server_cpu_ms_per_round": round(figures["server_cpu_s_per_round"] * 1000, 1),
         "ssl_cpu_ms": round(ssl_cpu * 1000, 1),
+        "ssl_server_cpu_ms": round(ssl_server_cpu * 1000, 1),
+        "floor_cpu_ms": round(floor_cpu * 1000, 1),
+        "floor_server_cpu_ms": round(floor_server_cpu * 1000, 1),
     }
 
 
@@ -387,6 +578,12 @@ def main() -> None:
         default=None,
         help="the job's memory_budget_mb: updates received at once (default: one model, min 64)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("trio", "asyncio"),
+        default="trio",
+        help="the event loop of the server, the sites and the floor (default: trio)",
+    )
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--kit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
@@ -398,10 +595,14 @@ def main() -> None:
         ssl_server(args.kit, args.port_file, args.sites, args.bytes, args.exchanges)
     elif args.role == "ssl-client":
         ssl_client(args.kit, args.port, args.bytes, args.exchanges)
+    elif args.role == "floor-server":
+        floor_server(args.kit, args.port_file, args.sites, args.bytes, args.exchanges, args.backend)
+    elif args.role == "floor-client":
+        floor_client(args.kit, args.port, args.bytes, args.exchanges, args.backend)
     else:
         configure_logging(console=None)
         budget = args.budget_mib if args.budget_mib is not None else max(64.0, args.model_mib)
-        emit(measure(args.sites, args.model_mib, args.rounds, budget))
+        emit(measure(args.sites, args.model_mib, args.rounds, budget, args.backend))
 
 
 if __name__ == "__main__":

@@ -81,11 +81,20 @@ def test_rounds_reports_round_time_memory_and_a_warm_ssl_baseline() -> None:
         "site_peak_rss_mib",
         "ssl_baseline_s",
         "ratio",
+        "floor_s",
+        "floor_ratio",
         "cpu_ms_per_round",
+        "server_cpu_ms_per_round",
         "ssl_cpu_ms",
+        "ssl_server_cpu_ms",
+        "floor_cpu_ms",
+        "floor_server_cpu_ms",
     )
+    assert figures["backend"] == "trio"
     assert figures["ssl_baseline_s"] > 0
-    assert figures["cpu_ms_per_round"] > 0
+    assert figures["floor_s"] > 0
+    assert figures["cpu_ms_per_round"] > figures["server_cpu_ms_per_round"] > 0
+    assert figures["floor_cpu_ms"] > figures["floor_server_cpu_ms"] > 0
 
 
 def test_provision_reports_kits() -> None:
