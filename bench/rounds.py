@@ -19,12 +19,12 @@ server and of the largest site are read from ``/proc/<pid>/status`` (VmHWM) befo
 
 A second baseline, the *floor*, does only the byte work a round cannot do without, over the very
 stream flrt's links use (:class:`transport._sslsocket.SSLSocketStream` on the same AnyIO backend):
-the server sends the model with its SHA-256 digest to every site at once; each site receives it
-into fresh arrays, checks the digest, adds the noise trainer's noise, and sends the result back
-with its digest; the server receives each into fresh arrays, checks it, folds it into a running
-weighted sum and writes the new model durably (write, fsync, rename, fsync of the folder). No
-framing, acknowledgement, resumption, flow control, job state, metrics or logs: it is a lower
-bound for any async implementation of the round, not a runtime. ``floor_ratio`` is flrt's median
+the server sends the model with its SHA-256 digest (computed once) to every site at once; each
+site receives it, checks the digest, adds the noise trainer's noise, and sends the result back with
+its digest; the server receives each, checks it, folds it into a running weighted sum and writes
+the new model durably (write, fsync, rename, fsync of the folder). Every buffer is reused from
+round to round. No framing, acknowledgement, resumption, flow control, job state, metrics or logs:
+it is a lower bound for any async implementation of the round, not a runtime. ``floor_ratio`` is flrt's median
 round over the floor's median, measured in the same run.
 
 It also reports the processor time both spend: ``cpu_ms_per_round``, the user and system time of
@@ -150,7 +150,14 @@ class Processes:
     def start(self, name: str, *args: str) -> None:
         out = (self.root / f"{name}.out").open("wb")
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "flrt", *args, "--quiet"],
+            [
+                sys.executable,
+                *os.environ.get("BENCH_PROF_" + name.replace("-", "_"), "").split(),
+                "-m",
+                "flrt",
+                *args,
+                "--quiet",
+            ],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=out,
@@ -408,8 +415,8 @@ def _digest(arrays: list[np.ndarray]) -> bytes:
     return hasher.digest()
 
 
-async def _floor_send(stream: SSLSocketStream, arrays: list[np.ndarray]) -> None:
-    await stream.send(_digest(arrays))
+async def _floor_send(stream: SSLSocketStream, arrays: list[np.ndarray], digest: bytes) -> None:
+    await stream.send(digest)
     for array in arrays:
         await stream.send(_bytes(array))
 
@@ -420,10 +427,11 @@ async def _receive_exactly(stream: SSLSocketStream, view: memoryview) -> None:
         got += await stream.receive_into(view[got:])
 
 
-async def _floor_receive(stream: SSLSocketStream, nbytes: int) -> list[np.ndarray]:
+async def _floor_receive(stream: SSLSocketStream, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Receive a model into ``arrays`` (reused from round to round: the floor pays for no fresh
+    memory) and check its digest."""
     digest = bytearray(_FLOOR_HEADER)
     await _receive_exactly(stream, memoryview(digest))
-    arrays = floor_arrays(nbytes)
     for array in arrays:
         await _receive_exactly(stream, _bytes(array))
     if _digest(arrays) != digest:
@@ -435,8 +443,9 @@ def floor_server(
     kit: Path, port_file: Path, sites: int, nbytes: int, exchanges: int, backend: str
 ) -> None:
     """Accept ``sites`` TLS connections; ``exchanges`` rounds of: the model to every site at once,
-    every update back into fresh arrays, folded into a weighted sum, the new model written
-    durably. Prints the seconds of each round and the processor time after each as JSON."""
+    every update back into buffers reused from round to round, folded into a weighted sum, the
+    new model written durably. Prints the seconds of each round and the processor time after each
+    as JSON."""
 
     async def serve() -> dict[str, list[float]]:
         context = server_ssl_context_from_kit(load_kit(kit))
@@ -450,15 +459,19 @@ def floor_server(
         model = floor_arrays(nbytes)
         for array in model:
             array[:] = 1.0
+        buffers = [floor_arrays(nbytes) for _ in streams]
         folder = port_file.parent
         seconds: list[float] = []
         cpu = [time.process_time()]
         for _ in range(exchanges):
             start = time.perf_counter()
             sums = [np.zeros(array.size, dtype=np.float64) for array in model]
+            digest = _digest(model)  # once for every site, as flrt does
             async with anyio.create_task_group() as group:
-                for stream in streams:
-                    group.start_soon(_floor_exchange, stream, model, sums, 1.0 / sites)
+                for stream, held in zip(streams, buffers, strict=True):
+                    group.start_soon(
+                        _floor_exchange, stream, model, digest, held, sums, 1.0 / sites
+                    )
             model = [(old + sum_).astype(np.float32) for old, sum_ in zip(model, sums, strict=True)]
             write_durably(folder / "model.bin", model)
             seconds.append(time.perf_counter() - start)
@@ -471,15 +484,19 @@ def floor_server(
 
 
 async def _floor_exchange(
-    stream: SSLSocketStream, model: list[np.ndarray], sums: list[np.ndarray], weight: float
+    stream: SSLSocketStream,
+    model: list[np.ndarray],
+    digest: bytes,
+    buffers: list[np.ndarray],
+    sums: list[np.ndarray],
+    weight: float,
 ) -> None:
     """The model to one site and its update back, folded into ``sums`` with ``weight``."""
-    await _floor_send(stream, model)
-    update = await _floor_receive(stream, sum(array.nbytes for array in model))
+    await _floor_send(stream, model, digest)
+    update = await _floor_receive(stream, buffers)
     for total, new, old in zip(sums, update, model, strict=True):
-        piece = np.subtract(new, old, dtype=np.float64)
-        piece *= weight
-        total += piece
+        new -= old  # float32, as the noise trainer's arrays
+        total += new * weight
 
 
 def write_durably(path: Path, arrays: list[np.ndarray]) -> None:
@@ -510,10 +527,13 @@ def floor_client(kit: Path, port: int, nbytes: int, exchanges: int, backend: str
             raw, context, server_side=False, server_hostname="localhost"
         )
         rng = np.random.default_rng(1)
+        model, update = floor_arrays(nbytes), floor_arrays(nbytes)
         cpu = [time.process_time()]
         for _ in range(exchanges):
-            model = await _floor_receive(stream, nbytes)
-            await _floor_send(stream, [add_noise(array, 0.01, rng) for array in model])
+            await _floor_receive(stream, model)
+            for array, out in zip(model, update, strict=True):
+                add_noise(array, 0.01, rng, out=out)
+            await _floor_send(stream, update, _digest(update))
             cpu.append(time.process_time())
         await stream.aclose()
         return cpu
