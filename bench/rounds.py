@@ -150,14 +150,7 @@ class Processes:
     def start(self, name: str, *args: str) -> None:
         out = (self.root / f"{name}.out").open("wb")
         self.procs[name] = subprocess.Popen(
-            [
-                sys.executable,
-                *os.environ.get("BENCH_PROF_" + name.replace("-", "_"), "").split(),
-                "-m",
-                "flrt",
-                *args,
-                "--quiet",
-            ],
+            [sys.executable, "-m", "flrt", *args, "--quiet"],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=out,
