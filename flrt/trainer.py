@@ -46,6 +46,7 @@ from flrt.tasks import EvalResult, Metrics, TrainResult, TrainTask, UpdateKind, 
 from transport.protocol.objects import ALLOWED_DTYPES
 
 __all__ = [
+    "MAX_NUM_SAMPLES",
     "CheckedTrainer",
     "InitialWeights",
     "SiteContext",
@@ -199,10 +200,22 @@ def _check_metrics(value: object, method: str, spec: str | None) -> Metrics:
     return metrics
 
 
+#: The largest ``num_samples`` a trainer may return: every count up to it is exact as the float
+#: that weighs an update, and far below what a message's 64-bit integers carry (a larger count
+#: would fail the site's reply after the work was done).
+MAX_NUM_SAMPLES = 2**53
+
+
 def _check_count(value: object, method: str, spec: str | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise TrainerOutputError(
             f"returned num_samples {value!r}, not a non-negative int", method=method, spec=spec
+        )
+    if value > MAX_NUM_SAMPLES:
+        raise TrainerOutputError(
+            f"returned num_samples {value!r}, more than the 2**53 samples a count may be",
+            method=method,
+            spec=spec,
         )
     return int(value)
 

@@ -1,0 +1,79 @@
+"""Study journeys an operator or a researcher takes, end to end through the simulator (the real
+server and site actors over in-memory links), each pinned by the defect it once had.
+
+The trainers below are importable by name (``tests.test_qa_study_journeys:Counted``), as a study's
+own trainer would be at its sites.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+
+from flrt.simulator import simulate
+from flrt.tasks import EvalResult, TrainResult, TrainTask, Weights
+from flrt.trainer import SiteContext
+
+HERE = "tests.test_qa_study_journeys"
+
+
+class Counted:
+    """Adds one to every weight and claims ``num_samples`` samples."""
+
+    def __init__(self, num_samples: int = 1) -> None:
+        self.num_samples = num_samples
+
+    def initial_weights(self) -> Weights:
+        return {"w": np.zeros(3)}
+
+    def train(self, task: TrainTask, context: SiteContext) -> TrainResult:
+        weights = {name: value + 1 for name, value in task.weights.items()}
+        return TrainResult(weights=weights, num_samples=self.num_samples, metrics={"loss": 1.0})
+
+    def evaluate(self, weights: Weights, context: SiteContext) -> EvalResult:
+        return EvalResult(metrics={"loss": 1.0}, num_samples=1)
+
+
+def job(tmp_path: Path, trainer: str, args: str = "", *, min_sites: int = 1) -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.toml").write_text(
+        f'name = "qa"\n[workflow]\nname = "fedavg"\nrounds = 2\nmin_sites = {min_sites}\n'
+        f'[trainer]\nspec = "{HERE}:{trainer}"\n[trainer.args]\n{args}\n'
+    )
+    return folder
+
+
+async def run(tmp_path: Path, folder: Path, sites: int = 2) -> Any:
+    with anyio.fail_after(60):
+        return await simulate(folder, sites=sites, workspace=tmp_path / "ws")
+
+
+# ----------------------------------------------------------------------------- what trainers return
+
+
+@pytest.mark.anyio
+async def test_a_sample_count_too_large_to_send_fails_the_task_not_the_site(
+    tmp_path: Path,
+) -> None:
+    """A count past what a message can carry used to crash the site's node (an OverflowError
+    from the encoder, after the task was done); now the trainer's answer is refused at the site,
+    naming the trainer, and the round sees a failed answer."""
+    result = await run(tmp_path, job(tmp_path, "Counted", f"num_samples = {2**53}"))
+    assert result.status == "finished", result.reason  # the largest count a trainer may claim
+    result = await run(tmp_path / "huge", job(tmp_path / "huge", "HugeCount"))
+    assert result.status == "failed"
+    assert "TrainerOutputError" in result.reason
+    assert f"num_samples {2**70}" in result.reason
+    assert f"{HERE}:HugeCount" in result.reason
+
+
+class HugeCount(Counted):
+    """Claims more samples than a 64-bit count holds (TOML cannot say it, so it is built in)."""
+
+    def __init__(self) -> None:
+        super().__init__(num_samples=2**70)
