@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -196,7 +197,12 @@ def _check_metrics(value: object, method: str, spec: str | None) -> Metrics:
                 method=method,
                 spec=spec,
             )
-        metrics[name] = float(number)
+        value = float(number)
+        if not math.isfinite(value):  # the server would refuse the whole reply for it
+            raise TrainerOutputError(
+                f"returned metric {name!r} = {value}, not a finite number", method=method, spec=spec
+            )
+        metrics[name] = value
     return metrics
 
 
@@ -224,9 +230,10 @@ class CheckedTrainer:
     """A trainer whose answers are checked before anybody else sees them.
 
     Every method raises :class:`~flrt.errors.TrainerOutputError` when the wrapped trainer returns the
-    wrong type, a model whose names, dtypes or shapes differ from the task's, or NaN/infinite values.
-    Metrics are returned as plain ``float`` and counts as plain ``int``. Exceptions the trainer raises
-    itself propagate unchanged.
+    wrong type, a model whose names, dtypes or shapes differ from the task's, NaN or infinite values
+    in the weights or the metrics, or a count past :data:`MAX_NUM_SAMPLES`. Metrics are returned as
+    plain ``float`` and counts as plain ``int``. Exceptions the trainer raises itself propagate
+    unchanged.
     """
 
     __slots__ = ("inner", "spec")

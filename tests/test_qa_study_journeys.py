@@ -77,3 +77,24 @@ class HugeCount(Counted):
 
     def __init__(self) -> None:
         super().__init__(num_samples=2**70)
+
+
+class InfiniteLoss(Counted):
+    """Trains well but reports a loss that overflowed."""
+
+    def train(self, task: TrainTask, context: SiteContext) -> TrainResult:
+        result = super().train(task, context)
+        return TrainResult(weights=result.weights, num_samples=1, metrics={"loss": float("inf")})
+
+
+@pytest.mark.anyio
+async def test_a_metric_that_is_not_finite_is_refused_at_the_site_naming_the_trainer(
+    tmp_path: Path,
+) -> None:
+    """It used to leave the site as if all was well, and the server dropped the whole reply as a
+    'malformed result': nothing in the site's log, nothing naming the trainer."""
+    result = await run(tmp_path, job(tmp_path, "InfiniteLoss"))
+    assert result.status == "failed"
+    assert "malformed" not in result.reason
+    assert f"trainer {HERE}:InfiniteLoss: train() returned metric 'loss' = inf" in result.reason
+    assert "error id" in result.reason  # the site's log has the details
