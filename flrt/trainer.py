@@ -143,6 +143,10 @@ class InitialWeights(Protocol):
 
 # --------------------------------------------------------------------------------------- checking
 
+#: The kinds of numpy dtype a global model may hold: what the aggregators add up and model files
+#: store (a site's update is checked against the model, so this is checked once, in round 0).
+_GLOBAL_KINDS = frozenset("biuf")
+
 
 def _check_weights(value: object, what: str, method: str, spec: str | None) -> Weights:
     if not isinstance(value, dict):
@@ -305,11 +309,36 @@ class CheckedTrainer:
         """Round 0's model from the trainer's hook.
 
         Raises :class:`~flrt.errors.TrainerLoadError` if the trainer has no such hook, and
-        :class:`~flrt.errors.TrainerOutputError` if it returns something other than a model.
+        :class:`~flrt.errors.TrainerOutputError` if it returns something other than a model the
+        server can aggregate and keep: no arrays, an array without a name (or named
+        ``__metadata__``), or complex numbers. Arrays are returned in this machine's byte order.
         """
         if not isinstance(self.inner, InitialWeights):
             raise TrainerLoadError("has no initial_weights() method", spec=self.spec)
-        return _check_weights(self.inner.initial_weights(), "weights", "initial_weights", self.spec)
+        method, spec = "initial_weights", self.spec
+        weights = _check_weights(self.inner.initial_weights(), "weights", method, spec)
+        if not weights:
+            raise TrainerOutputError(
+                "returned an empty model (no arrays)", method=method, spec=spec
+            )
+        model: Weights = {}
+        for name, array in weights.items():
+            if not name or name == "__metadata__":
+                raise TrainerOutputError(
+                    f"returned an array named {name!r}, which a model file cannot hold",
+                    method=method,
+                    spec=spec,
+                )
+            if array.dtype.kind not in _GLOBAL_KINDS:
+                raise TrainerOutputError(
+                    f"returned weights {name!r} of dtype {array.dtype.name}, which a global model"
+                    " cannot hold (booleans, integers and floats)",
+                    method=method,
+                    spec=spec,
+                )
+            # The same numbers in this machine's byte order (arrays read from some files are not).
+            model[name] = array.astype(array.dtype.newbyteorder("="), copy=False)
+        return model
 
 
 # --------------------------------------------------------------------------------------- loading

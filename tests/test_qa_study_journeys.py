@@ -98,3 +98,56 @@ async def test_a_metric_that_is_not_finite_is_refused_at_the_site_naming_the_tra
     assert "malformed" not in result.reason
     assert f"trainer {HERE}:InfiniteLoss: train() returned metric 'loss' = inf" in result.reason
     assert "error id" in result.reason  # the site's log has the details
+
+
+class Initial(Counted):
+    """Round 0's model is one of :data:`INITIAL_MODELS`."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.model = model
+
+    def initial_weights(self) -> Weights:
+        return dict(INITIAL_MODELS[self.model])
+
+
+INITIAL_MODELS: dict[str, Weights] = {
+    "empty": {},
+    "unnamed": {"": np.zeros(2)},
+    "metadata": {"__metadata__": np.zeros(2)},
+    "complex": {"w": np.zeros(2, np.complex64)},
+    "big-endian": {"w": np.arange(3, dtype=">f8")},
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("empty", "initial_weights() returned an empty model"),
+        ("unnamed", "initial_weights() returned an array named '', which a model file cannot"),
+        ("metadata", "returned an array named '__metadata__', which a model file cannot"),
+        ("complex", "returned weights 'w' of dtype complex64, which a global model cannot hold"),
+    ],
+)
+@pytest.mark.anyio
+async def test_a_round_0_model_the_server_cannot_keep_fails_naming_the_trainer(
+    tmp_path: Path, model: str, reason: str
+) -> None:
+    """An empty model used to train for every round and 'finish'; a nameless array failed the
+    job with a checkpoint's error naming neither the trainer nor the array; a complex one failed
+    it with an 'internal error' from the aggregator."""
+    result = await run(tmp_path, job(tmp_path, "Initial", f'model = "{model}"'))
+    assert result.status == "failed"
+    assert result.reason.startswith(f"trainer {HERE}:Initial: "), result.reason
+    assert reason in result.reason
+    assert not result.rounds
+
+
+@pytest.mark.anyio
+async def test_a_round_0_model_in_big_endian_byte_order_trains(tmp_path: Path) -> None:
+    """numpy arrays read from some files are big-endian: the aggregator failed on them with an
+    'internal error' about ufunc signatures. The model is the same numbers in either order."""
+    result = await run(tmp_path, job(tmp_path, "Initial", 'model = "big-endian"'))
+    assert result.status == "finished", result.reason
+    assert result.weights["w"].dtype == np.float64
+    np.testing.assert_array_equal(result.weights["w"], [2.0, 3.0, 4.0])
