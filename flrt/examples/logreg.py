@@ -156,7 +156,7 @@ class LogisticRegressionTrainer:
         c_local: Weights | None = None
         if c is not None:
             check_compatible({name: task.weights[name] for name in c if name in task.weights}, c)
-            c_local = load_control_variate(context.scratch, c) or {
+            c_local = load_control_variate(context.scratch, c, round=task.round) or {
                 name: np.zeros_like(value, dtype=np.float64) for name, value in c.items()
             }
             correction = {name: c[name] - c_local[name] for name in c}
@@ -181,7 +181,9 @@ class LogisticRegressionTrainer:
         extras: dict[str, Weights] = {}
         if c is not None and c_local is not None:
             delta = {name: (start[name] - w[name]) / (steps * lr) - c[name] for name in c}
-            save_control_variate(context.scratch, {n: c_local[n] + delta[n] for n in c})
+            save_control_variate(
+                context.scratch, {n: c_local[n] + delta[n] for n in c}, round=task.round
+            )
             extras["scaffold_delta"] = _like(delta, c)
         return TrainResult(
             weights=_like(w, task.weights),

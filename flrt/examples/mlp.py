@@ -135,7 +135,7 @@ class MLPTrainer:
         prox = FedProxTerm(task.weights, mu) if mu > 0 else None
         c = task.extras.get("scaffold_c")
         scaffold = (
-            ScaffoldCorrection(c, load_control_variate(context.scratch, c))
+            ScaffoldCorrection(c, load_control_variate(context.scratch, c, round=task.round))
             if c is not None
             else None
         )
@@ -164,7 +164,7 @@ class MLPTrainer:
                 task.weights, network, steps=steps, learning_rate=lr
             )
             assert scaffold.c_local_new is not None
-            save_control_variate(context.scratch, scaffold.c_local_new)
+            save_control_variate(context.scratch, scaffold.c_local_new, round=task.round)
         with torch.no_grad():
             train_loss = float(loss_function(network(x), y))
         trained = state_dict_to_weights(network)
