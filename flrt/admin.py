@@ -61,6 +61,7 @@ from flrt._durable import atomic_write, fsync_directory
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
 from flrt.errors import AdminError, ConfigError, JobError
+from flrt.job import MAX_JOB_FILE_BYTES, too_large
 from flrt.model import save_weights
 from security.errors import KitError
 from security.kit import Kit, load_kit
@@ -530,12 +531,19 @@ def read_job(job: Path | str) -> tuple[Path, str]:
     text.
 
     Raises :class:`~flrt.errors.JobError` naming the path when there is no such folder or file,
-    the folder has no ``job.toml``, or the file cannot be read as UTF-8 text.
+    the folder has no ``job.toml``, the file is larger than a job file may be
+    (:data:`~flrt.job.MAX_JOB_FILE_BYTES`: it is not read, nor sent), or it cannot be read as
+    UTF-8 text.
     """
     given = Path(job)
     path = given / "job.toml" if given.is_dir() else given
     try:
-        return path, path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_JOB_FILE_BYTES + 1)
+            if len(data) > MAX_JOB_FILE_BYTES:
+                raise too_large(os.fstat(file.fileno()).st_size, path=path)
+        # As a text file reads: any line ending as "\n".
+        return path, data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except FileNotFoundError:
         reason = "the folder has no job.toml" if path != given else "no such job folder or file"
         raise JobError(reason, path=given) from None

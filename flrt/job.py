@@ -57,6 +57,7 @@ from flrt.filters import FilterSpec, parse_filter_spec
 
 __all__ = [
     "JOB_TRANSITIONS",
+    "MAX_JOB_FILE_BYTES",
     "MAX_LOCAL_EPOCHS",
     "MAX_LOCAL_STEPS",
     "MAX_MEMORY_BUDGET_MB",
@@ -108,6 +109,8 @@ MAX_LOCAL_STEPS: Final = 100_000_000
 MAX_SECONDS: Final = 30 * 24 * 3600.0
 #: The largest ``memory_budget_mb``: 1 TiB.
 MAX_MEMORY_BUDGET_MB: Final = 1024.0 * 1024.0
+#: The largest ``job.toml``, in bytes (1 MiB): a job names its data, it does not carry it.
+MAX_JOB_FILE_BYTES: Final = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------- per-workflow params
@@ -593,12 +596,24 @@ def parse_job(data: Mapping[str, Any], *, path: Path | str | None = None) -> Job
 
 
 def loads_job(text: str, *, path: Path | str | None = None) -> JobSpec:
-    """Parse and validate ``job.toml`` text. Raises :class:`~flrt.errors.JobError`."""
+    """Parse and validate ``job.toml`` text. Raises :class:`~flrt.errors.JobError` (also for a text
+    of more than :data:`MAX_JOB_FILE_BYTES`)."""
+    if len(text) > MAX_JOB_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_JOB_FILE_BYTES:
+        raise too_large(len(text.encode("utf-8", "replace")), path=path)
     try:
         data = tomllib.loads(text.removeprefix("\ufeff"))  # the byte-order mark some editors add
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"not valid TOML: {exc}", path=path) from None
     return parse_job(data, path=path)
+
+
+def too_large(size: int, *, path: Path | str | None = None) -> JobError:
+    """The error for a job file of ``size`` bytes, past :data:`MAX_JOB_FILE_BYTES`."""
+    return JobError(
+        f"is {size:,} bytes, more than a job file may be ({MAX_JOB_FILE_BYTES:,} bytes):"
+        " a job names its data (a data_key the sites map to files), it does not carry it",
+        path=path,
+    )
 
 
 def load_job(path: str | os.PathLike[str]) -> JobSpec:

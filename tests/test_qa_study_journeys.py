@@ -183,3 +183,52 @@ def test_a_scaffold_round_trained_again_gives_the_same_answer(tmp_path: Path) ->
                 answers[r].extras["scaffold_delta"][name],
             )
     assert len(list(tmp_path.glob("scaffold_c_local-*.safetensors"))) == 3
+
+
+# ----------------------------------------------------------------------------- job files
+
+
+def big_job(tmp_path: Path, padding: int) -> Path:
+    """A valid job whose job.toml carries ``padding`` bytes of comments."""
+    folder = job(tmp_path, "Counted")
+    text = (folder / "job.toml").read_text()
+    (folder / "job.toml").write_text(text + ("#" + "x" * 98 + "\n") * (padding // 100))
+    return folder
+
+
+def test_a_job_file_past_its_bound_is_refused_by_the_client_naming_file_and_bound(
+    tmp_path: Path,
+) -> None:
+    """A job file of a few MiB used to go to the server and fail as 'message body of 60121456
+    bytes exceeds the frame limit; send an object' (and one of 1 to 4 MiB as 'job_toml must be
+    the text of a job.toml'): neither names the file or says what is wrong with it."""
+    from flrt.admin import read_job
+    from flrt.errors import JobError
+    from flrt.job import MAX_JOB_FILE_BYTES
+
+    folder = big_job(tmp_path, 3 * MAX_JOB_FILE_BYTES)
+    size = (folder / "job.toml").stat().st_size
+    with pytest.raises(JobError) as refused:
+        read_job(folder)
+    assert str(refused.value) == (
+        f"{folder / 'job.toml'}: is {size:,} bytes, more than a job file may be"
+        f" ({MAX_JOB_FILE_BYTES:,} bytes): a job names its data (a data_key the sites map to"
+        " files), it does not carry it"
+    )
+    _, text = read_job(big_job(tmp_path / "fits", MAX_JOB_FILE_BYTES - 1000))
+    assert len(text) <= MAX_JOB_FILE_BYTES
+
+
+@pytest.mark.anyio
+async def test_a_job_file_past_its_bound_is_refused_by_the_server_naming_file_and_bound(
+    tmp_path: Path,
+) -> None:
+    from flrt.errors import AdminError
+    from flrt.job import MAX_JOB_FILE_BYTES
+
+    folder = big_job(tmp_path, 2 * MAX_JOB_FILE_BYTES)
+    with pytest.raises(AdminError) as refused:
+        await run(tmp_path, folder)
+    assert refused.value.code == "invalid_job"
+    assert f"{folder / 'job.toml'}: is " in refused.value.reason
+    assert f"more than a job file may be ({MAX_JOB_FILE_BYTES:,} bytes)" in refused.value.reason
