@@ -7,6 +7,7 @@ own trainer would be at its sites.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +39,14 @@ class Counted:
         return EvalResult(metrics={"loss": 1.0}, num_samples=1)
 
 
-def job(tmp_path: Path, trainer: str, args: str = "", *, min_sites: int = 1) -> Path:
+def job(
+    tmp_path: Path, trainer: str, args: str = "", *, min_sites: int = 1, params: str = ""
+) -> Path:
     folder = tmp_path / "job"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "job.toml").write_text(
         f'name = "qa"\n[workflow]\nname = "fedavg"\nrounds = 2\nmin_sites = {min_sites}\n'
+        f"[workflow.params]\n{params}\n"
         f'[trainer]\nspec = "{HERE}:{trainer}"\n[trainer.args]\n{args}\n'
     )
     return folder
@@ -232,3 +236,59 @@ async def test_a_job_file_past_its_bound_is_refused_by_the_server_naming_file_an
     assert refused.value.code == "invalid_job"
     assert f"{folder / 'job.toml'}: is " in refused.value.reason
     assert f"more than a job file may be ({MAX_JOB_FILE_BYTES:,} bytes)" in refused.value.reason
+
+
+# ----------------------------------------------------------------------------- sites' histories
+
+
+class EvaluationFailsAtSite2(Counted):
+    """site-2 cannot evaluate; site-1 evaluates until the site gives up on the task."""
+
+    def evaluate(self, weights: Weights, context: SiteContext) -> EvalResult:
+        if context.site == "site-2":
+            raise ValueError("no validation data here")
+        deadline = time.monotonic() + 30  # as a long evaluation polls its context
+        while not context.abort() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        context.raise_if_aborted()
+        return super().evaluate(weights, context)
+
+
+def test_a_site_still_working_when_the_others_fail_the_round_is_not_counted_late() -> None:
+    from flrt.workflows.quorum import QuorumRound, SiteOutcome
+    from flrt.workflows.sampling import SiteHistory
+
+    q = QuorumRound(1, ["a", "b", "c"], min_sites=3, now=0)
+    q.site_failed("c", "boom", now=1)
+    assert q.reason is not None
+    assert q.reason.startswith("quorum unreachable")
+    assert q.outcomes() == {
+        "a": SiteOutcome.CANCELLED,
+        "b": SiteOutcome.CANCELLED,
+        "c": SiteOutcome.FAILED,
+    }
+    assert SiteHistory(on_time=2).record(SiteOutcome.CANCELLED) == SiteHistory(on_time=2)
+    slow = QuorumRound(1, ["a", "b"], min_sites=2, round_timeout=5.0, now=0)
+    slow.result_received("a", 1, now=1)
+    slow.handle_timer(now=5)  # b was too slow: late
+    assert slow.outcomes() == {"a": SiteOutcome.ON_TIME, "b": SiteOutcome.LATE}
+
+
+@pytest.mark.anyio
+async def test_a_good_site_keeps_a_clean_history_when_another_fails_every_evaluation(
+    tmp_path: Path,
+) -> None:
+    """An evaluation needs every site (min_sites = 2 here); site-2 fails it at once. site-1, still
+    evaluating, used to be counted 'late' each time (what 'status' shows, and what 'reliable'
+    sampling avoids), and its cross-site cells said 'late: cancelled after the grace period'."""
+    import json
+
+    params = "evaluate_every = 1\ncross_site_eval = true"
+    folder = job(tmp_path, "EvaluationFailsAtSite2", min_sites=2, params=params)
+    result = await run(tmp_path, folder)
+    assert result.status == "finished", result.reason
+    registry = json.loads((tmp_path / "ws" / "server" / "registry.json").read_text())
+    assert registry["sites"]["site-1"]["history"] == {"on_time": 3, "late": 0, "failed": 0}
+    missing = {(site, model): why for site, model, why in result.cross_site["missing"]}
+    assert missing[("site-1", "global")].startswith("cancelled: quorum unreachable")
+    assert missing[("site-2", "global")].startswith("failed: ValueError: no validation data")

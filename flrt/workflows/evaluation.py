@@ -26,6 +26,7 @@ from flrt.errors import UpdateError
 from flrt.tasks import EvalResult, EvalTask, Metrics, TrainResult, TrainTask, UpdateKind, Weights
 
 from .controller import Controller, CrossSiteEvaluated, MetricsReported, ResultArrived
+from .quorum import SiteOutcome
 from .rounds import PURPOSE_EVALUATE, RoundOutcome, RoundPolicy, run_round
 from .sampling import SiteHistory
 from .state import CrossSiteResults
@@ -207,6 +208,9 @@ async def cross_site_eval(
                 missing[(site, model)] = f"failed: {reason}"
             for site in outcome.cancelled:
                 missing[(site, model)] = "late: cancelled after the grace period"
+            for site, how in outcome.outcomes.items():
+                if how is SiteOutcome.CANCELLED:
+                    missing[(site, model)] = f"cancelled: {outcome.reason}"
             results.update({(site, model): r for site, r in got.items()})
             evaluators |= set(outcome.outcomes)
         cross = CrossSiteResults(

@@ -98,6 +98,9 @@ class SiteOutcome(enum.Enum):
     ON_TIME = "on_time"
     LATE = "late"
     FAILED = "failed"
+    #: Still working when the round gave up because the others failed: neither on time nor late
+    #: (a site's history does not count it).
+    CANCELLED = "cancelled"
 
 
 class _Site(enum.Enum):
@@ -105,6 +108,7 @@ class _Site(enum.Enum):
     ANSWERED = "answered"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    ABANDONED = "abandoned"  # outstanding when the quorum became unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,12 +221,15 @@ class QuorumRound:
         return {s: self._failures[s] for s in self._with(_Site.FAILED)}
 
     def outcomes(self) -> dict[str, SiteOutcome]:
-        """Each asked site's outcome, once the round is over (cancelled stragglers were late)."""
+        """Each asked site's outcome, once the round is over: stragglers cancelled after the grace
+        period or at the round's timeout were late; sites still working when the others' failures
+        made the quorum unreachable were cancelled, through no fault of theirs."""
         if not self.closed:
             raise QuorumError("the round is not over")
         kinds = {
             _Site.ANSWERED: SiteOutcome.ON_TIME,
             _Site.CANCELLED: SiteOutcome.LATE,
+            _Site.ABANDONED: SiteOutcome.CANCELLED,
             _Site.FAILED: SiteOutcome.FAILED,
         }
         return {site: kinds[status] for site, status in sorted(self._sites.items())}
@@ -374,7 +381,8 @@ class QuorumRound:
             self._fail(
                 f"quorum unreachable: {answered} answered and {outstanding} outstanding of the "
                 f"{self.min_sites} sites needed, out of {len(self._sites)} asked"
-                f"{self._failure_note()}"
+                f"{self._failure_note()}",
+                outstanding_as=_Site.ABANDONED,
             )
             return
         self._goto(RoundState.WAITING)
@@ -382,10 +390,10 @@ class QuorumRound:
             self._needed = missing
             self._decisions.append(SitesNeeded(missing))
 
-    def _cancel_outstanding(self) -> tuple[str, ...]:
+    def _cancel_outstanding(self, status: _Site = _Site.CANCELLED) -> tuple[str, ...]:
         cancelled = self.outstanding
         for site in cancelled:
-            self._sites[site] = _Site.CANCELLED
+            self._sites[site] = status
         return cancelled
 
     def _close(self) -> None:
@@ -393,8 +401,8 @@ class QuorumRound:
         cancelled = self._cancel_outstanding()
         self._decisions.append(RoundClosed(self.accepted, cancelled, tuple(self.failed)))
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, outstanding_as: _Site = _Site.CANCELLED) -> None:
         self._goto(RoundState.FAILED)
         self.reason = reason
-        cancelled = self._cancel_outstanding()
+        cancelled = self._cancel_outstanding(outstanding_as)
         self._decisions.append(RoundFailed(reason, self.accepted, cancelled, tuple(self.failed)))

@@ -42,11 +42,14 @@ class SiteHistory:
         return (self.on_time + 1) / (self.asked + 2)
 
     def record(self, outcome: SiteOutcome) -> SiteHistory:
-        """This history with one more round's outcome."""
+        """This history with one more round's outcome (a round that gave up on the site because
+        the others failed, :attr:`SiteOutcome.CANCELLED`, says nothing about it)."""
         if outcome is SiteOutcome.ON_TIME:
             return replace(self, on_time=self.on_time + 1)
         if outcome is SiteOutcome.LATE:
             return replace(self, late=self.late + 1)
+        if outcome is SiteOutcome.CANCELLED:
+            return self
         return replace(self, failed=self.failed + 1)
 
     def to_dict(self) -> dict[str, int]:
