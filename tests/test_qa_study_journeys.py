@@ -292,3 +292,21 @@ async def test_a_good_site_keeps_a_clean_history_when_another_fails_every_evalua
     missing = {(site, model): why for site, model, why in result.cross_site["missing"]}
     assert missing[("site-1", "global")].startswith("cancelled: quorum unreachable")
     assert missing[("site-2", "global")].startswith("failed: ValueError: no validation data")
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+@pytest.mark.anyio
+async def test_a_round_whose_sites_all_report_zero_samples_names_the_round_and_the_sites(
+    tmp_path: Path,
+) -> None:
+    """It used to fail the job with 'the committed updates have a total weight of zero': no round,
+    no site, nothing about num_samples."""
+    result = await run(tmp_path, job(tmp_path, "Counted", "num_samples = 0", min_sites=2))
+    assert result.status == "failed"
+    assert result.reason == (
+        "round 1 failed: the committed updates have a total weight of zero: every site that"
+        " answered (site-1, site-2) reported num_samples = 0, and weighted_mean weighs updates"
+        " by their samples"
+    )

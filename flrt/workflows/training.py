@@ -49,7 +49,7 @@ from flrt.aggregation import (
     prefault,
     scaffold_server_step,
 )
-from flrt.errors import UpdateError, WorkflowError
+from flrt.errors import AggregationError, RoundFailedError, UpdateError, WorkflowError
 from flrt.job import FedAvgParams, FedOptParams, FedProxParams, JobSpec, ScaffoldParams
 from flrt.model import all_finite
 from flrt.tasks import Metrics, TrainResult, TrainTask, UpdateKind, Weights
@@ -288,6 +288,20 @@ _STRATEGIES: dict[str, type[_Strategy]] = {
 TRAINING_WORKFLOWS = frozenset(_STRATEGIES)
 
 
+def _why_not_aggregated(
+    error: AggregationError, strategy: _Strategy, trained: Mapping[str, tuple[Metrics, int]]
+) -> str:
+    """Why a round's updates could not be aggregated, with what the sites said if it explains it."""
+    if trained and not any(n for _, n in trained.values()):
+        params = strategy.params
+        weighing = params.aggregator if isinstance(params, FedAvgParams) else strategy.name
+        return (
+            f"{error.reason}: every site that answered ({', '.join(sorted(trained))}) reported"
+            f" num_samples = 0, and {weighing} weighs updates by their samples"
+        )
+    return error.reason
+
+
 def _record(
     history: Mapping[str, SiteHistory], outcomes: Mapping[str, SiteOutcome]
 ) -> dict[str, SiteHistory]:
@@ -406,7 +420,10 @@ async def train(
                     failure = exc
             if failure is not None:
                 raise failure
-            weights, arrays = await _server_step(strategy, state, aggregator, outcome)
+            try:
+                weights, arrays = await _server_step(strategy, state, aggregator, outcome)
+            except AggregationError as exc:
+                raise RoundFailedError(r, _why_not_aggregated(exc, strategy, trained)) from exc
             for site in sorted(trained):
                 metrics, n = trained[site]
                 controller.report(MetricsReported(r, "train", site, metrics, n))
