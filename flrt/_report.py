@@ -25,8 +25,15 @@ def _when(stamp: Any) -> str:
     return dt.datetime.fromtimestamp(stamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+#: From this magnitude on, a number is shown in scientific notation: a diverging model's loss of
+#: 1e300 in fixed notation is a line of three hundred digits.
+_FIXED_BELOW = 1e9
+
+
 def _number(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+    if not isinstance(value, int | float):
+        return "-"
+    return f"{value:.4f}" if abs(value) < _FIXED_BELOW else f"{value:.4g}"
 
 
 def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> str:

@@ -310,3 +310,27 @@ async def test_a_round_whose_sites_all_report_zero_samples_names_the_round_and_t
         " answered (site-1, site-2) reported num_samples = 0, and weighted_mean weighs updates"
         " by their samples"
     )
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def test_a_huge_metric_fits_its_table_cell() -> None:
+    """A diverging model's loss of 5e307 used to print as a 300-digit number, which pushed every
+    column after it off the screen."""
+    from flrt._report import cross_site_table, rounds_table
+
+    losses = (5.28e307, -(2.0**70), 0.25)
+    rounds = rounds_table(
+        {"round": r, "accepted": ["a"], "seconds": 0.5, "train": {"loss": loss}}
+        for r, loss in enumerate(losses, start=1)
+    )
+    assert rounds.splitlines()[2].split() == ["1", "1", "-", "0.5000", "5.28e+307"]
+    assert rounds.splitlines()[3].split() == ["2", "1", "-", "0.5000", "-1.181e+21"]
+    assert rounds.splitlines()[4].split() == ["3", "1", "-", "0.5000", "0.2500"]
+    cross = {
+        "models": ["global"],
+        "evaluators": ["a"],
+        "results": [["a", "global", {"x": 1e300}, 1]],
+    }
+    assert cross_site_table(cross, "x").splitlines()[2].split() == ["a", "1e+300"]
