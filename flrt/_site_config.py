@@ -118,12 +118,11 @@ def load_policy(path: Path) -> SitePolicy:
         key = f"result_filters[{i}]"
         if not isinstance(table, dict):
             raise ConfigError("must be a table", path=path, key=key)
-        table = dict(table)
-        if "kind" in table:
-            if "type" in table:
-                raise ConfigError("give kind or type, not both", path=path, key=f"{key}.kind")
-            table["type"] = table.pop("kind")
-        specs.append(parse_filter_spec(table, path=path, key=key))
+        if "kind" in table and "type" in table:
+            raise ConfigError("give kind or type, not both", path=path, key=f"{key}.kind")
+        # Errors name the key the file used: ``kind`` (the documented one) unless it said ``type``.
+        type_key = "type" if "type" in table else "kind"
+        specs.append(parse_filter_spec(table, path=path, key=key, type_key=type_key))
     return SitePolicy(tuple(specs), tuple(required))
 
 

@@ -118,21 +118,25 @@ def _join(prefix: str, key: str | None) -> str:
     return f"{prefix}{key}" if key.startswith("[") else f"{prefix}.{key}"
 
 
-def _build(table: Mapping[str, Any], path: Path | str | None, key: str) -> tuple[str, Filter]:
+def _build(
+    table: Mapping[str, Any], path: Path | str | None, key: str, type_key: str = "type"
+) -> tuple[str, Filter]:
     if not isinstance(table, Mapping):
         raise ConfigError(f"must be a table, got {type(table).__name__}", path=path, key=key)
-    kind = table.get("type")
+    kind = table.get(type_key)
     if kind is None:
-        raise ConfigError("is missing", path=path, key=f"{key}.type")
+        raise ConfigError("is missing", path=path, key=f"{key}.{type_key}")
     if not isinstance(kind, str):
-        raise ConfigError("must be a string", path=path, key=f"{key}.type")
+        raise ConfigError("must be a string", path=path, key=f"{key}.{type_key}")
     factory = FILTERS.get(kind)
     if factory is None:
         known = ", ".join(sorted(FILTERS)) or "none"
         raise ConfigError(
-            f"unknown filter type {kind!r} (known: {known})", path=path, key=f"{key}.type"
+            f"unknown filter {type_key} {kind!r} (known: {known})",
+            path=path,
+            key=f"{key}.{type_key}",
         )
-    args = {k: v for k, v in table.items() if k != "type"}
+    args = {k: v for k, v in table.items() if k != type_key}
     try:
         return kind, factory(args)
     except ConfigError as exc:
@@ -140,14 +144,20 @@ def _build(table: Mapping[str, Any], path: Path | str | None, key: str) -> tuple
 
 
 def parse_filter_spec(
-    table: Mapping[str, Any], *, path: Path | str | None = None, key: str = "filters"
+    table: Mapping[str, Any],
+    *,
+    path: Path | str | None = None,
+    key: str = "filters",
+    type_key: str = "type",
 ) -> FilterSpec:
     """Validate one filter's configuration (by building it once) and return it as a spec.
 
-    Raises :class:`~flrt.errors.ConfigError` naming ``path`` and the dotted key under ``key``.
+    ``type_key`` is the key that names the filter in ``table`` (``kind`` in a site's
+    ``privacy.toml``), so an error names the key the file used. Raises
+    :class:`~flrt.errors.ConfigError` naming ``path`` and the dotted key under ``key``.
     """
-    kind, _ = _build(table, path, key)
-    args = {k: copy.deepcopy(v) for k, v in table.items() if k != "type"}
+    kind, _ = _build(table, path, key, type_key)
+    args = {k: copy.deepcopy(v) for k, v in table.items() if k != type_key}
     return FilterSpec(kind, MappingProxyType(args))
 
 

@@ -46,7 +46,10 @@ def test_filters_by_kind_or_type(tmp_path: Path) -> None:
         ('format = 1\nrequired_job_filters = "dp"\n', "required_job_filters"),
         ('format = 1\nrequired_job_filters = ["magic"]\n', "required_job_filters[0]"),
         ("format = 1\nresult_filters = 3\n", "result_filters"),
-        ('format = 1\n[[result_filters]]\nkind = "magic"\n', "result_filters[0].type"),
+        ('format = 1\n[[result_filters]]\nkind = "magic"\n', "result_filters[0].kind"),
+        ('format = 1\n[[result_filters]]\nkind = 3\nnames = ["a"]\n', "result_filters[0].kind"),
+        ('format = 1\n[[result_filters]]\ntype = "magic"\n', "result_filters[0].type"),
+        ('format = 1\n[[result_filters]]\nnames = ["a"]\n', "result_filters[0].kind"),
         ('format = 1\n[[result_filters]]\nkind = "exclude_variables"\n', "result_filters[0].names"),
         (
             'format = 1\n[[result_filters]]\nkind = "exclude_variables"\ntype = "x"\n',
@@ -61,6 +64,14 @@ def test_a_wrong_policy_names_the_key(tmp_path: Path, text: str, key: str) -> No
         load_policy(path)
     assert caught.value.key == key
     assert caught.value.path == path
+
+
+def test_an_unknown_filter_kind_is_reported_as_a_kind(tmp_path: Path) -> None:
+    path = tmp_path / "privacy.toml"
+    path.write_text('format = 1\n[[result_filters]]\nkind = "differential_privacy"\n')
+    with pytest.raises(ConfigError, match="unknown filter kind 'differential_privacy'") as caught:
+        load_policy(path)
+    assert caught.value.key == "result_filters[0].kind"
 
 
 def test_data_locations(tmp_path: Path) -> None:
