@@ -238,6 +238,39 @@ async def test_a_job_file_past_its_bound_is_refused_by_the_server_naming_file_an
     assert f"more than a job file may be ({MAX_JOB_FILE_BYTES:,} bytes)" in refused.value.reason
 
 
+# ----------------------------------------------------------------------------- the README's study
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.anyio
+async def test_the_readmes_study_runs_the_logreg_example_on_the_demos_three_hospitals(
+    tmp_path: Path,
+) -> None:
+    """The README submits examples/logreg to the three hospitals of ``make demo``; the job split
+    the data in two, so hospital-c could not find its part and round 1 failed."""
+    from flrt.demo import SITES
+
+    with anyio.fail_after(60):
+        result = await simulate(EXAMPLES / "logreg", sites=list(SITES), workspace=tmp_path / "ws")
+    assert result.status == "finished", result.reason
+    assert result.rounds[-1]["accepted"] == sorted(SITES)
+    assert result.cross_site is not None
+    assert result.cross_site["evaluators"] == sorted(SITES)
+    assert result.cross_site["missing"] == []
+
+
+def test_the_readmes_simulate_command_names_as_many_sites_as_the_example_splits_the_data() -> None:
+    import re
+    import tomllib
+
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    job = tomllib.loads((EXAMPLES / "logreg" / "job.toml").read_text(encoding="utf-8"))
+    sites = re.search(r"flrt simulate examples/logreg --sites (\d+)", readme)
+    assert sites is not None
+    assert int(sites.group(1)) == job["trainer"]["args"]["num_sites"]
+
+
 # ----------------------------------------------------------------------------- sites' histories
 
 

@@ -519,7 +519,7 @@ async def test_the_site_sides_logreg_example_matches_centralised_gradient_descen
     run by our FedAvg, gives what gradient descent on the pooled data gives."""
     spec = load_job(LOGREG_JOB)
     spec = replace(spec, workflow=replace(spec.workflow, rounds=5, params=FedAvgParams()))
-    names = ["site-1", "site-2"]
+    names = [f"site-{i}" for i in range(1, spec.trainer.args["num_sites"] + 1)]
     trainers = {n: load_trainer(spec.trainer.spec, spec.trainer.args) for n in names}
     ctl = LocalController(
         {
