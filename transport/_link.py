@@ -119,6 +119,10 @@ class Link:
         self._writer_sleep: anyio.CancelScope | None = None
         self.closed = False
         self.close_error: TransportError | None = None
+        #: The reason the peer gave when it closed the session in order (a CLOSE frame).
+        self.closed_by_peer: str | None = None
+        #: The error that ended the link reaches the application as an exception (see kill).
+        self.error_raised = False
         self.last_error: TransportError | None = None
         self.connections = 0
         #: The most object bytes ever held here that the application had not consumed yet.
@@ -344,9 +348,11 @@ class Link:
                             failed.fail(error)
                     case ConnectionFailed(error=error):
                         self._connection_failed(error, scope)
-                    case SessionEnded(error=error):
+                    case SessionEnded(reason=reason, error=error):
                         # The writer flushes what the session still has to say (a REFUSE or
                         # CLOSE frame), then ends the connection.
+                        if error is None:
+                            self.closed_by_peer = reason  # our own close() ends the link itself
                         self._end(error)
                         self._wake()
         if session.wants_write:
@@ -388,14 +394,24 @@ class Link:
         self._end(None)
         self._wake()  # the writer flushes the CLOSE frame, then ends the connection
 
+    async def wait_disconnected(self) -> None:
+        """Wait until this link has no connection (after :meth:`close`: its CLOSE frame is out)."""
+        while True:
+            changed = self.state_event()
+            if self._connection_scope is None:
+                return
+            await changed.wait()
+
     async def drop_connection(self) -> None:
         """End the current connection (if any) and wait until it is gone; the session stays."""
         while self._connection_scope is not None:
             self._connection_scope.cancel()
             await self.wait_changed()
 
-    def kill(self, error: TransportError) -> None:
-        """End the link at once (used when the peer is replaced or the node stops)."""
+    def kill(self, error: TransportError, *, raised: bool = False) -> None:
+        """End the link at once (used when the peer is replaced or the node stops). ``raised``:
+        the caller raises ``error`` itself, so the node need not log it."""
+        self.error_raised = raised
         self._end(error)
         if self._connection_scope is not None:
             self._connection_scope.cancel()

@@ -78,6 +78,9 @@ __all__ = [
 
 log = structlog.get_logger("transport")
 
+#: Seconds a stopping node waits for its CLOSE frames to reach connected peers.
+CLOSE_GRACE = 1.0
+
 #: Arrays to send: a dict, or an :class:`OutgoingObject` prepared once to send to many peers (its
 #: digest is then computed once for all of them).
 Arrays = Mapping[str, npt.NDArray[Any]] | OutgoingObject
@@ -245,8 +248,15 @@ class Node:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
-        for link in list(self._links.values()):
+        links = list(self._links.values())
+        for link in links:
             link.close("node stopping")
+        # Let each connected peer hear the CLOSE, so that it knows the session is over instead of
+        # trying to resume it; a peer that does not read is cut off after CLOSE_GRACE.
+        with anyio.CancelScope(shield=True) as grace:
+            grace.deadline = anyio.current_time() + CLOSE_GRACE
+            for link in links:
+                await link.wait_disconnected()
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
@@ -510,8 +520,13 @@ class Node:
 
     def _on_link_closed(self, link: Link, error: TransportError | None) -> None:
         if error is not None:
-            log.warning("link.failed", node=self.name, peer=link.peer, reason=str(error))
+            if not link.error_raised:  # the caller of connect() reports its own failure
+                log.warning("link.failed", node=self.name, peer=link.peer, reason=str(error))
             self._record(self.link_errors, f"{link.peer}: {error}")
+        elif link.closed_by_peer is not None:
+            log.info(
+                "link.closed_by_peer", node=self.name, peer=link.peer, reason=link.closed_by_peer
+            )
         for pending in self._pending.values():
             if pending.link is link:
                 pending.put(
@@ -804,13 +819,16 @@ class Node:
             with anyio.fail_after(timeout):
                 await self._dial_once(link, host, port, context, server_hostname, first=True)
         except TimeoutError:
-            link.kill(HandshakeError("session not opened in time", kind=HandshakeFailure.TRANSIENT))
+            link.kill(
+                HandshakeError("session not opened in time", kind=HandshakeFailure.TRANSIENT),
+                raised=True,
+            )
             raise HandshakeError(
                 f"no session with {host}:{port} within {timeout:g} s",
                 kind=HandshakeFailure.TRANSIENT,
             ) from None
         except TransportError as exc:
-            link.kill(exc)
+            link.kill(exc, raised=True)
             raise
         self.task_group.start_soon(
             self._keep_connected, link, host, port, context, server_hostname, backoff
@@ -846,7 +864,7 @@ class Node:
         try:
             await self._open_session(link, stream)
         except TransportError as exc:
-            link.kill(exc)
+            link.kill(exc, raised=True)
             raise
         return link
 

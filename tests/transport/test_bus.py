@@ -8,14 +8,16 @@ import anyio
 import numpy as np
 import numpy.typing as npt
 import pytest
+from structlog.testing import capture_logs
 
-from tests.transport.conftest import Pki, server_and_site
+from tests.transport.conftest import FAST, Pki, name_from_certificate, server_and_site
 from transport.bus import Message, Node, Reply
 from transport.errors import (
     AskTimeoutError,
     ConnectionClosedError,
     LocalProtocolError,
     RemoteActorError,
+    TransportError,
     UnknownActorError,
 )
 from transport.protocol.session import SessionConfig
@@ -234,3 +236,35 @@ async def test_pending_ask_fails_when_link_closes(pki: Pki) -> None:
                 tg.start_soon(close_soon)
                 with pytest.raises(ConnectionClosedError):
                     await site.ask("server/stuck", None, timeout=8)
+
+
+async def test_a_stopping_node_tells_its_peers_the_session_is_over(pki: Pki) -> None:
+    """Its peers hear a CLOSE with the reason, instead of finding a broken connection and trying
+    to resume a session that is gone."""
+    lost: list[tuple[str, TransportError | None]] = []
+    async with Node("site-1", config=FAST, on_peer_lost=lambda *a: lost.append(a)) as site:
+        async with Node("server", config=FAST) as server:
+            port = await server.serve(pki.server_context(), name_from_certificate)
+            await site.connect(
+                "127.0.0.1", port, pki.site_context(pki.site), server_hostname="localhost"
+            )
+            link = site.link("server")
+        with anyio.fail_after(5):
+            while not link.closed:
+                await link.wait_changed()
+        assert (link.closed_by_peer, link.close_error) == ("node stopping", None)
+        assert lost == [("server", None)]
+        assert site.link_errors == []
+
+
+async def test_a_failed_connect_is_raised_not_also_logged(pki: Pki) -> None:
+    """The caller of connect() reports the failure; the node does not warn about it as well."""
+    async with Node("server", config=FAST) as server:
+        port = await server.serve(pki.server_context(), name_from_certificate)
+    async with Node("site-1", config=FAST) as site:
+        with capture_logs() as logs, pytest.raises(TransportError):
+            await site.connect(
+                "127.0.0.1", port, pki.site_context(pki.site), server_hostname="localhost"
+            )
+    assert [entry for entry in logs if entry["event"] == "link.failed"] == []
+    assert len(site.link_errors) == 1  # still on record for status views
