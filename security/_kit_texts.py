@@ -158,21 +158,23 @@ custom_code = "none"
 def default_privacy(config: NodeConfig) -> bytes:
     return f"""# Privacy policy of site "{config.name}" of project "{config.project}".
 # Outside the kit's signature: edit it as your institution requires. The filters listed here are
-# applied to every result this site sends, whatever the job asks for.
+# applied first, to every task this site receives and every result it sends, whatever the job
+# asks for. A wrong key or an unknown filter kind stops the site at start, naming the key.
 format = 1
 
-# Refuse jobs that do not declare at least these filters themselves (names of filter kinds).
+# Refuse jobs that do not declare at least these filters themselves (filter kinds, for example
+# ["exclude_variables"]).
 required_job_filters = []
 
-# Filters this site always applies to its results, in order. Examples:
+# Filters this site always applies, in order. The one kind built today is "exclude_variables":
+# the variables it names (names: exact names; patterns: regular expressions that must match a
+# whole name) never leave this site, and the site keeps training its own values of them
+# (restore_local = false resets them to the global model's instead). Differential privacy and
+# homomorphic encryption filters are not built yet. Example:
 #
 # [[result_filters]]
 # kind = "exclude_variables"
 # names = ["classifier.bias"]
-#
-# [[result_filters]]
-# kind = "differential_privacy"
-# mechanism = "gaussian"
-# clip_norm = 1.0
-# noise_multiplier = 1.1
+# patterns = ["bn[0-9]+[.].*"]
+# restore_local = true
 """.encode()

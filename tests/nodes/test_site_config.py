@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from flrt._site_config import load_data_locations, load_policy
 from flrt.errors import ConfigError
+from flrt.filters import FILTERS
 from flrt.site import SiteNode
 from security.kit import load_kit
 
@@ -22,6 +24,23 @@ def test_the_provisioned_policy_is_read(kits: Path) -> None:
     assert policy.result_filters == ()
     assert policy.required_job_filters == ()
     assert load_kit(kits / "site-1").identity.name == "site-1"
+
+
+def test_the_provisioned_policys_examples_work_once_uncommented(kits: Path, tmp_path: Path) -> None:
+    """The template used to show a differential_privacy filter, which does not exist: a site IT
+    who uncommented it got a site that would not start."""
+    text = (kits / "site-1" / "local" / "privacy.toml").read_text(encoding="utf-8")
+    setting = re.compile(r"^# (\[\[result_filters\]\]|[a-z_]+ = .*)$")
+    lines = [line[2:] if setting.match(line) else line for line in text.splitlines()]
+    assert lines != text.splitlines()  # there is an example to uncomment
+    path = tmp_path / "privacy.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    policy = load_policy(path)
+    assert policy.result_filters
+    assert [f.type for f in policy.result_filters] == ["exclude_variables"]
+    assert len(policy.mandatory_filters()) == len(policy.result_filters)
+    mentioned = set(re.findall(r'"([a-z]+(?:_[a-z]+)+)"', text))
+    assert mentioned <= set(FILTERS), mentioned - set(FILTERS)
 
 
 def test_filters_by_kind_or_type(tmp_path: Path) -> None:
