@@ -72,11 +72,14 @@ def readme(config: NodeConfig, ca_fingerprint: str, description: str) -> bytes:
         )
         trust = ""
     local = (
-        "local/ holds this site's own policies (authorization.toml, privacy.toml). They are yours:\n"
-        "edit them as your institution requires. They are not part of the signature.\n"
+        "local/ holds this site's own configuration, outside the signature: privacy.toml (the\n"
+        "filters this site always applies; edit it as your institution requires), data.toml if\n"
+        "you add one (where the data is), and authorization.toml, which is not read yet (admins'\n"
+        "rights are fixed by their roles, see that file).\n"
         if role is not Role.SERVER and not role.is_admin
         else (
-            "local/ holds the server's own authorization policy; edit it as the project requires.\n"
+            "local/authorization.toml is not read yet: admins' rights are fixed by their roles\n"
+            "(see that file).\n"
             if role is Role.SERVER
             else ""
         )
@@ -104,54 +107,30 @@ keep it readable by the service account only (mode 0600) and never send it anywh
 
 
 def default_authorization(config: NodeConfig) -> bytes:
-    scope = (
-        "this site" if config.role is Role.SITE else "the whole project (enforced by the server)"
+    scope = "this site" if config.role is Role.SITE else "the whole project"
+    site_note = (
+        "# A site receives no admin commands: it runs the tasks the server sends it, through the\n"
+        "# filters of its own privacy.toml, and refuses jobs that lack its\n"
+        "# required_job_filters. What leaves this site is set there, not here.\n#\n"
+        if config.role is Role.SITE
+        else ""
     )
     return f"""# Authorization policy for {scope}: "{config.name}" of project "{config.project}".
-# Outside the kit's signature: edit it as your institution requires. A site enforces its own
-# policy again for every command it receives, whatever the server allowed.
 #
-# For each admin role, a right is granted under a condition:
-#   "any"      always
-#   "own_org"  only if the admin belongs to the node's organisation
-#   "own_job"  only for jobs the admin submitted
-#   "none"     never
-# Rights: submit (a job), manage (abort, delete jobs), view (status, logs, metrics),
-#         operate (start, stop, restart nodes), download (models and results),
-#         custom_code (jobs that bring their own trainer code).
-format = 1
-
-[roles.project_admin]
-submit = "any"
-manage = "any"
-view = "any"
-operate = "any"
-download = "any"
-custom_code = "any"
-
-[roles.org_admin]
-submit = "none"
-manage = "own_org"
-view = "own_org"
-operate = "own_org"
-download = "none"
-custom_code = "none"
-
-[roles.lead]
-submit = "any"
-manage = "own_job"
-view = "any"
-operate = "none"
-download = "own_job"
-custom_code = "none"      # set to "own_job" to run trainers shipped inside jobs
-
-[roles.member]
-submit = "none"
-manage = "none"
-view = "any"
-operate = "none"
-download = "none"
-custom_code = "none"
+# NOT READ YET: flrt does not load this file; editing it changes nothing. Authorization policies
+# are planned for a later release. Today the server decides every admin command by the fixed role
+# in the admin's certificate:
+#
+#   project_admin  submit; view; abort and download any job
+#   lead           submit; view; abort and download only the jobs it submitted
+#   org_admin      view
+#   member         view
+#
+# (view: the jobs, status, job and wait commands, over every job and site.) Sites and the server
+# cannot use the admin console. Jobs never bring code: a job names a trainer already installed at
+# the sites and the server.
+#
+{site_note}format = 1
 """.encode()
 
 

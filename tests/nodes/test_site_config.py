@@ -7,11 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import anyio
 import pytest
 
+from flrt._admin_service import RIGHTS
 from flrt._site_config import load_data_locations, load_policy
 from flrt.errors import ConfigError
 from flrt.filters import FILTERS
@@ -41,6 +43,29 @@ def test_the_provisioned_policys_examples_work_once_uncommented(kits: Path, tmp_
     assert len(policy.mandatory_filters()) == len(policy.result_filters)
     mentioned = set(re.findall(r'"([a-z]+(?:_[a-z]+)+)"', text))
     assert mentioned <= set(FILTERS), mentioned - set(FILTERS)
+
+
+@pytest.mark.parametrize("kit", ["site-1", "server"])
+def test_the_provisioned_authorization_file_says_it_is_not_read_and_what_roles_allow(
+    kits: Path, kit: str
+) -> None:
+    """It used to lay out per-role rights (operate, custom_code...) and say that a site enforces
+    its own policy for every command, when nothing reads the file and the roles are fixed."""
+    text = (kits / kit / "local" / "authorization.toml").read_text(encoding="utf-8")
+    assert "NOT READ YET" in text
+    assert "enforce" not in text
+    assert tomllib.loads(text) == {"format": 1}  # no rules that look as if they applied
+    rows = dict(re.findall(r"^#   ([a-z_]+) {2,}(.+)$", text, flags=re.MULTILINE))
+    assert set(rows) == {role.value for role in RIGHTS}
+    for role, rights in RIGHTS.items():
+        row = rows[role.value]
+        assert ("submit" in row) == ("submit" in rights), role
+        assert ("view" in row) == ("view" in rights), role
+        assert ("abort" in row) == ("manage" in rights), role
+        assert ("download" in row) == ("download" in rights), role
+        own = "own_job" in {rights.get("manage"), rights.get("download")}
+        assert ("only the jobs it submitted" in row) == own, role
+        assert ("any job" in row) == (not own and "manage" in rights), role
 
 
 def test_filters_by_kind_or_type(tmp_path: Path) -> None:
