@@ -22,7 +22,10 @@ from results (and from result extras such as the SCAFFOLD control delta), so the
 each variable over the sites that sent it and never sees these. When a later task brings the global
 model, the site's own last values of those variables are put back into it before training
 (``restore_local``, the default), so the variables keep training locally (as in FedBN) instead of
-being reset to the never-updated global value every round.
+being reset to the never-updated global value every round. A name or pattern that matches no
+variable of a job's model (a typo, a model that changed) is logged once per job and filter as
+``filter.unmatched``, naming where the filter is configured and whether it is mandatory: the
+variable it meant leaves the site, so somebody must hear of it, but the task goes on.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from __future__ import annotations
 import abc
 import copy
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
+import structlog
 
 from flrt.errors import ConfigError
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask, UpdateKind, Weights
@@ -60,14 +64,27 @@ __all__ = [
 Task: TypeAlias = TrainTask | EvalTask
 Result: TypeAlias = TrainResult | EvalResult
 
+log = structlog.get_logger("flrt.filters")
+
+#: Where a :class:`FilterChain` says its filters are configured.
+_MANDATORY_SOURCE = "local/privacy.toml"
+_JOB_SOURCE = "job.toml"
+
 
 @dataclass(frozen=True, slots=True)
 class FilterContext:
-    """Where a filter runs: the site, the job and the round."""
+    """Where a filter runs: the site, the job and the round.
+
+    A :class:`FilterChain` also tells each filter whether it is one of the site's ``mandatory``
+    filters and its ``source``, where it is configured (``local/privacy.toml result_filters[0]``,
+    ``job.toml filters[1]``), for what it logs.
+    """
 
     site: str
     job_id: str
     round: int
+    mandatory: bool = False
+    source: str = ""
 
 
 class Filter(abc.ABC):
@@ -191,14 +208,22 @@ class FilterChain:
         """Every filter, in the order they run."""
         return self.mandatory + self.job
 
+    def _placed(self, context: FilterContext) -> Iterator[tuple[Filter, FilterContext]]:
+        """Every filter, in order, with ``context`` saying where it is configured."""
+        for i, f in enumerate(self.mandatory):
+            where = f"{_MANDATORY_SOURCE} result_filters[{i}]"
+            yield f, replace(context, mandatory=True, source=where)
+        for i, f in enumerate(self.job):
+            yield f, replace(context, mandatory=False, source=f"{_JOB_SOURCE} filters[{i}]")
+
     def filter_task(self, task: Task, context: FilterContext) -> Task:
-        for f in self.filters:
-            task = f.filter_task(task, context)
+        for f, placed in self._placed(context):
+            task = f.filter_task(task, placed)
         return task
 
     def filter_result(self, result: Result, task: Task, context: FilterContext) -> Result:
-        for f in self.filters:
-            result = f.filter_result(result, task, context)
+        for f, placed in self._placed(context):
+            result = f.filter_result(result, task, placed)
         return result
 
 
@@ -237,6 +262,7 @@ class ExcludeVariables(Filter):
             raise ValueError("exclude_variables needs names or patterns")
         self.restore_local = restore_local
         self._local: dict[str, Weights] = {}  # job id -> the site's own values
+        self._checked: set[str] = set()  # job ids whose variables were checked against the names
 
     @classmethod
     def from_config(cls, args: Mapping[str, Any]) -> ExcludeVariables:
@@ -266,6 +292,43 @@ class ExcludeVariables(Filter):
         """Whether variable ``name`` stays on the site."""
         return name in self.names or any(p.fullmatch(name) for p in self.patterns)
 
+    def unmatched(self, variables: Iterable[str]) -> tuple[list[str], list[str]]:
+        """The names, and the patterns, that match none of ``variables`` (each sorted)."""
+        variables = set(variables)
+        names = sorted(self.names - variables)
+        patterns = sorted(
+            p.pattern for p in self.patterns if not any(p.fullmatch(v) for v in variables)
+        )
+        return names, patterns
+
+    def _check(self, result: TrainResult, task: Task, context: FilterContext) -> None:
+        """Log, once per job, the names and patterns that match no variable of its model."""
+        if context.job_id in self._checked:
+            return
+        self._checked.add(context.job_id)
+        variables = {*task.weights, *result.weights}
+        for arrays in result.extras.values():
+            variables.update(arrays)
+        names, patterns = self.unmatched(variables)
+        if not names and not patterns:
+            return
+        where = context.source or self.type_name
+        log.warning(
+            "filter.unmatched",
+            site=context.site,
+            job=context.job_id,
+            filter=where,
+            kind=self.type_name,
+            mandatory=context.mandatory,
+            names=names,
+            patterns=patterns,
+            hint=(
+                f"these match none of the {len(variables)} variables of this job's model, so"
+                " whatever they were meant to keep on this site is sent: compare them with the"
+                f" trainer's variable names and fix {where}"
+            ),
+        )
+
     def filter_task(self, task: Task, context: FilterContext) -> Task:
         local = self._local.get(context.job_id)
         if not self.restore_local or not local:
@@ -279,6 +342,7 @@ class ExcludeVariables(Filter):
     def filter_result(self, result: Result, task: Task, context: FilterContext) -> Result:
         if not isinstance(result, TrainResult):
             return result
+        self._check(result, task, context)
         kept: Weights = {}
         dropped: Weights = {}
         for name, array in result.weights.items():

@@ -3,11 +3,13 @@ the site and aggregation still works without them."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from flrt.aggregation import WeightedMean
 from flrt.errors import ConfigError
@@ -187,3 +189,58 @@ def test_the_registry_refuses_silent_replacement() -> None:
     register_filter("exclude_variables", ExcludeVariables.from_config, replace=True)
     with pytest.raises(ValueError, match="names or patterns"):
         ExcludeVariables()
+
+
+def _unmatched(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "filter.unmatched"]
+
+
+def test_names_and_patterns_that_match_no_variable_are_logged_once_per_job() -> None:
+    """A typo in a site's mandatory filter used to let the variable leave the site unremarked."""
+    model = {"head.weight": np.ones(2), "head.bias": np.ones(1), "bn1.mean": np.ones(1)}
+    typo = ExcludeVariables(
+        names=["head.bais", "head.weight"], patterns=["bn[0-9]+[.].*", "norm.*"]
+    )
+    fine = ExcludeVariables(names=["head.bias"])
+    chain = FilterChain(mandatory=[fine, typo], job=[ExcludeVariables(patterns=["classifier.*"])])
+    with capture_logs() as logs:
+        for round in (1, 2):
+            task = chain.filter_task(_task(model, round), replace(CTX, round=round))
+            result = TrainResult(weights=dict(task.weights), num_samples=1)
+            sent = chain.filter_result(result, task, replace(CTX, round=round))
+        assert isinstance(sent, TrainResult)
+        assert sent.weights == {}  # the names that match still keep their variables back
+        second_job = replace(CTX, job_id="job-2")
+        task = chain.filter_task(_task(model), second_job)
+        chain.filter_result(TrainResult(weights=dict(model), num_samples=1), task, second_job)
+    warned = _unmatched(logs)
+    assert [(e["job"], e["filter"]) for e in warned] == [
+        ("job-1", "local/privacy.toml result_filters[1]"),
+        ("job-1", "job.toml filters[0]"),
+        ("job-2", "local/privacy.toml result_filters[1]"),
+        ("job-2", "job.toml filters[0]"),
+    ]
+    mandatory, job = warned[0], warned[1]
+    assert mandatory["log_level"] == "warning"
+    assert mandatory["site"] == "hospital-a"
+    assert mandatory["mandatory"] is True
+    assert mandatory["names"] == ["head.bais"]
+    assert mandatory["patterns"] == ["norm.*"]
+    assert "fix local/privacy.toml result_filters[1]" in str(mandatory["hint"])
+    assert job["mandatory"] is False
+    assert (job["names"], job["patterns"]) == ([], ["classifier.*"])
+
+
+def test_a_filter_whose_names_all_match_logs_nothing() -> None:
+    f = ExcludeVariables(names=["a"], patterns=["c[0-9]"])
+    task = _task({"a": np.ones(1), "b": np.ones(1)})
+    result = TrainResult(
+        weights={"a": np.ones(1), "b": np.ones(1)},
+        num_samples=1,
+        extras={"scaffold_delta": {"c1": np.ones(1)}},
+    )
+    with capture_logs() as logs:
+        sent = f.filter_result(result, task, CTX)
+    assert _unmatched(logs) == []
+    assert isinstance(sent, TrainResult)
+    assert set(sent.weights) == {"b"}
