@@ -1,10 +1,10 @@
 """Sealed kits: one password-protected file per kit, for transfer by e-mail, USB stick or share.
 
-Format (version 1), all integers big-endian::
+Format (version 2), all integers big-endian::
 
     offset  size  field
          0     8  magic  b"FLRTSEAL"
-         8     1  format version = 1
+         8     1  format version = 2
          9     1  KDF: 1 = Argon2id, 2 = scrypt
         10     1  cipher: 1 = AES-256-GCM
         11     1  reserved, 0
@@ -13,8 +13,13 @@ Format (version 1), all integers big-endian::
         20     4  KDF parameter 3  (Argon2id: lanes;        scrypt: p)
         24    16  salt
         40    12  nonce
-        52     …  AES-256-GCM ciphertext of a gzip tar of the kit folder, with its 16-byte tag;
-                  the 52 header bytes are the associated data, so no field can be altered
+        52     8  length of the ciphertext that follows, tag included
+        60     …  AES-256-GCM ciphertext of a gzip tar of the kit folder, with its 16-byte tag;
+                  the 60 header bytes are the associated data, so no field can be altered
+
+Version 1 (still opened) is the same without the length field: its ciphertext starts at byte 52.
+The length tells a copy cut short (an e-mail attachment, a USB stick pulled out) from a wrong
+password before the password is even tried; AES-GCM alone cannot tell them apart.
 
 The key is derived from the password with Argon2id (RFC 9106's second recommended setting: 64 MiB,
 3 passes, 4 lanes), or scrypt where this cryptography build lacks Argon2. The KDF parameters are
@@ -65,13 +70,14 @@ __all__ = [
 ]
 
 MAGIC = b"FLRTSEAL"
-VERSION = 1
+VERSION = 2
 SEAL_SUFFIX = ".flrtkit"
 MIN_PASSWORD_LENGTH = 8
 KDF_ARGON2ID = 1
 KDF_SCRYPT = 2
 CIPHER_AES256GCM = 1
-_HEADER = struct.Struct(">8sBBBBIII16s12s")
+_HEADER_V1 = struct.Struct(">8sBBBBIII16s12s")
+_HEADER = struct.Struct(">8sBBBBIII16s12sQ")
 _TAG = 16
 _MAX_ARCHIVE = 1 << 30
 _MAX_MEMBERS = 10_000
@@ -175,6 +181,7 @@ def seal_bytes(plaintext: bytes, password: bytes, *, params: KdfParams = DEFAULT
         params.p3,
         salt,
         nonce,
+        len(plaintext) + _TAG,
     )
     key = _derive(password, salt, params)
     return header + AESGCM(key).encrypt(nonce, plaintext, header)
@@ -185,28 +192,51 @@ def unseal_bytes(
 ) -> bytes:
     """Decrypt what :func:`seal_bytes` made.
 
-    Raises :class:`SealFormatError` if ``data`` is not a version-1 sealed archive (or asks for more
-    than ``max_kdf_memory_kib`` of KDF memory), :class:`SealPasswordError` if the password is wrong
-    or the archive was altered. Raises nothing else, whatever the bytes.
+    Raises :class:`SealFormatError` if ``data`` is not a sealed archive of version 1 or 2, is cut
+    short or has bytes past its end (version 2), or asks for more than ``max_kdf_memory_kib`` of
+    KDF memory; :class:`SealPasswordError` if the password is wrong or the archive was altered.
+    Raises nothing else, whatever the bytes.
     """
-    if len(data) < _HEADER.size + _TAG:
+    if len(data) < _HEADER_V1.size + _TAG:
         raise SealFormatError("too short to be a sealed kit")
-    magic, version, kdf, cipher, reserved, p1, p2, p3, salt, nonce = _HEADER.unpack_from(data)
-    if magic != MAGIC:
+    _magic, version, kdf, cipher, reserved, p1, p2, p3, salt, nonce = _HEADER_V1.unpack_from(data)
+    if _magic != MAGIC:
         raise SealFormatError("not a sealed kit (wrong magic bytes)")
-    if version != VERSION:
+    if version == VERSION:  # version 1's fields, then the ciphertext's length
+        if len(data) < _HEADER.size:
+            raise SealFormatError("too short to be a sealed kit")
+        header_size = _HEADER.size
+        _check_length(len(data), header_size + _HEADER.unpack_from(data)[-1])
+    elif version == 1:
+        header_size = _HEADER_V1.size
+    else:
         raise SealFormatError(
-            f"format version {version} is not supported (this flrt reads {VERSION})"
+            f"format version {version} is not supported (this flrt reads 1 and {VERSION})"
         )
     if cipher != CIPHER_AES256GCM or reserved != 0:
         raise SealFormatError(f"unknown cipher {cipher}")
     _check_params(KdfParams(kdf, p1, p2, p3), max_kdf_memory_kib)
     key = _derive(password, salt, KdfParams(kdf, p1, p2, p3))
-    header = data[: _HEADER.size]
+    header = data[:header_size]
     try:
-        return AESGCM(key).decrypt(nonce, data[_HEADER.size :], header)
+        return AESGCM(key).decrypt(nonce, data[header_size:], header)
     except InvalidTag:
         raise SealPasswordError("wrong password, or the archive is damaged") from None
+
+
+def _check_length(size: int, declared: int) -> None:
+    """Raise :class:`SealFormatError` unless an archive of ``size`` bytes is as long as its header
+    says (``declared``)."""
+    if size < declared:
+        raise SealFormatError(
+            f"the archive is cut short: {size:,} of its {declared:,} bytes; copy it again from"
+            " the original, or ask Lead IT to send it again"
+        )
+    if size > declared:
+        raise SealFormatError(
+            f"the archive has {size - declared:,} bytes past its end ({declared:,} bytes):"
+            " it was altered or joined with another file; ask Lead IT to send it again"
+        )
 
 
 def _tar_kit(kit: Path) -> bytes:
