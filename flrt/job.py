@@ -29,7 +29,9 @@ Everything is checked when the file is read; an unknown key or a wrong value is 
 :class:`~flrt.errors.JobError` naming the file, the dotted key and the reason. Counts and durations
 have upper bounds as well as lower ones (:data:`MAX_ROUNDS`, :data:`MAX_SITES`, ...): a job of
 ``rounds = 100000000000000000`` is a typing mistake, refused when it is submitted, not a job that
-runs for ever and fills the disk with its journal.
+runs for ever and fills the disk with its journal. A parameter that would do nothing is refused too
+(``trim_ratio`` without ``aggregator = "trimmed_mean"``, ``byzantine`` without ``"krum"``, an
+``evaluate_every`` past the last round): its author expects it to act.
 
 A job's life (:class:`JobStatus`) follows :data:`JOB_TRANSITIONS`; each terminal state carries a
 reason. Job ids (:func:`new_job_id`) sort by creation time and are safe as directory names.
@@ -496,7 +498,9 @@ def _parse_workflow(reader: _Reader) -> WorkflowSpec:
     seed = reader.integer("seed", minimum=0, maximum=2**63, required=False)
     if seed is not None and seed >= 2**63:  # said as a power of two, not as 9223372036854775808
         raise reader.error("seed", "must be < 2**63")
-    params = _parse_params(name, reader.table_at("params"))
+    params_reader = reader.table_at("params")
+    params = _parse_params(name, params_reader)
+    _refuse_ignored_params(params, params_reader, rounds)
     if isinstance(params, FedAvgParams) and params.aggregator == "krum":
         needed = 2 * params.byzantine + 3
         if min_sites < needed:
@@ -518,6 +522,35 @@ def _parse_workflow(reader: _Reader) -> WorkflowSpec:
         sampling=sampling,
         seed=seed,
     )
+
+
+#: Aggregator parameters, with the one aggregator that reads each.
+_AGGREGATOR_PARAMS: Final[Mapping[str, str]] = MappingProxyType(
+    {"trim_ratio": "trimmed_mean", "byzantine": "krum"}
+)
+
+
+def _refuse_ignored_params(params: WorkflowParams, reader: _Reader, rounds: int) -> None:
+    """Refuse parameters that were given but would do nothing: a job that says ``trim_ratio``
+    without the trimmed mean, or an ``evaluate_every`` past its last round, never does what its
+    author expects, and nobody would be told."""
+    if isinstance(params, FedAvgParams):
+        for key, aggregator in _AGGREGATOR_PARAMS.items():
+            if reader.has(key) and params.aggregator != aggregator:
+                default = "" if reader.has("aggregator") else " (the default)"
+                raise reader.error(
+                    key,
+                    f'is only read by aggregator = "{aggregator}", and this job\'s aggregator is'
+                    f" {params.aggregator!r}{default}: remove {key} or set aggregator ="
+                    f' "{aggregator}"',
+                )
+    if isinstance(params, TrainingParams) and params.evaluate_every > rounds:
+        raise reader.error(
+            "evaluate_every",
+            f"must be <= rounds ({rounds}), got {params.evaluate_every}: the global model would"
+            " never be evaluated (0 means no evaluation; cross_site_eval evaluates after the last"
+            " round)",
+        )
 
 
 def _parse_trainer(reader: _Reader) -> TrainerSpec:

@@ -218,6 +218,31 @@ BAD: list[tuple[str, Any, str, str]] = [
     ("workflow.params.evaluate_every", -1, "workflow.params.evaluate_every", "in [0, 100000]"),
     ("workflow.params.evaluate_every", 10**18, "workflow.params.evaluate_every", "in [0, 100000]"),
     ("workflow.params.evaluate_every", 1.5, "workflow.params.evaluate_every", "integer"),
+    (
+        "workflow.params.evaluate_every",
+        3,
+        "workflow.params.evaluate_every",
+        "must be <= rounds (2), got 3: the global model would never be evaluated",
+    ),
+    (
+        "workflow.params.trim_ratio",
+        0.2,
+        "workflow.params.trim_ratio",
+        'only read by aggregator = "trimmed_mean", and this job\'s aggregator is'
+        " 'weighted_mean' (the default): remove trim_ratio or set aggregator",
+    ),
+    (
+        "workflow.params",
+        {"aggregator": "median", "trim_ratio": 0.2},
+        "workflow.params.trim_ratio",
+        "this job's aggregator is 'median': remove",
+    ),
+    (
+        "workflow.params",
+        {"aggregator": "trimmed_mean", "byzantine": 1},
+        "workflow.params.byzantine",
+        "only read by aggregator = \"krum\", and this job's aggregator is 'trimmed_mean'",
+    ),
     ("workflow.params.local_epochs", 0, "workflow.params.local_epochs", "in [1, 10000]"),
     ("workflow.params.local_epochs", 10**5, "workflow.params.local_epochs", "in [1, 10000]"),
     ("workflow.params.local_steps", 0, "workflow.params.local_steps", "in [1, 100000000]"),
@@ -311,7 +336,8 @@ def test_the_upper_bounds_themselves_are_accepted() -> None:
         "evaluate_every": MAX_ROUNDS,
         "local_epochs": MAX_LOCAL_EPOCHS,
         "local_steps": MAX_LOCAL_STEPS,
-        "byzantine": MAX_SITES,
+        "aggregator": "krum",  # byzantine is read by krum only, which needs 2 * it + 3 sites
+        "byzantine": (MAX_SITES - 3) // 2,
         "memory_budget_mb": MAX_MEMORY_BUDGET_MB,
     }
     wf = parse_job(data).workflow
@@ -486,3 +512,11 @@ def test_job_ids_sort_by_time_and_are_safe_directory_names() -> None:
         "20231114T221320000Z-0000000000",
     ):
         assert not is_job_id(bad)
+
+
+def test_parameters_that_would_be_read_are_accepted_at_their_edges() -> None:
+    """Refused only when they would do nothing: the last round may be the one evaluated."""
+    data = _with("workflow.params", {"evaluate_every": 2, "aggregator": "trimmed_mean"})
+    data["workflow"]["params"]["trim_ratio"] = 0.3
+    params = parse_job(data).workflow.params
+    assert params == FedAvgParams(evaluate_every=2, aggregator="trimmed_mean", trim_ratio=0.3)
