@@ -11,8 +11,8 @@ names, and sometimes study or patient identifiers in folder names. So what leave
 
 The site's own log keeps the full message and the traceback under the same id
 (:func:`describe_failure` gives the id, both messages), so a site operator finds what an admin
-reports. :func:`upstream_reason` is the same text without an id, for an in-process controller that
-has no log to point to.
+reports. :func:`upstream_reason` is the same text without the id. An in-process controller
+(:class:`~flrt.workflows.LocalController`, ``flrt simulate``) does the same, pointing into its log.
 
 What counts as a path
 ---------------------
@@ -295,13 +295,15 @@ def upstream_reason(exc: BaseException, *, context: str | None = None) -> str:
     return _with_message(prefix, type(exc).__name__, _redacted_message(exc, _message(exc)))
 
 
-def describe_failure(exc: BaseException, *, context: str | None = None) -> SiteFailure:
+def describe_failure(
+    exc: BaseException, *, context: str | None = None, log_name: str = "the site's log"
+) -> SiteFailure:
     """The upstream and the local account of ``exc`` under a new error id; ``context`` (such as
-    ``"task not received"``) is put before both. Raises nothing."""
+    ``"task not received"``) is put before both, and the upstream one says the details are in
+    ``log_name``. Raises nothing."""
     error_id = secrets.token_hex(4)
     prefix = f"{context}: " if context else ""
-    name = type(exc).__name__
-    message = _message(exc)
-    upstream = _with_message(prefix, name, _redacted_message(exc, message))
-    upstream += f" (error id {error_id}; details in the site's log)"
-    return SiteFailure(error_id, upstream, _with_message(prefix, name, message))
+    upstream = (
+        f"{upstream_reason(exc, context=context)} (error id {error_id}; details in {log_name})"
+    )
+    return SiteFailure(error_id, upstream, _with_message(prefix, type(exc).__name__, _message(exc)))

@@ -23,10 +23,10 @@ as a network would. With ``stream_pieces``, train results are streamed into the 
 that many pieces per array, as the bus does, before the reply says ``staged=True``.
 
 A site's failure reads as a deployed site's does (see :mod:`flrt.site`): a trainer or filter that
-raises is reported as the error's type and message with its paths replaced by ``<path>``
-(:func:`~flrt._redact_paths.upstream_reason`), and a ``fail`` hook's reason is redacted the same
-way. What a real site adds, an error id that points into its log, is left out: in one process
-there is no site log for it to point into.
+raises is reported as the error's type and message with its paths replaced by ``<path>``, and an
+error id (:func:`~flrt._redact_paths.describe_failure`) under which the full error and its
+traceback are logged (``task.failed``; ``flrt simulate`` writes the log to its results folder), so
+a researcher finds why a trainer failed. A ``fail`` hook's reason is redacted the same way.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
+import structlog
 
-from flrt._redact_paths import redact_paths, upstream_reason
+from flrt._redact_paths import describe_failure, redact_paths
 from flrt.aggregation import layout_of
 from flrt.checkpoint import CheckpointWriter
 from flrt.errors import UpdateError, WorkflowStalledError
@@ -68,6 +69,8 @@ from .sampling import SiteHistory
 from .state import WorkflowState
 
 __all__ = ["LocalController", "LocalSite"]
+
+log = structlog.get_logger("flrt.simulation")
 
 
 def _no_failure(task: Task) -> str | None:
@@ -389,4 +392,14 @@ def _compute(
                 return None, f"evaluate returned {type(result).__name__}, not EvalResult"
         return spec.filters.filter_result(result, seen, context), None
     except Exception as exc:  # a trainer's failure is the site's failure, reported as such
-        return None, upstream_reason(exc)
+        failure = describe_failure(exc, log_name="the simulation's log")
+        log.warning(
+            "task.failed",
+            site=context.site,
+            job=context.job_id,
+            round=context.round,
+            error_id=failure.error_id,
+            reason=failure.reason,
+            exc_info=exc,
+        )
+        return None, failure.upstream
