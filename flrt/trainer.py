@@ -60,6 +60,13 @@ def _never() -> bool:
     return False
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a folder on the way this user may not search: not there for the trainer
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class SiteContext:
     """What a site hands its trainer with every call.
@@ -101,16 +108,27 @@ class SiteContext:
     def data_path(self, key: str) -> Path:
         """The data location called ``key``.
 
-        Raises :class:`~flrt.errors.ConfigError` (key ``data.<key>``) when the site has none.
+        Raises :class:`~flrt.errors.ConfigError` (key ``data.<key>``) when the site has none, or
+        when nothing is at its location (or this user cannot reach it). The message names the
+        key, never the path: it goes upstream, and the site's log named the path when it started.
         """
         try:
-            return self.data[key]
+            location = self.data[key]
         except KeyError:
             known = ", ".join(sorted(self.data)) or "none"
             raise ConfigError(
                 f"site {self.site!r} has no data location {key!r} (known: {known})",
                 key=f"data.{key}",
             ) from None
+        if not _exists(location):
+            raise ConfigError(
+                f"site {self.site!r}: nothing is at data location {key!r} (or this site cannot"
+                " reach it): the site's IT must put the data there, or point the key at it in"
+                f" data.toml of the site kit's local folder (or --data {key}=PATH) and restart"
+                " the site",
+                key=f"data.{key}",
+            )
+        return location
 
     def raise_if_aborted(self) -> None:
         """Raise :class:`~flrt.errors.TrainingAbortedError` if the site has given up on the task."""

@@ -191,8 +191,27 @@ def test_exceptions_from_the_trainer_propagate(context: SiteContext) -> None:
 # --------------------------------------------------------------------------- context
 
 
+def test_a_data_location_with_nothing_there_is_a_config_error_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    """It used to hand the trainer the path, whose open() then failed as a bare FileNotFoundError
+    that named a path (redacted upstream to '<path>') and not the key to fix."""
+    secret = tmp_path / "mnt" / "study-0042" / "wdbc.csv"
+    ctx = SiteContext.create("site-2", scratch=tmp_path, data={"wdbc": secret})
+    with pytest.raises(ConfigError) as caught:
+        ctx.data_path("wdbc")
+    assert caught.value.key == "data.wdbc"
+    assert "nothing is at data location 'wdbc'" in str(caught.value)
+    assert "data.toml of the site kit's local folder" in str(caught.value)
+    assert "study-0042" not in str(caught.value)
+    secret.parent.mkdir(parents=True)
+    secret.write_text("a,b\n")
+    assert ctx.data_path("wdbc") == secret  # a share mounted later is found then
+
+
 def test_context_data_locations_and_abort(tmp_path: Path) -> None:
     flag = [False]
+    (tmp_path / "x.csv").write_text("a,b\n")
     ctx = SiteContext.create(
         "site-2", scratch=tmp_path, data={"csv": tmp_path / "x.csv"}, abort=lambda: flag[0]
     )

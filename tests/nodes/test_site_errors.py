@@ -75,9 +75,14 @@ def server_files(folder: Path) -> Iterator[str]:
             yield path.read_bytes().decode("utf-8", "replace")
 
 
-def check_redacted(upstream: list[str], logs: Sequence[MutableMapping[str, Any]]) -> None:
+def check_redacted(
+    upstream: list[str], logs: Sequence[MutableMapping[str, Any]], *, named: str | None = None
+) -> None:
     """No upstream text names the study folder; each names an error id that a site's log line
-    holds with the full reason and the exception, and only such a line names the folder."""
+    holds with the full reason and the exception, and only such a line names the folder.
+
+    ``named``: the failure named no path to begin with (a data location with nothing there is
+    named by its key): the site's line says ``named`` instead, and nothing needed redacting."""
     site_lines = {e["error_id"]: e for e in logs if "error_id" in e}
     assert site_lines, logs
     for event in logs:
@@ -86,14 +91,14 @@ def check_redacted(upstream: list[str], logs: Sequence[MutableMapping[str, Any]]
     assert not [text for text in upstream if FOLDER in text]
     ids = {i for text in upstream for i in ERROR_ID.findall(text)}
     assert ids, upstream
-    assert "<path>" in "\n".join(upstream)
+    assert ("<path>" in "\n".join(upstream)) == (named is None)
     for error_id in ids:
         line = site_lines[error_id]  # the site operator finds what the admin quotes
         assert line["event"] == "task.failed"
-        assert FOLDER in line["reason"]
+        assert (named or FOLDER) in line["reason"]
         trace = "".join(traceback.format_exception(line["exc_info"]))  # the JSON line's exception
         assert trace.startswith("Traceback (most recent call last)")
-        assert FOLDER in trace
+        assert (named or FOLDER) in trace
 
 
 @pytest.mark.parametrize(
@@ -141,11 +146,15 @@ async def test_what_the_server_records_names_no_local_path(
         *strings(result.cross_site),
         *server_files(tmp_path / "ws" / "server"),
     ]
-    if case not in ("validation", "filter"):
+    named = None
+    if case in ("example trainer", "relative data location"):  # data_path names the key
+        named = "nothing is at data location 'wdbc'"
+        assert f"ConfigError: data.wdbc: site 'site-1': {named}" in str(result.reason)
+    elif case not in ("validation", "filter"):
         assert "FileNotFoundError: [Errno 2] No such file or directory: '<path>'" in str(
             result.reason
         )
-    check_redacted(upstream, logs)
+    check_redacted(upstream, logs, named=named)
 
 
 def site_kit(kits: Path, local: Path, name: str, data_toml: str) -> None:
@@ -157,7 +166,8 @@ def site_kit(kits: Path, local: Path, name: str, data_toml: str) -> None:
 async def test_an_admin_reads_the_failure_without_the_sites_path(
     kits: Path, tmp_path: Path
 ) -> None:
-    """The QA report's case: a site whose data.toml names a file that is not there."""
+    """The QA report's case: a site whose data.toml names a file that is not there. The admin
+    used to read a bare FileNotFoundError of '<path>'; the key to fix is named now."""
     local = tmp_path / "kits"
     local.mkdir()
     for name in ("server", ADMIN):
@@ -172,10 +182,15 @@ async def test_an_admin_reads_the_failure_without_the_sites_path(
             view = await fed.admin.job(job_id)
     assert final["status"] == "failed", final
     reason = final["reason"]
-    assert "FileNotFoundError: [Errno 2] No such file or directory: '<path>' (error id " in reason
+    assert "ConfigError: data.wdbc: site 'site-1': nothing is at data location 'wdbc'" in reason
+    assert "data.toml of the site kit's local folder (or --data wdbc=PATH)" in reason
     startup = [e for e in logs if e["event"] == "site.data_missing"]
     assert [e["path"] for e in startup] == [secret]  # the site's own log names it at start
-    check_redacted([*strings(final), *strings(view)], [e for e in logs if e not in startup])
+    check_redacted(
+        [*strings(final), *strings(view)],
+        [e for e in logs if e not in startup],
+        named="nothing is at data location 'wdbc'",
+    )
 
 
 async def test_the_sites_log_file_has_the_message_and_traceback_under_the_id(
