@@ -1,12 +1,34 @@
-"""Plain-text tables for people: jobs, sites, rounds and the cross-site validation matrix."""
+"""Plain-text tables for people: jobs, sites, rounds and the cross-site validation matrix.
+
+Site names are listed in natural order (``site-2`` before ``site-10``), as people number them.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["cross_site_table", "jobs_table", "rounds_table", "sites_table"]
+
+
+#: The global model's column (flrt.workflows.evaluation.GLOBAL_MODEL), first; the sites' after it.
+_GLOBAL = "global"
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
+    """A sort key that compares runs of digits as numbers: ``site-2`` < ``site-10`` < ``site-100``.
+    (Split on digit runs, text and numbers alternate, so the parts always compare alike; the
+    name itself breaks ties such as ``site-01`` and ``site-1``.)"""
+    parts = _DIGITS.split(name)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def _naturally(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=_natural)
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -56,7 +78,7 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> str:
 
 def sites_table(sites: Iterable[Mapping[str, Any]]) -> str:
     rows = []
-    for site in sites:
+    for site in sorted(sites, key=lambda s: _natural(str(s["name"]))):
         history = site.get("history", {})
         rows.append(
             [
@@ -79,7 +101,7 @@ def rounds_table(rounds: Iterable[Mapping[str, Any]]) -> str:
     header = ["round", "accepted", "failed/late", "seconds", "train loss", *metric_names]
     lines = []
     for r in rows:
-        missing = sorted([*r.get("failed", {}), *r.get("cancelled", [])])
+        missing = _naturally([*r.get("failed", {}), *r.get("cancelled", [])])
         lines.append(
             [
                 str(r["round"]),
@@ -107,14 +129,16 @@ def _names(names: list[str]) -> str:
 
 
 def cross_site_table(cross: Mapping[str, Any], metric: str) -> str:
-    """Rows: the site that evaluated; columns: whose model (``global`` first)."""
+    """Rows: the site that evaluated; columns: whose model (``global`` first); sites in natural
+    order."""
     models = list(cross.get("models", []))
+    models = [m for m in models if m == _GLOBAL] + _naturally(m for m in models if m != _GLOBAL)
     cells: dict[tuple[str, str], float] = {}
     for evaluator, model, metrics, _n in cross.get("results", []):
         if metric in metrics:
             cells[(evaluator, model)] = metrics[metric]
     rows = [
         [evaluator, *(_number(cells.get((evaluator, m))) for m in models)]
-        for evaluator in cross.get("evaluators", [])
+        for evaluator in _naturally(cross.get("evaluators", []))
     ]
     return _table([f"{metric}: site \\ model", *models], rows)
