@@ -209,6 +209,7 @@ class AdminClient:
         self._watched: dict[str, str] = {}  # job id -> the command that watches it
         self._changed = anyio.Event()
         self._lost = anyio.Event()
+        self._open = False  # between the start of __aenter__ and the end of __aexit__
 
     @property
     def connected(self) -> bool:
@@ -227,6 +228,16 @@ class AdminClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Self:
+        """Open the client (see the class docstring for what it raises).
+
+        Raises :class:`RuntimeError` if it is open already (or being opened, in another task):
+        a second node over the first would leave the first one's tasks running for ever.
+        """
+        if self._open:
+            raise RuntimeError(
+                "the admin client is open already: use one 'async with' at a time, or another"
+                " AdminClient"
+            )
         kit = load_kit(self.kit_path)
         if not kit.identity.role.is_admin:
             raise KitError(
@@ -235,6 +246,7 @@ class AdminClient:
         self.kit = kit
         self._context = client_ssl_context_from_kit(kit)
         stack = AsyncExitStack()
+        self._open = True
         try:
             node = await stack.enter_async_context(
                 Node(kit.config.name, config=self.session_config, on_peer_lost=self._peer_lost)
@@ -245,7 +257,10 @@ class AdminClient:
         except BaseException as exc:
             # The node's task group would wrap the failure in a group: raise it as it was raised.
             self._node = None
-            await close_unwrapped(stack, type(exc), exc, exc.__traceback__)
+            try:
+                await close_unwrapped(stack, type(exc), exc, exc.__traceback__)
+            finally:
+                self._open = False
             raise
         self._stack = stack
         return self
@@ -262,6 +277,7 @@ class AdminClient:
         finally:
             self._stack = None
             self._node = None
+            self._open = False
 
     def _peer_lost(self, peer: str, error: TransportError | None) -> None:
         if peer == SERVER:
