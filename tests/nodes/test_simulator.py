@@ -158,7 +158,7 @@ async def test_every_workflow_runs_over_the_bus(tmp_path: Path, workflow: str) -
 
 async def test_a_failing_trainer_reads_the_same_from_a_site_and_in_process(tmp_path: Path) -> None:
     """The simulator's sites are real sites: the server gets the error with its paths redacted and
-    an error id. The in-process controller reports the same text, without the id."""
+    an error id. The in-process controller reports the same text, with an id into its own log."""
     with anyio.fail_after(60):
         result = await simulate(job(tmp_path, PATH_ERRORS), sites=2, workspace=tmp_path / "ws")
     assert result.status == "finished", result.reason
@@ -180,4 +180,10 @@ async def test_a_failing_trainer_reads_the_same_from_a_site_and_in_process(tmp_p
             ctl, spec, job_id="local", initial_weights=trainers["site-1"].initial_weights()
         )
     [completed] = [e for e in ctl.events if isinstance(e, RoundCompleted)]
-    assert completed.failed == {"site-2": UPSTREAM}
+    assert list(completed.failed) == ["site-2"]
+    local = re.fullmatch(
+        r"(.*) \(error id [0-9a-f]{8}; details in the simulation's log\)",
+        completed.failed["site-2"],
+    )
+    assert local is not None, completed.failed
+    assert local[1] == UPSTREAM
