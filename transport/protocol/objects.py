@@ -154,17 +154,30 @@ class OutgoingObject:
 
     One object may go to many peers (a global model broadcast to every site): its SHA-256 digest is
     computed once, as the furthest sender gets to each byte, however many sessions send it.
+
+    Raises :class:`LocalProtocolError` for an entry a peer would refuse: a name that is not a
+    string, a value that is not a numpy array, a dtype not in :data:`ALLOWED_DTYPES`, or more than
+    32 dimensions.
     """
 
     def __init__(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         prepared: list[npt.NDArray[Any]] = []
         infos: list[ArrayInfo] = []
         for name, array in arrays.items():
+            # Whatever a peer's manifest check (Manifest.from_wire) would refuse is refused here:
+            # sent, it would end the session rather than fail this one call.
+            if not isinstance(name, str):
+                raise LocalProtocolError(f"object entry {name!r}: a name must be a string")
             if not isinstance(array, np.ndarray):
                 raise LocalProtocolError(f"object entry {name!r} is not a numpy array")
             dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
             if dtype.name not in ALLOWED_DTYPES:
                 raise LocalProtocolError(f"object entry {name!r} has dtype {dtype.name}")
+            if array.ndim > _MAX_DIMENSIONS:
+                raise LocalProtocolError(
+                    f"object entry {name!r} has {array.ndim} dimensions, more than"
+                    f" {_MAX_DIMENSIONS}"
+                )
             # Not ascontiguousarray(): it turns a 0-d array into shape (1,).
             contiguous = np.asarray(array, dtype=dtype, order="C")
             prepared.append(contiguous)
