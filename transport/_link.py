@@ -302,7 +302,8 @@ class Link:
         return obj.destination(offset, nbytes) if obj is not None else None
 
     def _connection_failed(self, error: TransportError, scope: anyio.CancelScope) -> None:
-        self.last_error = error
+        if self.closed_by_peer is None:  # after the peer's CLOSE, its hanging up is no failure
+            self.last_error = error
         scope.cancel()
 
     def _handle_events(self, scope: anyio.CancelScope) -> None:

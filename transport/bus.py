@@ -523,7 +523,8 @@ class Node:
             if not link.error_raised:  # the caller of connect() reports its own failure
                 log.warning("link.failed", node=self.name, peer=link.peer, reason=str(error))
             self._record(self.link_errors, f"{link.peer}: {error}")
-        elif link.closed_by_peer is not None:
+        elif link.closed_by_peer is not None and link.session.role is Role.CLIENT:
+            # (For the sessions a node serves, its peer.disconnected line gives the reason.)
             log.info(
                 "link.closed_by_peer", node=self.name, peer=link.peer, reason=link.closed_by_peer
             )
@@ -739,7 +740,13 @@ class Node:
             resumed=hello.session_id is not None,
         )
         await link.run_connection(stream, leftover)
-        log.info("peer.disconnected", node=self.name, peer=link.peer, error=_describe(link))
+        log.info(
+            "peer.disconnected",
+            node=self.name,
+            peer=link.peer,
+            error=_describe(link),
+            **({"closed_by_peer": link.closed_by_peer} if link.closed_by_peer else {}),
+        )
         if not link.closed:
             self.task_group.start_soon(self._expire, link, link.connections)
 

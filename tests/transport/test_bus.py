@@ -268,3 +268,20 @@ async def test_a_failed_connect_is_raised_not_also_logged(pki: Pki) -> None:
             )
     assert [entry for entry in logs if entry["event"] == "link.failed"] == []
     assert len(site.link_errors) == 1  # still on record for status views
+
+
+async def test_a_served_peer_that_stops_is_logged_once_with_its_reason(pki: Pki) -> None:
+    async with Node("server", config=FAST) as server:
+        port = await server.serve(pki.server_context(), name_from_certificate)
+        with capture_logs() as logs:
+            async with Node("site-1", config=FAST) as site:
+                await site.connect(
+                    "127.0.0.1", port, pki.site_context(pki.site), server_hostname="localhost"
+                )
+            with anyio.fail_after(5):
+                while not any(e["event"] == "peer.disconnected" for e in logs):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+    ended = [e for e in logs if e["event"] in ("peer.disconnected", "link.closed_by_peer")]
+    assert [(e["event"], e.get("closed_by_peer"), e["error"]) for e in ended] == [
+        ("peer.disconnected", "node stopping", None)
+    ]
