@@ -4,15 +4,19 @@ mistake in what the program hands the bus is refused at once, as a
 
 from __future__ import annotations
 
+import contextlib
+import io
+from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
 
+from tests.nodes._project import free_port, provision_project
 from tests.transport.conftest import Pki, server_and_site
 from transport.bus import Message
-from transport.errors import LocalProtocolError
+from transport.errors import ConnectionBrokenError, LocalProtocolError
 
 pytestmark = pytest.mark.anyio
 
@@ -40,3 +44,35 @@ async def test_arrays_the_peer_would_refuse_are_refused_locally(
             assert (await site.ask("server/echo", "still here", timeout=5)).body == "still here"
         assert site.link_errors == []
         assert server.link_errors == []
+
+
+def readme_bus_sample() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.index("## The bus, for embedding developers")
+    start = readme.index("```python\n", section) + len("```python\n")
+    return readme[start : readme.index("```", start)]
+
+
+async def test_the_readme_bus_sample_runs_as_written(tmp_path: Path) -> None:
+    kits = provision_project(tmp_path / "ws", port=free_port())
+    sample = readme_bus_sample()
+    assert "/opt/flrt/server" in sample
+    assert "/opt/flrt/hospital-a" in sample
+    sample = sample.replace("/opt/flrt/server", str(kits / "server"))
+    sample = sample.replace("/opt/flrt/hospital-a", str(kits / "site-1")).replace(
+        "0.0.0.0", "127.0.0.1"
+    )
+    scope: dict[str, Any] = {}
+    exec(compile(sample, "README.md", "exec"), scope)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(scope["hub"])
+            while True:  # until the hub listens
+                try:
+                    await scope["site"]()
+                    break
+                except ConnectionBrokenError:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+    assert "site-1 {'w': (1000, 10)}" in printed.getvalue()
