@@ -38,6 +38,16 @@ checkpoint (a torn one, or those of a save whose rename did not happen) are neve
 Temporary directories (their names start with a dot) are ignored by readers and cleaned by the next
 save. Older checkpoints beyond ``keep`` are removed only after the new one is in place.
 
+**Saving a round again** (a workflow saves its last round once more with its cross-site results,
+and once more as finished) cannot rename the new directory over the old one: a directory is not
+replaced by a rename while it holds files. The old one is first moved aside into a fresh
+``.round-NNNNNN.<random>.old/`` directory, then the new one is renamed into place, then the old one
+is removed. A crash between the two renames leaves the round only in that ``.old`` directory: it is
+still the round's checkpoint, complete and already reported. Readers take it from there when there
+is no ``round-NNNNNN`` (:func:`checkpoint_rounds`, :func:`latest_checkpoint`), and the next save
+renames it back into place before it cleans the other temporary directories; a save whose second
+rename fails puts it back at once.
+
 **Loading** checks the format version, every array file and the journal extent against their
 digests, so a corrupt or truncated checkpoint, or a missing or shortened journal, is a
 :class:`~flrt.errors.CheckpointError`, never a silently different model or history.
@@ -89,6 +99,8 @@ _STATE = "state.msgpack"
 _MODEL = "model.safetensors"
 _ROUND_DIR = re.compile(r"round-(\d{6,})")
 _JOURNAL = re.compile(r"journal-(\d{6,})\.msgpack")
+#: Where a save of a round that has a checkpoint already sets the old one aside.
+_SET_ASIDE = re.compile(r"\.round-(\d{6,})\.[^/]*\.old")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,31 +228,45 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def checkpoint_rounds(directory: str | os.PathLike[str]) -> list[int]:
-    """The rounds that have a complete checkpoint in ``directory``, ascending."""
+    """The rounds that have a complete checkpoint in ``directory``, ascending (one that a crash
+    left set aside while it was being saved again counts: see "Saving a round again")."""
+    return sorted(_checkpoint_dirs(Path(directory)))
+
+
+def _checkpoint_dirs(root: Path) -> dict[int, Path]:
+    """Each round's checkpoint directory: ``round-NNNNNN``, or the ``.old`` directory that holds
+    the round's only copy."""
     try:
-        rounds, _, _ = _scan(Path(directory))
+        rounds, _, _, aside = _scan(root)
     except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(rounds)
+        return {}
+    found = {r: root / f"round-{r:06d}" for r in rounds}
+    return {**aside, **found}
 
 
-def _scan(root: Path) -> tuple[set[int], list[str], dict[int, str]]:
+def _scan(root: Path) -> tuple[set[int], list[str], dict[int, str], dict[int, Path]]:
     """One listing of ``root``: the rounds that have a checkpoint, the temporary directories
-    (``.round-*``) that a crash during a save left behind, and the journal files by number."""
+    (``.round-*``) that a crash during a save left behind, the journal files by number, and the
+    rounds whose only checkpoint a crash left set aside (``.round-NNNNNN.*.old/round-NNNNNN``,
+    see "Saving a round again")."""
     rounds: set[int] = set()
     debris: list[str] = []
     journals: dict[int, str] = {}
+    aside: dict[int, Path] = {}
     with os.scandir(root) as entries:
         for entry in entries:
             if entry.name.startswith(".round-"):
                 debris.append(entry.path)
+                match = _SET_ASIDE.fullmatch(entry.name)
+                if match and (Path(entry.path) / f"round-{match.group(1)}").is_dir():
+                    aside[int(match.group(1))] = Path(entry.path) / f"round-{match.group(1)}"
                 continue
             match = _ROUND_DIR.fullmatch(entry.name)
             if match and entry.is_dir():
                 rounds.add(int(match.group(1)))
             elif match := _JOURNAL.fullmatch(entry.name):
                 journals[int(match.group(1))] = entry.name
-    return rounds, debris, journals
+    return rounds, debris, journals, {r: p for r, p in aside.items() if r not in rounds}
 
 
 class CheckpointWriter:
@@ -288,10 +314,15 @@ class CheckpointWriter:
         """
         root = self.directory
         try:
-            rounds, debris, journals = _scan(root)
+            rounds, debris, journals, aside = _scan(root)
         except FileNotFoundError:
             root.mkdir(parents=True, exist_ok=True)
-            rounds, debris, journals = set(), [], {}
+            rounds, debris, journals, aside = set(), [], {}, {}
+        for round_, where in aside.items():  # a crash set it aside: back into place first
+            os.replace(where, root / f"round-{round_:06d}")
+            rounds.add(round_)
+        if aside:
+            fsync_directory(root)
         for stale in debris:  # left by a crash during an earlier save
             shutil.rmtree(stale, ignore_errors=True)
         journal = checkpoint.journal
@@ -325,10 +356,15 @@ class CheckpointWriter:
             if data:
                 _append_journal(end.path, end.size, data, create=not end.created)
             target = root / name
-            if checkpoint.round in rounds:
+            if checkpoint.round in rounds:  # see "Saving a round again"
                 old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
                 os.replace(target, old / name)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):  # the round keeps its checkpoint
+                        os.replace(old / name, target)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, target)
@@ -427,15 +463,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """
     where = Path(path)
     header = _read_header(where)
+    root = where.parent  # the journal's folder: the job's, also for a checkpoint set aside
+    if _SET_ASIDE.fullmatch(root.name):
+        root = root.parent
     try:
         files = header["files"]
         job_id = str(header["job_id"])
         round_ = int(header["round"])
         state = dict(header["state"])
         job = header["job"]
-        journal = (
-            () if header["format"] == 1 else _read_journal(where.parent, header["journal"], where)
-        )
+        journal = () if header["format"] == 1 else _read_journal(root, header["journal"], where)
         weights: Weights | None = None
         arrays: dict[str, Weights] = {}
         for entry in files:
@@ -468,9 +505,10 @@ def latest_checkpoint(
     newest one's :class:`~flrt.errors.CheckpointError` if none loads.
     """
     newest_error: CheckpointError | None = None
-    for round_ in reversed(checkpoint_rounds(directory)):
+    found = _checkpoint_dirs(Path(directory))
+    for round_ in sorted(found, reverse=True):
         try:
-            return load_checkpoint(Path(directory) / f"round-{round_:06d}")
+            return load_checkpoint(found[round_])
         except CheckpointError as exc:
             newest_error = newest_error or exc
             if on_skipped is not None:

@@ -307,14 +307,17 @@ class _Crash(BaseException):
 _STEPS = ("_write_arrays", "_write_file", "fsync_directory", "_append_journal")
 
 
-def _crash_at(monkeypatch: pytest.MonkeyPatch, step: int, torn: bool) -> list[int]:
+def _crash_at(
+    monkeypatch: pytest.MonkeyPatch, step: int, torn: bool, *, dead: bool = False
+) -> list[int]:
     """Make the ``step``-th disk operation of the next saves crash; ``torn`` lets a crashing
-    journal append write half of its bytes first. Returns the operation counter."""
+    journal append write half of its bytes first; ``dead`` makes every operation after the crash
+    crash too (the process is gone: no clean-up of its own runs). Returns the operation counter."""
     count = [0]
 
     def countdown() -> None:
         count[0] += 1
-        if count[0] == step:
+        if count[0] == step or (dead and count[0] > step):
             raise _Crash
 
     def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -375,6 +378,70 @@ def test_a_save_interrupted_at_any_step_leaves_the_last_checkpoint_loadable(
         if finished:
             break
     assert step > len(_STEPS)  # every step was interrupted once
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_saving_a_round_again_interrupted_at_any_step_keeps_that_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int
+) -> None:
+    """A workflow saves its last round again (with its cross-site results, then as finished): a
+    crash at any step of that save leaves the round's checkpoint, old or new, not only the round
+    before it (or none), and the restarted server's saves put everything back in place."""
+    again = _checkpoint(3, _records(3))
+    again = replace(again, state={"round": 3, "finished": True})
+    step = 0
+    while True:
+        step += 1
+        folder = tmp_path / f"crash-{step}"
+        writer = CheckpointWriter(folder, keep=keep)
+        for r in (1, 2, 3):
+            writer.save(_checkpoint(r, _records(r)))
+        with monkeypatch.context() as patch:
+            _crash_at(patch, step, torn=False, dead=True)
+            try:
+                writer.save(again)
+                finished = True
+            except _Crash:
+                finished = False
+        # The server restarts: round 3 is still the last one saved, whole.
+        assert checkpoint_rounds(folder)[-1] == 3, sorted(p.name for p in folder.iterdir())
+        latest = latest_checkpoint(folder)
+        assert latest is not None
+        assert latest.round == 3
+        assert latest.state in ({"round": 3}, {"round": 3, "finished": True})
+        assert _same_records(latest.journal, _records(3))
+        restarted = CheckpointWriter(folder, keep=keep)
+        restarted.save(again)
+        restarted.save(_checkpoint(4, _records(4)))
+        assert checkpoint_rounds(folder) == [3, 4][-keep:]
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+        if finished:
+            break
+    assert step > 3  # the saves' files, and both renames, were each interrupted once
+
+
+def test_a_round_saved_again_keeps_its_checkpoint_when_the_rename_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new copy cannot be renamed into place (the file system refuses): the round keeps the
+    checkpoint it had, in place, and the error is raised."""
+    writer = CheckpointWriter(tmp_path)
+    for r in (1, 2):
+        writer.save(_checkpoint(r, _records(r)))
+    real_replace = os.replace
+
+    def refuse_into_place(src: Any, dst: Any) -> None:
+        if Path(src).name.endswith(".tmp"):
+            raise OSError(5, "Input/output error", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse_into_place)
+    with pytest.raises(OSError, match="Input/output"):
+        writer.save(replace(_checkpoint(2, _records(2)), state={"round": 2, "finished": True}))
+    monkeypatch.undo()
+    assert checkpoint_rounds(tmp_path) == [1, 2]
+    loaded = load_checkpoint(tmp_path / "round-000002")
+    assert loaded.state == {"round": 2}
 
 
 # ----------------------------------------------------------------------------- format 1
