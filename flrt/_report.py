@@ -1,4 +1,5 @@
-"""Plain-text tables for people: jobs, sites, rounds and the cross-site validation matrix.
+"""Plain-text tables for people: jobs, sites, rounds, why sites failed, and the cross-site
+validation matrix.
 
 Site names are listed in natural order (``site-2`` before ``site-10``), as people number them.
 """
@@ -10,7 +11,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["cross_site_table", "jobs_table", "rounds_table", "sites_table"]
+__all__ = [
+    "cross_site_table",
+    "failures_table",
+    "jobs_table",
+    "natural_key",
+    "rounds_table",
+    "sites_table",
+]
 
 
 #: The global model's column (flrt.workflows.evaluation.GLOBAL_MODEL), first; the sites' after it.
@@ -19,7 +27,7 @@ _GLOBAL = "global"
 _DIGITS = re.compile(r"(\d+)")
 
 
-def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
+def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
     """A sort key that compares runs of digits as numbers: ``site-2`` < ``site-10`` < ``site-100``.
     (Split on digit runs, text and numbers alternate, so the parts always compare alike; the
     name itself breaks ties such as ``site-01`` and ``site-1``.)"""
@@ -28,7 +36,7 @@ def _natural(name: str) -> tuple[tuple[str | int, ...], str]:
 
 
 def _naturally(names: Iterable[str]) -> list[str]:
-    return sorted(names, key=_natural)
+    return sorted(names, key=natural_key)
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -78,7 +86,7 @@ def jobs_table(jobs: Iterable[Mapping[str, Any]]) -> str:
 
 def sites_table(sites: Iterable[Mapping[str, Any]]) -> str:
     rows = []
-    for site in sorted(sites, key=lambda s: _natural(str(s["name"]))):
+    for site in sorted(sites, key=lambda s: natural_key(str(s["name"]))):
         history = site.get("history", {})
         rows.append(
             [
@@ -126,6 +134,65 @@ def _names(names: list[str]) -> str:
         return "-"
     shown = ",".join(names[:_NAMES_SHOWN])
     return shown if len(names) <= _NAMES_SHOWN else f"{shown} +{len(names) - _NAMES_SHOWN} more"
+
+
+#: How many failures :func:`failures_table` lists before it says how many more there are.
+FAILURES_SHOWN = 10
+#: How many characters of a reason a line shows (a site may send 2,000; the log has them all).
+_REASON_SHOWN = 200
+#: How many runs of consecutive rounds a cell lists in full (a site that fails every other round of
+#: a thousand must not print five hundred numbers).
+_RANGES_SHOWN = 4
+
+_SPACE = re.compile(r"\s+")
+
+
+def failures_table(failures: Sequence[Mapping[str, Any]], limit: int = FAILURES_SHOWN) -> str:
+    """Why sites failed: one line per site, task and reason (as listed by
+    :func:`flrt._admin_service.site_failures`: sites in natural order), with the rounds it
+    happened in (``2-5, 7``) and the last error id; the first ``limit`` lines, then ``+N more``.
+    An empty string when no site failed."""
+    if not failures:
+        return ""
+    rows = [
+        [
+            str(f.get("site", "?")),
+            str(f.get("task", "?")),
+            _ranges(f.get("rounds", [])),
+            str(f.get("error_id") or "-"),
+            _one_line(str(f.get("reason", ""))),
+        ]
+        for f in failures[:limit]
+    ]
+    lines = [
+        "why sites failed (each error id's full error and traceback are in that site's log):",
+        _table(["site", "task", "rounds", "last error id", "reason"], rows),
+    ]
+    if len(failures) > limit:
+        lines.append(f"+{len(failures) - limit} more")
+    return "\n".join(lines)
+
+
+def _one_line(reason: str) -> str:
+    text = _SPACE.sub(" ", reason).strip()
+    return text if len(text) <= _REASON_SHOWN else text[: _REASON_SHOWN - 3] + "..."
+
+
+def _ranges(rounds: Iterable[Any]) -> str:
+    """Rounds as runs: ``1-3, 7``; past a few runs, the first ones, the last, and the count:
+    ``1, 3, 5, ... 99 (50 rounds)``; ``-`` for none."""
+    numbers = sorted({r for r in rounds if isinstance(r, int)})
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    if len(shown) <= _RANGES_SHOWN:
+        return ", ".join(shown) or "-"
+    head = ", ".join(shown[: _RANGES_SHOWN - 1])
+    return f"{head}, ... {shown[-1]} ({len(numbers)} rounds)"
 
 
 def cross_site_table(cross: Mapping[str, Any], metric: str) -> str:

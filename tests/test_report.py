@@ -1,8 +1,10 @@
-"""The console's tables: a round's missing sites are listed, a few at most."""
+"""The console's tables: a round's missing sites are listed, a few at most; why sites failed."""
 
 from __future__ import annotations
 
-from flrt._report import cross_site_table, rounds_table, sites_table
+import re
+
+from flrt._report import cross_site_table, failures_table, rounds_table, sites_table
 
 
 def _round(failed: list[str], cancelled: list[str]) -> dict[str, object]:
@@ -61,3 +63,64 @@ def test_a_rounds_missing_sites_are_in_natural_order() -> None:
 def test_the_sites_table_lists_sites_in_natural_order() -> None:
     lines = sites_table({"name": name, "connected": True} for name in NAMES).splitlines()
     assert [line.split()[0] for line in lines[2:]] == NATURAL
+
+
+def _failure(site: str, rounds: list[int], **fields: object) -> dict[str, object]:
+    return {
+        "site": site,
+        "task": "train",
+        "reason": "RuntimeError: the data cannot be read",
+        "rounds": rounds,
+        "error_id": "1f0c9a3e",
+        **fields,
+    }
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line)
+
+
+def test_no_failures_print_nothing() -> None:
+    assert failures_table([]) == ""
+
+
+def test_a_failure_shows_its_site_task_round_runs_last_error_id_and_reason() -> None:
+    lines = failures_table(
+        [
+            _failure("site-2", [2, 3, 4, 5, 7]),
+            _failure("site-2", [3], task="evaluate", reason="disconnected", error_id=None),
+        ]
+    ).splitlines()
+    assert lines[0] == (  # where an error id's details are
+        "why sites failed (each error id's full error and traceback are in that site's log):"
+    )
+    assert lines[1].split()[:5] == ["site", "task", "rounds", "last", "error"]
+    assert _cells(lines[3]) == [
+        "site-2",
+        "train",
+        "2-5, 7",
+        "1f0c9a3e",
+        "RuntimeError: the data cannot be read",
+    ]
+    assert _cells(lines[4]) == ["site-2", "evaluate", "3", "-", "disconnected"]
+    assert len(lines) == 5
+
+
+def test_past_ten_failures_the_rest_are_counted() -> None:
+    lines = failures_table([_failure(f"site-{i}", [1]) for i in range(1, 14)]).splitlines()
+    assert [line.split()[0] for line in lines[3:-1]] == [f"site-{i}" for i in range(1, 11)]
+    assert lines[-1] == "+3 more"
+
+
+def test_a_site_failing_every_other_round_of_a_thousand_is_one_short_line() -> None:
+    [row] = failures_table([_failure("site-1", list(range(1, 1000, 2)))]).splitlines()[3:]
+    assert "1, 3, 5, ... 999 (500 rounds)" in row
+    assert len(row) < 120
+
+
+def test_a_long_reason_of_many_lines_is_one_bounded_line() -> None:
+    reason = "ValueError: bad\nrow\t\t" + "x" * 5000
+    [row] = failures_table([_failure("site-1", [1], reason=reason)]).splitlines()[3:]
+    assert "ValueError: bad row x" in row
+    assert row.endswith("...")
+    assert len(row) < 300
