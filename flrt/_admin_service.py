@@ -19,6 +19,7 @@ itself may not use the console at all.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ import anyio.to_thread
 import structlog
 
 from flrt._protocol import EVENTS_ACTOR, PROTOCOL_VERSION
+from flrt._report import natural_key
 from flrt.checkpoint import checkpoint_rounds
 from flrt.errors import (
     AdminError,
@@ -39,6 +41,7 @@ from flrt.errors import (
 from flrt.job import JobSpec, loads_job
 from flrt.jobstore import JobEntry, unreadable_reason
 from flrt.trainer import load_trainer
+from flrt.workflows import GLOBAL_MODEL
 from security.pki import Identity, Role
 from transport.bus import Message, Reply
 from transport.errors import TransportError
@@ -46,7 +49,7 @@ from transport.errors import TransportError
 if TYPE_CHECKING:
     from flrt.server import ServerCore
 
-__all__ = ["AdminService", "round_table"]
+__all__ = ["AdminService", "round_table", "site_failures"]
 
 log = structlog.get_logger("flrt.admin")
 
@@ -110,6 +113,77 @@ def round_table(events: list[dict[str, Any]], rounds: int | None = None) -> list
         ):
             rows[round_][str(kind)] = event.get("metrics", {})
     return [rows[r] for r in sorted(rows)]
+
+
+#: The error id a site (or an in-process controller) puts at the end of a failure's reason:
+#: ``RuntimeError: ... (error id 1f0c9a3e; details in the site's log)``
+#: (:func:`flrt._redact_paths.describe_failure`).
+_ERROR_ID = re.compile(r"\s*\(error id ([0-9a-f]+)(?:;[^()]*)?\)\s*\Z")
+
+#: The tasks a site may fail, in the order a site's failures are listed.
+_TASKS = ("train", "evaluate", "cross-site")
+
+
+def site_failures(events: list[dict[str, Any]], rounds: int | None = None) -> list[dict[str, Any]]:
+    """Why sites failed, from a job's ``metrics.jsonl`` events: one entry per site, task and
+    reason (without its error id), with the rounds it happened in and the last error id
+    (``None`` for a failure the server saw itself, such as a site that disconnected).
+
+    Every round that names failed sites counts: training rounds, federated evaluation rounds,
+    cross-site evaluation (the round after the last of ``rounds``, or the one a ``cross_site``
+    event names: the ``task`` is then ``cross-site``), and aborted rounds that carry their failed
+    sites. Entries are ordered by site (natural order: ``site-2`` before ``site-10``), then task
+    (``train``, ``evaluate``, ``cross-site``), then first round.
+    """
+    cross_rounds = {
+        e["round"]
+        for e in events
+        if e.get("event") == "cross_site" and isinstance(e.get("round"), int)
+    }
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str, str], set[int]] = {}  # the rounds of each entry
+    for event in events:
+        failed, round_ = event.get("failed"), event.get("round")
+        if (
+            event.get("event") not in ("round_completed", "round_aborted")
+            or not isinstance(failed, dict)
+            or not isinstance(round_, int)
+        ):
+            continue
+        task = _task(event, round_, rounds, cross_rounds)
+        for site, reason in failed.items():
+            text, error_id = _without_error_id(str(reason))
+            key = (str(site), task, text)
+            entry = found.setdefault(
+                key, {"site": key[0], "task": task, "reason": text, "error_id": None}
+            )
+            seen.setdefault(key, set()).add(round_)
+            entry["error_id"] = error_id or entry["error_id"]
+    for key, entry in found.items():
+        entry["rounds"] = sorted(seen[key])
+    return sorted(
+        found.values(),
+        key=lambda e: (natural_key(e["site"]), _TASKS.index(e["task"]), e["rounds"][0]),
+    )
+
+
+def _task(event: Mapping[str, Any], round_: int, rounds: int | None, cross: set[int]) -> str:
+    model = event.get("model")
+    if (
+        round_ in cross
+        or (rounds is not None and round_ > rounds)
+        or (event.get("kind") == "evaluate" and model is not None and model != GLOBAL_MODEL)
+    ):
+        return "cross-site"
+    return "train" if event.get("kind") == "train" else "evaluate"
+
+
+def _without_error_id(reason: str) -> tuple[str, str | None]:
+    """``reason`` without the error id at its end, and that id (``None`` if it has none)."""
+    found = _ERROR_ID.search(reason)
+    if found is None:
+        return reason, None
+    return reason[: found.start()], found.group(1)
 
 
 class AdminService:
@@ -397,6 +471,7 @@ class AdminService:
             "ok": True,
             "job": view,
             "rounds": round_table(events, view["rounds"]),
+            "failures": site_failures(events, view["rounds"]),
             "cross_site": self.core.store.cross_site(job_id),
         }
 

@@ -431,7 +431,9 @@ class AdminClient:
         return body
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        """One job: its record, one row per completed round, and cross-site results."""
+        """One job: its record, one row per completed training round (``rounds``), why sites
+        failed in any round, evaluation included (``failures``: one entry per site, task and
+        reason, with its rounds and last error id), and cross-site results."""
         body: dict[str, Any] = await self._command("job", job_id=job_id)
         self._store(body)
         return body

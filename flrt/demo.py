@@ -30,7 +30,7 @@ from pathlib import Path
 
 import anyio
 
-from flrt._report import cross_site_table, rounds_table
+from flrt._report import cross_site_table, failures_table, rounds_table
 from flrt.admin import AdminClient
 from security.project import parse_project
 from security.provision import KITS_DIR, provision
@@ -175,6 +175,9 @@ async def _run_job(
     if detail["rounds"]:
         say("")
         say(rounds_table(detail["rounds"]))
+    if detail.get("failures"):
+        say("")
+        say(failures_table(detail["failures"]))
     cross = detail.get("cross_site")
     if cross:
         say("\ncross-site validation: each row a hospital's held-out patients, each column a model")

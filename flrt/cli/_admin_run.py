@@ -17,7 +17,13 @@ from typing import Any
 
 import anyio
 
-from flrt._report import cross_site_table, jobs_table, rounds_table, sites_table
+from flrt._report import (
+    cross_site_table,
+    failures_table,
+    jobs_table,
+    rounds_table,
+    sites_table,
+)
 from flrt.admin import AdminClient, read_job
 from flrt.cli import _interrupted
 from flrt.cli._run import run
@@ -64,6 +70,9 @@ def _print_job(detail: dict[str, Any]) -> None:
     if detail.get("rounds"):
         print()
         print(rounds_table(detail["rounds"]))
+    if detail.get("failures"):
+        print()
+        print(failures_table(detail["failures"]))
     cross = detail.get("cross_site")
     if cross:
         print()

@@ -67,6 +67,8 @@ async def test_jobs_refused_at_submission_and_a_trainer_that_raises(cluster: Clu
     assert waited.returncode == 0, waited.stdout + waited.stderr
     detail = await anyio.to_thread.run_sync(lambda: flrt("admin", kit, "--json", "job", job_id))
     rounds = json.loads(detail.stdout)["rounds"]
+    [failed] = json.loads(detail.stdout)["failures"]
+    shown = await anyio.to_thread.run_sync(lambda: flrt("admin", kit, "job", job_id))
     reason = "RuntimeError: the data of site-2 cannot be read"
     error_ids = set()
     for r in rounds:
@@ -83,6 +85,18 @@ async def test_jobs_refused_at_submission_and_a_trainer_that_raises(cluster: Clu
     assert failures
     assert failures[0]["reason"] == reason
     assert error_ids <= {e["error_id"] for e in failures}  # the admin's id finds the site's entry
+    # Said once, not per round: the reason, the rounds, the last error id.
+    last = re.fullmatch(site_failure(reason), rounds[-1]["failed"]["site-2"])
+    assert last is not None
+    assert failed == {
+        "site": "site-2",
+        "task": "train",
+        "reason": reason,
+        "rounds": [1, 2],
+        "error_id": last.group(1),
+    }
+    row = next(line for line in shown.stdout.splitlines() if line.startswith("site-2 "))
+    assert re.split(r"\s{2,}", row) == ["site-2", "train", "1-2", last.group(1), reason]
 
 
 @pytest.mark.parametrize("node", ["server", "site-1"])

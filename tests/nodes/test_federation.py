@@ -185,6 +185,7 @@ async def test_a_trainer_that_raises_is_a_failed_answer(kits: Path, tmp_path: Pa
             job_id = await fed.admin.submit(fed.job_dir("some-fail", some))
             assert (await fed.admin.wait(job_id, timeout=30))["status"] == "finished"
             rounds = completed_rounds(fed, job_id)
+            detail = await fed.admin.job(job_id)
             failed_id = await fed.admin.submit(fed.job_dir("all-fail", every))
             failed = await fed.admin.wait(failed_id, timeout=30)
     for r in rounds:
@@ -192,6 +193,18 @@ async def test_a_trainer_that_raises_is_a_failed_answer(kits: Path, tmp_path: Pa
         assert list(r["failed"]) == ["site-2"]
         failure = site_failure("RuntimeError: the data of site-2 cannot be read")
         assert re.fullmatch(failure, r["failed"]["site-2"]), r["failed"]
+    # What the admin is told: the reason once, the rounds, the last error id into the site's log.
+    last = re.fullmatch(failure, rounds[-1]["failed"]["site-2"])
+    assert last is not None
+    assert detail["failures"] == [
+        {
+            "site": "site-2",
+            "task": "train",
+            "reason": "RuntimeError: the data of site-2 cannot be read",
+            "rounds": [1, 2],
+            "error_id": last[1],
+        }
+    ]
     assert failed["status"] == "failed"
     assert "round 1 failed" in failed["reason"]
     assert "quorum unreachable" in failed["reason"]
