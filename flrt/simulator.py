@@ -28,7 +28,7 @@ import functools
 import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import anyio.abc
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from flrt._admin_service import round_table
+from flrt._admin_service import round_table, site_failures
 from flrt._groups import only_exception
 from flrt._site_config import SitePolicy
 from flrt.errors import JobError
@@ -100,7 +100,9 @@ async def _attach(server: Node, site: Node) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SimulationResult:
-    """How a simulated job ended, with its rounds, cross-site results and final model."""
+    """How a simulated job ended, with its rounds, cross-site results, final model, and why sites
+    failed (:func:`~flrt._admin_service.site_failures`: training, evaluation and cross-site
+    rounds alike; empty if none did)."""
 
     job_id: str
     status: str
@@ -109,6 +111,7 @@ class SimulationResult:
     rounds: list[dict[str, Any]]
     cross_site: dict[str, Any] | None
     weights: Weights | None
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
 
 def site_names(count: int) -> list[str]:
@@ -204,6 +207,7 @@ def _result(core: ServerCore, entry: JobEntry, root: Path) -> SimulationResult:
     job_id = entry.record.job_id
     state = core.store.latest_state(job_id)
     rounds = core.store.spec(job_id).workflow.rounds
+    events = core.store.metrics(job_id)
     status, reason = entry.record.status.value, entry.record.reason
     if job_id in core.interrupted:  # its stored state is older than what it did
         status, reason = "interrupted", core.interrupted[job_id]
@@ -212,7 +216,8 @@ def _result(core: ServerCore, entry: JobEntry, root: Path) -> SimulationResult:
         status=status,
         reason=reason,
         workspace=root,
-        rounds=round_table(core.store.metrics(job_id), rounds),
+        rounds=round_table(events, rounds),
         cross_site=core.store.cross_site(job_id),
         weights=None if state is None else dict(state.weights),
+        failures=site_failures(events, rounds),
     )

@@ -1,5 +1,5 @@
 """``flrt simulate`` of a job whose trainer fails: the error ids it prints can be looked up, with
-or without ``--workspace``."""
+or without ``--workspace``, whether the job failed or finished without the failing site."""
 
 from __future__ import annotations
 
@@ -58,3 +58,67 @@ def test_each_error_id_of_a_failed_simulation_is_in_the_log_it_names(
         assert log.parent.parent.parent == tmp_path
     logged = {json.loads(line).get("error_id") for line in log.read_text().splitlines()}
     assert set(ids) <= logged
+
+
+#: Finishes without site-2, which fails every training and evaluation task (grace: a round waits for
+#: every answer, so no site is cancelled before it fails).
+SOME_FAIL = """\
+name = "some-fail"
+[workflow]
+name = "fedavg"
+rounds = 3
+min_sites = 1
+grace_seconds = 60.0
+[workflow.params]
+evaluate_every = 1
+[trainer]
+spec = "tests.nodes._trainers:SiteBehaviour"
+[trainer.args]
+size_mib = 0.01
+failing_sites = ["site-2"]
+failing_evaluation_sites = ["site-2"]
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_finished_simulation_says_why_a_site_failed_and_where_its_details_are(
+    tmp_path: Path,
+) -> None:
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.toml").write_text(SOME_FAIL)
+    result = subprocess.run(
+        [sys.executable, "-m", "flrt", "simulate", str(job), "--sites", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    rows = {
+        tuple(re.split(r"\s{2,}", line)[:2]): re.split(r"\s{2,}", line)[2:]
+        for line in out.splitlines()
+        if line.startswith("site-")
+    }
+    [trained_id] = re.findall(r"[0-9a-f]{8}", rows["site-2", "train"][1])
+    assert rows["site-2", "train"] == [
+        "1-3",
+        trained_id,
+        "RuntimeError: the data of site-2 cannot be read",
+    ]
+    [evaluated_id] = re.findall(r"[0-9a-f]{8}", rows["site-2", "evaluate"][1])
+    assert rows["site-2", "evaluate"] == [
+        "1-3",
+        evaluated_id,
+        "RuntimeError: site-2 cannot evaluate: its labels are missing",
+    ]
+    assert len(rows) == 2, out
+    named = re.search(r"error id's details: (\S+)$", out, re.MULTILINE)
+    assert named is not None, out
+    logged = {
+        json.loads(line).get("error_id") for line in Path(named.group(1)).read_text().splitlines()
+    }
+    assert {trained_id, evaluated_id} <= logged

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flrt._report import cross_site_table, rounds_table
+from flrt._report import cross_site_table, failures_table, rounds_table
 from flrt.cli._run import run
 from flrt.logs import configure_logging
 from flrt.model import save_weights
@@ -19,6 +19,9 @@ __all__ = ["handle"]
 def _report(result: SimulationResult, log_file: Path) -> int:
     if result.rounds:
         print(rounds_table(result.rounds))
+    if result.failures:
+        print()
+        print(failures_table(result.failures))
     if result.cross_site:
         names = sorted({k for _, _, m, _ in result.cross_site.get("results", []) for k in m})
         for metric in [m for m in ("accuracy", "auc") if m in names] or names[:1]:
@@ -33,7 +36,8 @@ def _report(result: SimulationResult, log_file: Path) -> int:
             saved = False
             print(f"flrt: error: cannot write {model}: {exc.strerror or exc}", file=sys.stderr)
     print(f"\njob {result.job_id} {result.status}: {result.reason}; results in {result.workspace}")
-    if result.status != "finished":  # a site's failure names an error id: say where it is told
+    # A site's failure names an error id, failed job or not: say where its details are.
+    if result.status != "finished" or result.failures:
         print(f"the sites' and the server's log, with each error id's details: {log_file}")
     return 0 if result.status == "finished" and saved else 1
 

@@ -21,8 +21,8 @@ class SiteBehaviour(NoiseTrainer):
 
     ``slow_sites`` sleep ``sleep_seconds`` in ``train``, polling the abort check unless
     ``ignore_abort`` (then they finish and their result is withheld); ``failing_sites`` raise
-    :class:`RuntimeError`; ``delay_seconds`` slows every site a little so that a test can act
-    while a round is running.
+    :class:`RuntimeError` in ``train``, ``failing_evaluation_sites`` in ``evaluate``;
+    ``delay_seconds`` slows every site a little so that a test can act while a round is running.
     """
 
     def __init__(
@@ -30,6 +30,7 @@ class SiteBehaviour(NoiseTrainer):
         *,
         slow_sites: Sequence[str] = (),
         failing_sites: Sequence[str] = (),
+        failing_evaluation_sites: Sequence[str] = (),
         ignore_abort: bool = False,
         delay_seconds: float = 0.0,
         **noise: float,
@@ -38,6 +39,7 @@ class SiteBehaviour(NoiseTrainer):
         super().__init__(**noise)  # type: ignore[arg-type]
         self.slow_sites = frozenset(slow_sites)
         self.failing_sites = frozenset(failing_sites)
+        self.failing_evaluation_sites = frozenset(failing_evaluation_sites)
         self.ignore_abort = ignore_abort
         self.delay_seconds = delay_seconds
         self.slow_seconds = sleep
@@ -59,6 +61,8 @@ class SiteBehaviour(NoiseTrainer):
         return super().train(task, context)
 
     def evaluate(self, weights: Weights, context: SiteContext) -> EvalResult:
+        if context.site in self.failing_evaluation_sites:
+            raise RuntimeError(f"{context.site} cannot evaluate: its labels are missing")
         return super().evaluate(weights, context)
 
 
