@@ -41,6 +41,7 @@ from transport._sslsocket import SSLSocketStream
 from transport.errors import (
     ConnectionBrokenError,
     ConnectionClosedError,
+    LocalProtocolError,
     RemoteProtocolError,
     TransportError,
 )
@@ -157,7 +158,10 @@ class Link:
 
     async def send(self, envelope: dict[str, Any], arrays: OutgoingObject | None = None) -> int:
         """Queue a message, waiting while the peer holds a full window of undelivered messages."""
-        body: bytes = msgpack.packb(envelope, use_bin_type=True)
+        try:
+            body: bytes = msgpack.packb(envelope, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:  # a set, an object, a huge int
+            raise LocalProtocolError(f"message body cannot be sent: {exc}") from exc
         while not self.session.send_window_open:
             self._window_wanted = True
             if self.closed:

@@ -237,6 +237,12 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        """Start the node. Raises :class:`LocalProtocolError` if it is running already: a second
+        task group over the first would leave the first one's tasks running for ever."""
+        if self._tg is not None:
+            raise LocalProtocolError(
+                f"node {self.name!r} is running already: use one 'async with' at a time"
+            )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self
@@ -262,6 +268,9 @@ class Node:
             return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
+            for mailbox in self._actors.values():  # their actors' tasks are over
+                mailbox.send.close()
+            self._actors.clear()
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:

@@ -5,7 +5,9 @@ mistake in what the program hands the bus is refused at once, as a
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from tests.nodes._project import free_port, provision_project
 from tests.transport.conftest import Pki, server_and_site
-from transport.bus import Message
+from transport.bus import Message, Node
 from transport.errors import ConnectionBrokenError, LocalProtocolError
 
 pytestmark = pytest.mark.anyio
@@ -76,3 +78,46 @@ async def test_the_readme_bus_sample_runs_as_written(tmp_path: Path) -> None:
                     await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
     assert "site-1 {'w': (1000, 10)}" in printed.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body", [pytest.param({1, 2}, id="a-set"), pytest.param(2**70, id="a-huge-int")]
+)
+async def test_a_body_that_cannot_be_encoded_is_a_local_protocol_error(pki: Pki, body: Any) -> None:
+    """Every error the bus raises is a TransportError: msgpack's own TypeError or OverflowError
+    used to escape from tell and ask."""
+    async with server_and_site(pki) as (server, site, _):
+        server.register("echo", echo)
+        with anyio.fail_after(10):
+            with pytest.raises(LocalProtocolError, match="message body cannot be sent"):
+                await site.tell("server/echo", body)
+            assert (await site.ask("server/echo", [1, 2], timeout=5)).body == [1, 2]
+
+
+async def test_a_node_entered_twice_is_refused_and_keeps_running() -> None:
+    node = Node("solo")
+    async with node:
+        node.register("echo", echo)
+        with pytest.raises(LocalProtocolError, match="running already"):
+            async with node:
+                pass  # pragma: no cover - never entered
+        with anyio.fail_after(5):
+            assert (await node.ask("solo/echo", 7, timeout=5)).body == 7
+
+
+async def test_a_stopped_node_leaves_no_mailbox_open() -> None:
+    """Each actor's mailbox is closed with the node (an unclosed memory stream warns when it is
+    collected), and the node can be started again with new actors."""
+    node = Node("solo")
+    async with node:
+        node.register("echo", echo)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        del node
+        gc.collect()
+    assert [str(w.message) for w in caught if w.category is ResourceWarning] == []
+    node = Node("solo")
+    async with node:
+        node.register("echo", echo)  # the name is free again
+        with anyio.fail_after(5):
+            assert (await node.ask("solo/echo", 8, timeout=5)).body == 8
