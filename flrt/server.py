@@ -154,6 +154,7 @@ class ServerCore:
         self._tg: anyio.abc.TaskGroup | None = None
         self._progress_told: dict[str, float] = {}  # job -> when its progress was last told
         self._progress_pending: set[str] = set()  # jobs whose progress will be told shortly
+        self._stopping = False  # set on exit: its task group takes no new work
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,6 +188,7 @@ class ServerCore:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        self._stopping = True
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)
@@ -259,6 +261,13 @@ class ServerCore:
 
     async def _on_result(self, message: Message) -> None:
         site = message.sender
+        if self._stopping:
+            # Its node outlives the server (it closes after it) and may still hand in a site's
+            # answer: the jobs are stopped, their rounds neither closed nor failed, and each runs
+            # again from its checkpoint at the next start. Not "late", and nothing to drain: the
+            # session goes with the node.
+            log.info("result.ignored", site=site, reason="the server is stopping")
+            return
         if site not in self.registry:
             log.warning("result.refused", peer=site, reason="the peer is not a site")
             self.task_group.start_soon(drain, message.object)
@@ -292,7 +301,11 @@ class ServerCore:
     # ------------------------------------------------------------------ jobs
 
     def start_job(self, job_id: str) -> None:
-        """Run a stored job (in the background) unless it runs already."""
+        """Run a stored job (in the background) unless it runs already, or the server is stopping
+        (the job is stored: the next start runs it)."""
+        if self._stopping:
+            log.info("job.not_started", job=job_id, reason="the server is stopping")
+            return
         if job_id not in self.jobs:
             self.interrupted.pop(job_id, None)
             self.jobs[job_id] = _RunningJob(anyio.CancelScope())
