@@ -368,9 +368,10 @@ class SiteNode:
     ``lock_workspace=False`` is for a caller that holds it already.
 
     Raises, on entry: :class:`~security.errors.KitError` (and subclasses) for a kit it cannot use,
-    :class:`~flrt.errors.ConfigError` for a local policy it cannot read, and
-    :class:`~flrt.errors.WorkspaceInUseError` when another node holds the workspace. It does not
-    wait for the server: use :meth:`wait_connected`.
+    :class:`~flrt.errors.ConfigError` for a local policy it cannot read or a workspace it cannot
+    create, :class:`~flrt.errors.WorkspaceInUseError` when another node holds the workspace, and
+    :class:`RuntimeError` when it is open already. It does not wait for the server: use
+    :meth:`wait_connected`.
     """
 
     def __init__(
@@ -399,6 +400,8 @@ class SiteNode:
         self._core: SiteCore | None = None
         self._lost = anyio.Event()
         self._sessions = 0
+        self._open = False  # from the start of __aenter__ to the end of __aexit__
+        self._connecting = anyio.CancelScope()  # _stay_connected's; cancelled first on exit
 
     @property
     def node(self) -> Node:
@@ -425,6 +428,18 @@ class SiteNode:
         await self.node.wait_peer(SERVER)
 
     async def __aenter__(self) -> Self:
+        if self._open:
+            raise RuntimeError(
+                "the site is open already: use one 'async with' at a time, or another SiteNode"
+            )
+        self._open = True
+        try:
+            return await self._start()
+        except BaseException:
+            self._open = False
+            raise
+
+    async def _start(self) -> Self:
         kit = load_kit(self.kit_path)
         if kit.identity.role is not Role.SITE:
             raise KitError(self.kit_path, f"a {kit.identity.role.value} kit cannot run a site")
@@ -437,7 +452,13 @@ class SiteNode:
             where = exc.filename if exc.filename is not None else local
             raise ConfigError(f"cannot be read: {exc.strerror or exc}", path=where) from None
         context = client_ssl_context_from_kit(kit)
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        try:
+            self.workspace.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, a folder this user may not write
+            raise ConfigError(
+                f"cannot be the site's workspace: {exc.strerror or exc}", path=self.workspace
+            ) from None
+        self._connecting = anyio.CancelScope()
         async with AsyncExitStack() as stack:
             if self.lock_workspace:  # before anything in it is read or written
                 stack.enter_context(_workspace.lock_workspace(self.workspace))
@@ -469,18 +490,26 @@ class SiteNode:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None
+        # Stop reconnecting first: the node's stop ends the session, which would make a dial.
+        self._connecting.cancel()
         try:
             return await close_unwrapped(self._stack, exc_type, exc, tb)
         finally:
             self._stack = None
             self._node = self._core = None
+            self._open = False
 
     def _peer_lost(self, peer: str, error: TransportError | None) -> None:
         if peer == SERVER:
             self._lost.set()
 
     async def _stay_connected(self, kit: Kit, context: Any) -> None:
-        """Open a session with the server, and a new one whenever the old one is lost."""
+        """Open a session with the server, and a new one whenever the old one is lost (until the
+        site stops)."""
+        with self._connecting:
+            await self._connect_forever(kit, context)
+
+    async def _connect_forever(self, kit: Kit, context: Any) -> None:
         node = self.node
         delay = self.backoff[0]
         addresses = [self.server_address] if self.server_address else kit.config.server_addresses
