@@ -6,7 +6,10 @@ Layout (``<workspace>/jobs/<job-id>/``)::
     record.json        status, reason, times, who submitted it (rewritten atomically on each change)
     checkpoints/       round-NNNNNN/ per completed round (:mod:`flrt.checkpoint`), newest two kept
     metrics.jsonl      one JSON object per reported event: rounds, per-site and mean metrics,
-                       discarded updates (append-only; a torn last line after a crash is skipped)
+                       discarded updates, and ``job_started`` each time a server starts the job
+                       after a round (its checkpoint, 0 for none): what follows supersedes what
+                       was recorded before for later rounds (append-only; a torn last line after
+                       a crash is skipped)
     cross_site.json    the cross-site validation results, once there are any
 
 A job folder appears whole or not at all: it is written under a dot-name and renamed into place.

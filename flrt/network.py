@@ -738,6 +738,14 @@ class NetworkController:
         if obj is not None:
             self.task_group.start_soon(drain, obj)
 
+    def started(self, after_round: int) -> None:
+        """The workflow starts in this process after round ``after_round`` (its checkpoint; 0:
+        from the start), as ``{"event": "job_started", "round": after_round}`` in
+        ``metrics.jsonl``. A server killed after a round completed but before its checkpoint was
+        written runs that round again: the events recorded before this line for later rounds
+        are of a run that did not last."""
+        self._record({"event": "job_started", "time": time.time(), "round": after_round})
+
     def release_staging(self) -> None:
         """Wake the receivers waiting for staged updates to be folded in or dropped."""
         self.staging_released.set()

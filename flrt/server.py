@@ -417,11 +417,13 @@ class ServerCore:
                 controller.rounds_done = resume.round
                 log.info("job.resumed", job=job_id, round=resume.round)
                 running.detail = "running"
+                controller.started(resume.round)
                 state = await run_workflow(controller, spec, job_id=job_id, resume=resume)
             else:
                 weights = await anyio.to_thread.run_sync(initial_weights, spec)
                 controller.release_at_first_checkpoint(weights)
                 running.detail = "running"
+                controller.started(0)
                 state = await run_workflow(controller, spec, job_id=job_id, initial_weights=weights)
             await controller.checkpoint_written()  # the last one, before the job is reported over
         except FlrtError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -11,6 +14,8 @@ from structlog.testing import capture_logs
 
 from flrt._protocol import PROTOCOL_VERSION, RESULTS_ACTOR
 from flrt.server import ServerCore
+from flrt.simulator import _attach, simulate
+from flrt.site import SiteCore
 from transport.bus import Message, Node
 
 pytestmark = pytest.mark.anyio
@@ -44,3 +49,67 @@ async def test_what_reaches_a_stopping_server_is_let_go_quietly(tmp_path: Path) 
     assert [e["event"] for e in events] == ["result.ignored", "result.ignored", "job.not_started"]
     assert all(e["reason"] == "the server is stopping" for e in events)
     assert core.jobs == {}
+
+
+NOISE_JOB = """\
+name = "restarted"
+[workflow]
+name = "fedavg"
+rounds = 3
+sites_per_round = 2
+min_sites = 2
+seed = 3
+[trainer]
+spec = "flrt.examples.noise:NoiseTrainer"
+[trainer.args]
+size_mib = 0.01
+"""
+
+
+async def test_a_job_started_again_says_so_in_its_metrics(tmp_path: Path) -> None:
+    """A server killed after round 3 completed but before its checkpoint was written runs round 3
+    again when it restarts, so ``metrics.jsonl`` holds two ``round_completed`` events for it.
+    Each start of the job's workflow is recorded (``job_started``, with the round it starts
+    after), so a reader knows which of them the job kept."""
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "job.toml").write_text(NOISE_JOB)
+    workspace = tmp_path / "ws"
+    with anyio.fail_after(30):
+        first = await simulate(tmp_path / "job", sites=2, workspace=workspace)
+    assert first.status == "finished"
+    folder = workspace / "server" / "jobs" / first.job_id
+    # What the killed server left: round 3 reported, its checkpoint not written, still running.
+    shutil.rmtree(folder / "checkpoints" / "round-000003")
+    record = json.loads((folder / "record.json").read_text())
+    (folder / "record.json").write_text(json.dumps({**record, "status": "running"}))
+
+    with anyio.fail_after(30):
+        async with AsyncExitStack() as stack:  # the server starts again, and its sites dial in
+            server = await stack.enter_async_context(Node("server"))
+            core = await stack.enter_async_context(
+                ServerCore(
+                    server,
+                    workspace / "server",
+                    sites={"site-1": "sim", "site-2": "sim"},
+                    identity_of=lambda _: None,
+                    site_wait=0.0,
+                )
+            )
+            server.on_peer_lost = core.peer_lost
+            for name in ("site-1", "site-2"):
+                node = await stack.enter_async_context(Node(name))
+                await stack.enter_async_context(SiteCore(node, name, workspace / name))
+                await _attach(server, node)
+            final = await core.wait_job(first.job_id)
+            events = core.store.metrics(first.job_id)
+    assert final.record.status.value == "finished"
+    told = [(e["event"], e["round"]) for e in events if e["event"] != "metrics"]
+    completed = [t for t in told if t[0] in ("job_started", "round_completed")]
+    assert completed == [
+        ("job_started", 0),
+        ("round_completed", 1),
+        ("round_completed", 2),
+        ("round_completed", 3),
+        ("job_started", 2),
+        ("round_completed", 3),
+    ]
