@@ -14,7 +14,8 @@ Layout (``<workspace>/jobs/<job-id>/``)::
 
 A job folder appears whole or not at all: it is written under a dot-name and renamed into place.
 Every other durable file is written to a temporary file, flushed, fsynced and renamed, then the
-folder is fsynced (:func:`atomic_write`, from :mod:`flrt._durable`). Nothing here is ever
+folder is fsynced (:func:`atomic_write`, from :mod:`flrt._durable`); the temporary files a crash
+leaves behind (dot-names) are removed when the server starts again. Nothing here is ever
 unpickled: JSON, TOML, msgpack and safetensors only.
 
 ``metrics.jsonl`` is a record, not state, and is not fsynced: a running job keeps it open
@@ -25,6 +26,7 @@ ones. What a job resumes from is its checkpoints, which are durable (:mod:`flrt.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -101,6 +103,9 @@ class JobStore:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".new-*"):  # a submission interrupted by a crash
             shutil.rmtree(stale, ignore_errors=True)
+        for copy in root.glob("*/.*.tmp"):  # a record (or results) rewrite a crash interrupted
+            with contextlib.suppress(OSError):
+                copy.unlink()
 
     def folder(self, job_id: str) -> Path:
         """The job's folder. Raises :class:`KeyError` for something that is not a job id."""

@@ -9,7 +9,8 @@ which sampling uses to prefer reliable sites; the histories are saved to
 ``<workspace>/registry.json`` so they survive a restart: at once after a quiet spell, else at most
 once per ``save_interval`` seconds (a rewrite costs the server's event loop half a millisecond, a
 fast job runs dozens of rounds a second), and whenever the server calls :meth:`SiteRegistry.flush`
-(a job ended, the server stops). The file is advisory, and a crash may lose the last second.
+(a job ended, the server stops). The file is advisory, and a crash may lose the last second; the
+temporary copy a crash leaves while it is rewritten is removed at the next start.
 
 Waiting: :meth:`SiteRegistry.wait_changed` returns at the next connection change, so a job can wait
 for its sites without polling.
@@ -60,6 +61,16 @@ class SiteRecord:
         }
 
 
+def _remove_stale_copies(path: Path) -> None:
+    """Remove what a server killed while it rewrote ``path`` left: a temporary copy
+    (``.<name>.<random>.tmp``, see :mod:`flrt._durable`), one more with each such kill. Nobody
+    else writes there: the workspace is the server's (:mod:`flrt._workspace`)."""
+    with contextlib.suppress(OSError):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 class SiteRegistry:
     """Every known site's connection state and reliability history (see the module docstring).
 
@@ -76,6 +87,8 @@ class SiteRegistry:
         self._unsaved = False
         self._sites = {name: SiteRecord(name, org) for name, org in sorted(sites.items())}
         self._changed = anyio.Event()
+        if path is not None:
+            _remove_stale_copies(path)
         if path is not None and path.is_file():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 saved = json.loads(path.read_bytes())

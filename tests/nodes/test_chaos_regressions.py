@@ -13,6 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from flrt._protocol import PROTOCOL_VERSION, RESULTS_ACTOR
+from flrt.jobstore import JobStore
+from flrt.registry import SiteRegistry
 from flrt.server import ServerCore
 from flrt.simulator import _attach, simulate
 from flrt.site import SiteCore
@@ -113,3 +115,28 @@ async def test_a_job_started_again_says_so_in_its_metrics(tmp_path: Path) -> Non
         ("job_started", 2),
         ("round_completed", 3),
     ]
+
+
+def test_temporary_copies_a_killed_server_left_are_removed_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    """A server killed while it rewrote ``registry.json`` (once a second while jobs run) or a
+    job's record left a temporary copy each time, and nothing ever removed them."""
+    jobs = tmp_path / "jobs"
+    job = jobs / "20261123t064033045z-p9m5cqgsb3"
+    job.mkdir(parents=True)
+    (job / "record.json").write_text("{}")
+    left = [
+        tmp_path / ".registry.json.og9gi756.tmp",
+        job / ".record.json.x12ae69k.tmp",
+        job / ".cross_site.json.17tn387l.tmp",
+    ]
+    for copy in left:
+        copy.write_bytes(b"{")
+    kept = tmp_path / ".flrt.lock"
+    kept.write_text("1\n")
+    SiteRegistry({"site-1": "org"}, tmp_path / "registry.json")
+    JobStore(jobs)
+    assert [copy for copy in left if copy.exists()] == []
+    assert kept.exists()
+    assert (job / "record.json").read_text() == "{}"
