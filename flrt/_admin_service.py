@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import structlog
 
 from flrt._protocol import EVENTS_ACTOR, PROTOCOL_VERSION
 from flrt._report import natural_key
@@ -40,6 +39,7 @@ from flrt.errors import (
 )
 from flrt.job import JobSpec, loads_job
 from flrt.jobstore import JobEntry, unreadable_reason
+from flrt.logs import module_logger
 from flrt.trainer import load_trainer
 from flrt.workflows import GLOBAL_MODEL
 from security.pki import Identity, Role
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AdminService", "round_table", "site_failures"]
 
-log = structlog.get_logger("flrt.admin")
+log = module_logger("flrt.admin")
 
 _ANY, _OWN_JOB = "any", "own_job"
 

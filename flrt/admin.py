@@ -55,13 +55,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import anyio
-import structlog
 
 from flrt._durable import atomic_write, fsync_directory
 from flrt._groups import close_unwrapped
 from flrt._protocol import ADMIN_ACTOR, EVENTS_ACTOR
 from flrt.errors import AdminError, ConfigError, JobError
 from flrt.job import MAX_JOB_FILE_BYTES, too_large
+from flrt.logs import module_logger
 from flrt.model import save_weights
 from security.errors import KitError
 from security.kit import Kit, load_kit
@@ -80,7 +80,7 @@ from transport.protocol.session import SessionConfig
 
 __all__ = ["TERMINAL", "AdminClient", "ServerUnreachableError", "read_job"]
 
-log = structlog.get_logger("flrt.admin")
+log = module_logger("flrt.admin")
 
 SERVER = "server"
 

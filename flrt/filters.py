@@ -40,9 +40,9 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
-import structlog
 
 from flrt.errors import ConfigError
+from flrt.logs import module_logger
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask, UpdateKind, Weights
 
 __all__ = [
@@ -64,7 +64,7 @@ __all__ = [
 Task: TypeAlias = TrainTask | EvalTask
 Result: TypeAlias = TrainResult | EvalResult
 
-log = structlog.get_logger("flrt.filters")
+log = module_logger("flrt.filters")
 
 #: Where a :class:`FilterChain` says its filters are configured.
 _MANDATORY_SOURCE = "local/privacy.toml"

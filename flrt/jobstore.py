@@ -39,17 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from flrt._durable import atomic_write, fsync_directory
 from flrt.checkpoint import latest_checkpoint
 from flrt.errors import CheckpointError, JobError, JobRecordError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
+from flrt.logs import module_logger
 from flrt.workflows.state import WorkflowState
 
 __all__ = ["JobEntry", "JobStore", "MetricsLog", "unreadable_reason"]
 
-log = structlog.get_logger("flrt.jobstore")
+log = module_logger("flrt.jobstore")
 
 JOB_FILE = "job.toml"
 RECORD_FILE = "record.json"

@@ -13,58 +13,17 @@ redaction is there to hide.
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import sys
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "redact"]
+from transport._log import get_logger as module_logger
+from transport._log import redact
 
-_SECRET_KEY = re.compile(r"(pass(word|phrase)?|secret|token|private|key_pem|cookie)", re.IGNORECASE)
-_REDACTED = "[redacted]"
-#: Values that pass through :func:`redact` unchanged: most of every event, so checked first.
-_PLAIN = frozenset({str, int, float, bool, type(None)})
-
-
-def _scrub(value: Any) -> Any:
-    if type(value) in _PLAIN:
-        return value
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, dict):
-        return {k: _REDACTED if _is_secret(k) else _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value
-
-
-@functools.lru_cache(maxsize=4096)
-def _secret_name(key: str) -> bool:
-    # Event keys come from a few call sites: one regex search per name, not one per log line.
-    return _SECRET_KEY.search(key) is not None
-
-
-def _is_secret(key: object) -> bool:
-    return isinstance(key, str) and _secret_name(key)
-
-
-def redact(
-    _logger: object, _method: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: hide secrets by key name and replace raw bytes by their length."""
-    for key, value in event_dict.items():  # values change in place, keys do not
-        if key == "event":
-            continue
-        if _is_secret(key):
-            event_dict[key] = _REDACTED
-        elif type(value) not in _PLAIN:
-            event_dict[key] = _scrub(value)
-    return event_dict
+__all__ = ["configure_logging", "get_logger", "module_logger", "redact"]
 
 
 def configure_logging(
@@ -76,8 +35,9 @@ def configure_logging(
     """Route structlog events to a JSON-lines file and/or a human-readable console.
 
     Either sink may be ``None``. Calling it again replaces the previous configuration, for every
-    logger, including those the modules made at import (``structlog.get_logger(...)``) and have
-    used since.
+    logger, including those the modules made at import (:func:`module_logger`) and have used
+    since. Until it (or the program's own structlog set-up) runs, flrt's events go to the standard
+    library's loggers (``flrt.site``, ``transport``, ...): see :mod:`transport._log`.
     """
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -136,9 +96,8 @@ def configure_logging(
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger bound to ``component=name`` and any extra context.
-
-    It follows :func:`configure_logging` wherever it is made (before it, or before it was called
-    again), as the modules' ``structlog.get_logger(...)`` do: it is resolved at each line, not
-    here."""
-    return structlog.get_logger(component=name, **context)
+    """A logger bound to ``component=name`` and any extra context, as the modules' own
+    (:func:`module_logger`, :mod:`transport._log`): structlog's when the program configured it
+    (:func:`configure_logging`, before or after this call), the standard library's logger
+    ``name`` when not."""
+    return module_logger(name, component=name, **context)

@@ -63,7 +63,6 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import numpy as np
-import structlog
 
 from flrt._protocol import (
     PROTOCOL_VERSION,
@@ -80,6 +79,7 @@ from flrt.errors import NodeProtocolError, UpdateError
 from flrt.filters import Task
 from flrt.job import JobSpec
 from flrt.jobstore import JobEntry, JobStore
+from flrt.logs import module_logger
 from flrt.registry import SiteRegistry
 from flrt.tasks import EvalTask, TrainTask, Weights
 from flrt.workflows import (
@@ -106,7 +106,7 @@ from transport.objects import IncomingObject, LocalObject
 
 __all__ = ["ByteBudget", "NetworkController", "TaskTable", "drain", "event_record"]
 
-log = structlog.get_logger("flrt.network")
+log = module_logger("flrt.network")
 
 ObjectHandle = IncomingObject | LocalObject
 #: Tell ``body`` (and ``arrays``) to ``address``; raises a TransportError if it cannot be sent.

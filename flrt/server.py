@@ -50,7 +50,6 @@ from typing import Any, Self
 import anyio
 import anyio.abc
 import anyio.to_thread
-import structlog
 
 from flrt import _admin_service, _workspace
 from flrt._groups import close_unwrapped, unwrapped
@@ -64,6 +63,7 @@ from flrt.errors import (
 )
 from flrt.job import JobSpec, JobStatus
 from flrt.jobstore import JobEntry, JobStore, unreadable_reason
+from flrt.logs import module_logger
 from flrt.network import NetworkController, TaskTable, drain
 from flrt.registry import SiteRegistry
 from flrt.tasks import Weights
@@ -80,7 +80,7 @@ from transport.protocol.session import SessionConfig
 
 __all__ = ["ServerCore", "ServerNode"]
 
-log = structlog.get_logger("flrt.server")
+log = module_logger("flrt.server")
 
 #: Called to learn who a peer is (``None``: not known).
 IdentityOf = Callable[[str], Identity | None]

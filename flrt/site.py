@@ -60,7 +60,6 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import numpy as np
-import structlog
 
 from flrt import _workspace
 from flrt._groups import close_unwrapped
@@ -82,6 +81,7 @@ from flrt._site_config import (
 )
 from flrt.errors import ConfigError, NodeProtocolError, TrainingAbortedError
 from flrt.filters import FilterChain, FilterContext, Result, Task, build_filters
+from flrt.logs import module_logger
 from flrt.tasks import TrainTask
 from flrt.trainer import CheckedTrainer, SiteContext, load_trainer
 from security.errors import KitError
@@ -95,7 +95,7 @@ from transport.protocol.session import SessionConfig
 
 __all__ = ["SiteCore", "SiteNode", "SitePolicy"]
 
-log = structlog.get_logger("flrt.site")
+log = module_logger("flrt.site")
 
 SERVER = "server"
 

@@ -181,3 +181,52 @@ def test_redact_hides_secrets_and_bytes_at_every_depth(event: dict[str, Any]) ->
         for k, v in event.items()
     }
     assert redact(None, "info", dict(event)) == expected
+
+
+@pytest.fixture
+def unconfigured_structlog() -> Iterator[None]:
+    """structlog as a host program that never configured it has it; put back afterwards."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("unconfigured_structlog")
+def test_without_a_structlog_setup_events_go_to_the_standard_loggers(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A program that embeds a site and uses logging sees flrt's events as its other records, by
+    module name and level, not printed to its stdout by structlog's defaults."""
+    from flrt.site import log as site_log
+    from transport.bus import log as bus_log
+
+    with caplog.at_level(logging.INFO):
+        site_log.bind(job="j-1").info("task.done", samples=3, password="hunter2")
+        bus_log.debug("noise")  # below the level the program chose
+        try:
+            raise ValueError("bad rows")
+        except ValueError:
+            site_log.exception("task.failed", site="site-1")
+    assert capsys.readouterr().out == ""
+    records = [(r.name, r.levelname) for r in caplog.records]
+    assert records == [("flrt.site", "INFO"), ("flrt.site", "ERROR")]
+    done, failed = (r.getMessage() for r in caplog.records)
+    assert done == "event='task.done' job='j-1' password='[redacted]' samples=3"
+    assert failed.startswith("event='task.failed' exception='Traceback")
+    assert "ValueError: bad rows" in failed
+
+
+def test_once_structlog_is_set_up_the_same_loggers_follow_it(tmp_path: Path) -> None:
+    from flrt.site import log as site_log
+
+    log_file = tmp_path / "node.jsonl"
+    configure_logging(json_file=log_file, console=None)
+    try:
+        site_log.bind(job="j-2").info("task.done", samples=1)
+    finally:
+        configure_logging(json_file=None, console=None)
+    [record] = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
+    assert (record["event"], record["job"], record["samples"]) == ("task.done", "j-2", 1)

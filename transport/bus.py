@@ -35,10 +35,10 @@ from typing import Any, Literal, Self
 import anyio
 import anyio.abc
 import numpy.typing as npt
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from transport._link import Link
+from transport._log import get_logger
 from transport._sslsocket import accept_socket, listen_socket
 from transport.errors import (
     AskTimeoutError,
@@ -76,7 +76,7 @@ __all__ = [
     "SessionPolicy",
 ]
 
-log = structlog.get_logger("transport")
+log = get_logger("transport")
 
 #: Seconds a stopping node waits for its CLOSE frames to reach connected peers.
 CLOSE_GRACE = 1.0

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import structlog
 
 from flrt._groups import only_exception
 from flrt._workspace import lock_workspace
 from flrt.errors import ConfigError
-from flrt.logs import configure_logging
+from flrt.logs import configure_logging, module_logger
 from security.errors import KitError
 from security.kit import load_kit
 from security.pki import Role
@@ -30,7 +29,7 @@ __all__ = ["run", "run_node", "until_signal"]
 #: The logger :func:`~flrt.logs.configure_logging` routes every event to.
 EVENTS_LOGGER = "flrt.events"
 
-log = structlog.get_logger("flrt.cli")
+log = module_logger("flrt.cli")
 
 
 async def until_signal(announce: str) -> int:

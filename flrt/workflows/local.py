@@ -44,13 +44,13 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
-import structlog
 
 from flrt._redact_paths import describe_failure, redact_paths
 from flrt.aggregation import layout_of
 from flrt.checkpoint import CheckpointWriter
 from flrt.errors import UpdateError, WorkflowStalledError
 from flrt.filters import FilterChain, FilterContext, Task
+from flrt.logs import module_logger
 from flrt.tasks import EvalResult, EvalTask, TrainResult, TrainTask
 from flrt.trainer import SiteContext, Trainer
 
@@ -70,7 +70,7 @@ from .state import WorkflowState
 
 __all__ = ["LocalController", "LocalSite"]
 
-log = structlog.get_logger("flrt.simulation")
+log = module_logger("flrt.simulation")
 
 
 def _no_failure(task: Task) -> str | None:
