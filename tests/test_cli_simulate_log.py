@@ -28,17 +28,13 @@ fail = true
 """
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("workspace", [False, True], ids=["temporary", "given"])
-def test_each_error_id_of_a_failed_simulation_is_in_the_log_it_names(
-    tmp_path: Path, workspace: bool
-) -> None:
+def simulate(tmp_path: Path, job_toml: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``flrt simulate`` of the job ``job_toml`` at two sites, in ``tmp_path`` (its TMPDIR too)."""
     job = tmp_path / "job"
     job.mkdir()
-    (job / "job.toml").write_text(FAILING)
-    extra = ["--workspace", str(tmp_path / "ws")] if workspace else []
-    result = subprocess.run(
-        [sys.executable, "-m", "flrt", "simulate", str(job), "--sites", "2", *extra],
+    (job / "job.toml").write_text(job_toml)
+    return subprocess.run(
+        [sys.executable, "-m", "flrt", "simulate", str(job), "--sites", "2", *args],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
         capture_output=True,
@@ -46,6 +42,15 @@ def test_each_error_id_of_a_failed_simulation_is_in_the_log_it_names(
         timeout=100,
         check=False,
     )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workspace", [False, True], ids=["temporary", "given"])
+def test_each_error_id_of_a_failed_simulation_is_in_the_log_it_names(
+    tmp_path: Path, workspace: bool
+) -> None:
+    extra = ["--workspace", str(tmp_path / "ws")] if workspace else []
+    result = simulate(tmp_path, FAILING, *extra)
     assert result.returncode == 1, result.stderr
     ids = re.findall(r"error id ([0-9a-f]+)", result.stdout)
     assert len(ids) == 2, result.stdout
@@ -84,18 +89,7 @@ failing_evaluation_sites = ["site-2"]
 def test_a_finished_simulation_says_why_a_site_failed_and_where_its_details_are(
     tmp_path: Path,
 ) -> None:
-    job = tmp_path / "job"
-    job.mkdir()
-    (job / "job.toml").write_text(SOME_FAIL)
-    result = subprocess.run(
-        [sys.executable, "-m", "flrt", "simulate", str(job), "--sites", "2"],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
+    result = simulate(tmp_path, SOME_FAIL)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     rows = {
