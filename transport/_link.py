@@ -279,6 +279,8 @@ class Link:
                 return
             if session.has_pending_chunks:
                 continue
+            if self._watched and session.all_sent:
+                self._changed()  # wait_sent() may go on
             timer = session.get_timer()
             with anyio.CancelScope(deadline=math.inf if timer is None else timer) as sleep:
                 self._writer_sleep = sleep
@@ -398,6 +400,15 @@ class Link:
         self.session.events_received()
         self._end(None)
         self._wake()  # the writer flushes the CLOSE frame, then ends the connection
+
+    async def wait_sent(self) -> None:
+        """Wait until everything queued on this link is written (or it has no connection)."""
+        while True:
+            changed = self.state_event()
+            if self._connection_scope is None or self.session.all_sent:
+                return
+            self._wake()
+            await changed.wait()
 
     async def wait_disconnected(self) -> None:
         """Wait until this link has no connection (after :meth:`close`: its CLOSE frame is out)."""

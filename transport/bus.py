@@ -78,7 +78,8 @@ __all__ = [
 
 log = get_logger("transport")
 
-#: Seconds a stopping node waits for its CLOSE frames to reach connected peers.
+#: Seconds a stopping node waits for what it was told to send to be written, and then again for
+#: its CLOSE frames to reach connected peers.
 CLOSE_GRACE = 1.0
 
 #: Arrays to send: a dict, or an :class:`OutgoingObject` prepared once to send to many peers (its
@@ -255,14 +256,19 @@ class Node:
     ) -> bool | None:
         assert self._tg is not None
         links = list(self._links.values())
-        for link in links:
-            link.close("node stopping")
-        # Let each connected peer hear the CLOSE, so that it knows the session is over instead of
-        # trying to resume it; a peer that does not read is cut off after CLOSE_GRACE.
-        with anyio.CancelScope(shield=True) as grace:
-            grace.deadline = anyio.current_time() + CLOSE_GRACE
+        with anyio.CancelScope(shield=True):
+            # What was told before the stop is written first (a result a site sends as it
+            # stops), then each connected peer hears the CLOSE, so that it knows the session is
+            # over instead of trying to resume it. A peer that does not read (or grant credit)
+            # holds either step up for CLOSE_GRACE at most.
+            with anyio.move_on_after(CLOSE_GRACE):
+                for link in links:
+                    await link.wait_sent()
             for link in links:
-                await link.wait_disconnected()
+                link.close("node stopping")
+            with anyio.move_on_after(CLOSE_GRACE):
+                for link in links:
+                    await link.wait_disconnected()
         self._tg.cancel_scope.cancel()
         try:
             return await self._tg.__aexit__(exc_type, exc, tb)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.nodes._project import free_port, provision_project
-from tests.transport.conftest import Pki, server_and_site
+from tests.transport.conftest import FAST, Pki, name_from_certificate, server_and_site
 from transport.bus import Message, Node
 from transport.errors import ConnectionBrokenError, LocalProtocolError
 
@@ -121,3 +121,28 @@ async def test_a_stopped_node_leaves_no_mailbox_open() -> None:
         node.register("echo", echo)  # the name is free again
         with anyio.fail_after(5):
             assert (await node.ask("solo/echo", 8, timeout=5)).body == 8
+
+
+async def test_what_a_node_told_before_it_stops_is_delivered(pki: Pki) -> None:
+    """A site that sends its result and stops at once: the object is written before the CLOSE
+    (it used to be cut off, and the peer's actor failed on a broken object)."""
+    got: list[float] = []
+    arrived = anyio.Event()
+
+    async def keep(message: Message) -> None:
+        assert message.object is not None
+        arrays = await message.object.arrays()
+        got.append(float(arrays["w"].sum()))
+        arrived.set()
+
+    async with Node("server", config=FAST) as server:
+        port = await server.serve(pki.server_context(), name_from_certificate)
+        server.register("keep", keep)
+        async with Node("site-1", config=FAST) as site:
+            await site.connect(
+                "127.0.0.1", port, pki.site_context(pki.site), server_hostname="localhost"
+            )
+            await site.tell("server/keep", "result", arrays={"w": np.ones(2_000_000)})
+        with anyio.fail_after(10):
+            await arrived.wait()
+    assert got == [2_000_000.0]

@@ -661,6 +661,12 @@ class Session:
         return bool(self._out) or self.has_pending_chunks
 
     @property
+    def all_sent(self) -> bool:
+        """True when every frame and object byte queued so far has been handed to
+        :meth:`data_to_send` (whatever flow control still holds back counts as not sent)."""
+        return not self._out and not self._streaming
+
+    @property
     def has_pending_chunks(self) -> bool:
         """True when object bytes are waiting and flow control allows sending some."""
         if self.state is not SessionState.OPEN or self._conn_sent >= self._conn_limit:
