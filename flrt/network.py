@@ -25,8 +25,10 @@ sites and turn what comes back into the workflow's :data:`~flrt.workflows.Reply`
   an unread object would hold the link's flow-control credit forever. The sink is never touched
   after its scatter has exited.
 - **Sites coming and going.** The server tells every controller when a site's connection drops
-  (its outstanding tasks fail at once: a dropout never stalls a round that can still reach its
-  quorum), when its session ends for good, and when it connects (:class:`~flrt.workflows.
+  (its outstanding tasks are reported failed at once, as resumable: a dropout never stalls a
+  round that can still reach its quorum, and a round that needs the site waits for its session
+  to resume, see :mod:`flrt.workflows.rounds`), when its session ends for good (they fail), and
+  when it connects (:class:`~flrt.workflows.
   SiteJoined` in every open scatter). A site whose connection drops while its result is streaming
   is not failed: the bus resumes the transfer, or fails the object if the session is lost.
 - **Cancelling** tells the site to stop (``cancel``); a trainer that honours its abort check stops,
@@ -424,10 +426,14 @@ class _NetScatter:
 
     # ------------------------------------------------------------------ from the server
 
-    def site_lost(self, site: str, reason: str) -> None:
-        """The site's connection dropped (or its session ended): fail its outstanding task."""
+    def site_lost(self, site: str, reason: str, *, resumable: bool = False) -> None:
+        """The site's connection dropped (``resumable``: its session may resume, and its task
+        stays outstanding) or its session ended (its outstanding task fails)."""
         if not self.closed and self.status.get(site) == _OUTSTANDING:
-            self._fail(site, reason)
+            if resumable:
+                self._deliver(SiteFailed(site, reason, resumable=True))
+            else:
+                self._fail(site, reason)
 
     def site_joined(self, site: str) -> None:
         if not self.closed:
@@ -751,9 +757,11 @@ class NetworkController:
         self.staging_released.set()
         self.staging_released = anyio.Event()
 
-    def site_lost(self, site: str, reason: str) -> None:
+    def site_lost(self, site: str, reason: str, *, resumable: bool = False) -> None:
+        """``site``'s connection dropped (``resumable``: its session may resume) or its session
+        ended: see :meth:`_NetScatter.site_lost`."""
         for scatter in list(self._scatters):
-            scatter.site_lost(site, reason)
+            scatter.site_lost(site, reason, resumable=resumable)
 
     def site_joined(self, site: str) -> None:
         for scatter in list(self._scatters):

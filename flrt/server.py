@@ -236,16 +236,18 @@ class ServerCore:
                         job.controller.site_joined(site)
             elif not connected and self.registry.disconnected(site):
                 log.info("site.disconnected", site=site)
-                self._site_lost(site, "disconnected")
+                self._site_lost(site, "disconnected", resumable=link is not None)
             if link is None:
                 await self.node.wait_peer(site)
             else:
                 await link.wait_changed()
 
-    def _site_lost(self, site: str, reason: str) -> None:
+    def _site_lost(self, site: str, reason: str, *, resumable: bool = False) -> None:
+        """``site``'s connection dropped (``resumable``: its session may resume: the bus keeps
+        its link) or its session ended."""
         for job in self.jobs.values():
             if job.controller is not None:
-                job.controller.site_lost(site, reason)
+                job.controller.site_lost(site, reason, resumable=resumable)
 
     def peer_lost(self, peer: str, error: TransportError | None) -> None:
         """The bus ended ``peer``'s session (closed, replaced, expired or refused)."""

@@ -29,6 +29,10 @@ What a controller must guarantee
   even when it is delivered into a later scatter.
 - A site that disconnects or whose task fails while it is outstanding yields one
   :class:`SiteFailed`; a site that (re)connects yields :class:`SiteJoined` in every open scatter.
+  A connection that drops while the site's session may still resume (the bus reconnects and
+  delivers what was in flight) yields a :class:`SiteFailed` with ``resumable=True``, and the task
+  stays outstanding: its answer may still come, and if the session ends for good, a second
+  :class:`SiteFailed` (not resumable) follows.
 - **Streaming.** When a scatter is given a ``sink`` (an :class:`UpdateSink`, in practice the
   round's aggregator), the controller may stream a train result's arrays into it as they arrive
   (:meth:`UpdateSink.open`, then :meth:`UpdateSink.accept` per piece), but only for replies to the
@@ -105,10 +109,13 @@ class ResultArrived:
 
 @dataclass(frozen=True, slots=True)
 class SiteFailed:
-    """An outstanding site failed its task or disconnected."""
+    """An outstanding site failed its task or disconnected. ``resumable``: only its connection
+    dropped, and its session may resume (see the module docstring): its task may still be
+    answered."""
 
     site: str
     reason: str
+    resumable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,11 @@
 - a reply for another task (an earlier round, another model), from a site not asked, a duplicate,
   or one arriving after the round closed is reported as :class:`UpdateDiscarded` and its staged
   arrays are dropped, never folded;
+- a site whose connection drops while it is outstanding counts as failed at once, so the round
+  goes on without it, unless the quorum cannot be reached without it: then, as long as its
+  session may resume (:class:`~flrt.workflows.controller.SiteFailed` ``resumable``), its answer is
+  waited for, and it fails only when the session ends for good. A network blip of a few
+  milliseconds at one site must not fail a round that needs every site;
 - when the quorum needs more sites (``wait_for_quorum``), sites that are connected and not yet in
   the round are asked, now or as soon as one joins;
 - when the round closes, stragglers are cancelled; when it fails, a
@@ -163,6 +168,8 @@ class _Driver:
                     if reply.staged and self.sink is not None and reply.site not in q.accepted:
                         self.sink.discard(reply.site)  # streamed, then refused: never folded
             case SiteFailed():
+                if reply.resumable and self._needed(reply.site):
+                    return  # its session may resume and its answer come: see the docstring
                 if self.sink is not None and reply.site in q.outstanding:
                     self.sink.discard(reply.site)
                 q.site_failed(reply.site, reply.reason, now)
@@ -171,6 +178,11 @@ class _Driver:
                     await self.ask_more(scatter, q.sites_needed)
             case _:
                 assert_never(reply)
+
+    def _needed(self, site: str) -> bool:
+        """Whether the quorum can no longer be reached if ``site`` (outstanding) fails."""
+        q = self.quorum
+        return site in q.outstanding and len(q.accepted) + len(q.outstanding) - 1 < q.min_sites
 
     async def ask_more(self, scatter: Scatter, count: int) -> None:
         q = self.quorum

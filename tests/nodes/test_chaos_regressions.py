@@ -17,8 +17,10 @@ from flrt.jobstore import JobStore
 from flrt.registry import SiteRegistry
 from flrt.server import ServerCore
 from flrt.simulator import _attach, simulate
-from flrt.site import SiteCore
+from flrt.site import SiteCore, SiteNode
+from tests.nodes._federation import federation
 from transport.bus import Message, Node
+from transport.testing.proxy import FaultProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -140,3 +142,49 @@ def test_temporary_copies_a_killed_server_left_are_removed_at_its_next_start(
     assert [copy for copy in left if copy.exists()] == []
     assert kept.exists()
     assert (job / "record.json").read_text() == "{}"
+
+
+EVERY_SITE_JOB = """\
+name = "blip"
+[workflow]
+name = "fedavg"
+rounds = 1
+sites_per_round = 2
+min_sites = 2
+seed = 4
+[trainer]
+spec = "tests.nodes._trainers:SiteBehaviour"
+[trainer.args]
+size_mib = 0.05
+delay_seconds = 1.0
+"""
+
+
+async def test_a_connection_cut_while_a_needed_site_trains_does_not_fail_the_round(
+    kits: Path, tmp_path: Path
+) -> None:
+    """The round needs both sites; site-2's connection (through a relay) is cut while it trains.
+    Its session resumes at once and its answer arrives over it, so the round and the job finish.
+    (Counted failed at once as "disconnected", the site failed the round, and the job.)"""
+    with anyio.fail_after(60):
+        async with (
+            federation(kits, tmp_path, sites=("site-1",)) as fed,
+            FaultProxy("127.0.0.1", fed.server.port) as proxy,
+            SiteNode(
+                kits / "site-2",
+                tmp_path / "site-2",
+                server=("127.0.0.1", proxy.port),
+                backoff=(0.05, 0.5),
+            ),
+        ):
+            await fed.wait_connected(["site-1", "site-2"])
+            before = proxy.stats.bytes_down
+            job_id = await fed.admin.submit(fed.job_dir("blip", EVERY_SITE_JOB))
+            # The 50 KiB model reached site-2: it trains for a second.
+            await proxy.wait_stats(lambda s: s.bytes_down > before + 50_000)
+            proxy.cut_all()
+            job = await fed.admin.wait(job_id)
+            rounds = (await fed.admin.job(job_id))["rounds"]
+    assert proxy.stats.cuts >= 1
+    assert job["status"] == "finished", job
+    assert [r["accepted"] for r in rounds] == [["site-1", "site-2"]]
