@@ -3,6 +3,8 @@ checkpoint ends with exactly the model of a run that never stopped."""
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
+import flrt.checkpoint
 from flrt.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
@@ -309,3 +312,27 @@ async def test_a_resumed_workflow_ends_with_the_model_of_an_uninterrupted_run(
     }
     assert not any(getattr(e, "round", 99) <= stop_after for e in second.events)
     assert checkpoint_rounds(tmp_path)[-1] == 6
+
+
+@pytest.mark.parametrize("refused", ["model", "journal"])
+def test_a_full_disk_names_the_checkpoint_file_it_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str
+) -> None:
+    """A write that fills the disk raises an OSError without a file name; the server logs the
+    error's file (``job.interrupted``), which said ``null``. The save names the file now, and
+    leaves nothing of itself behind."""
+
+    def full(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if refused == "model":
+        monkeypatch.setattr(flrt.checkpoint, "write_weights", full)
+    else:
+        monkeypatch.setattr(os, "pwrite", full)
+    checkpoint = Checkpoint("job-1", 1, {"w": np.zeros(3)}, journal=[{"round": 1}])
+    with pytest.raises(OSError, match="No space left") as info:
+        save_checkpoint(tmp_path, checkpoint)
+    assert info.value.errno == errno.ENOSPC
+    expected = "model.safetensors" if refused == "model" else "journal-000001.msgpack"
+    assert str(info.value.filename).endswith(expected), info.value.filename
+    assert checkpoint_rounds(tmp_path) == []
