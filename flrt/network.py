@@ -357,14 +357,17 @@ class _NetScatter:
     def _dispatch(self, sites: Iterable[str]) -> None:
         ctl = self._controller
         for site in sites:
-            if not ctl.registry.is_connected(site):
+            reconnecting = not ctl.registry.is_connected(site)
+            if reconnecting and not ctl.reconnecting(site):
                 self._deliver(SiteFailed(site, "not connected"))
                 continue
             tid = ctl.table.new_id()
             self.tids[tid] = site
             self.status[site] = _OUTSTANDING
             ctl.table.add(tid, self, site)
-            ctl.task_group.start_soon(self._send, site, tid)
+            ctl.task_group.start_soon(self._send, site, tid)  # the bus sends it once resumed
+            if reconnecting:
+                self._deliver(SiteFailed(site, "disconnected", resumable=True))
 
     async def _send(self, site: str, tid: str) -> None:
         if self.closed:
@@ -607,7 +610,8 @@ class NetworkController:
 
     ``send`` tells a site (the server node's ``tell``); ``task_group`` runs the sends and receipts
     (it must outlive the workflow: late results are drained in it); ``on_progress(job_id, round)``
-    is called after every checkpoint.
+    is called after every checkpoint; ``reconnecting(site)`` says whether a site that is not
+    connected may resume its session (none, by default).
     """
 
     def __init__(
@@ -622,6 +626,7 @@ class NetworkController:
         send: Send,
         task_group: anyio.abc.TaskGroup,
         on_progress: Callable[[str, int], None] | None = None,
+        reconnecting: Callable[[str], bool] | None = None,
     ) -> None:
         self.job_id = job_id
         self.job = job
@@ -632,6 +637,9 @@ class NetworkController:
         self.send = send
         self.task_group = task_group
         self.on_progress = on_progress
+        #: Whether a site that is not connected has a session that may resume (the bus keeps its
+        #: link, and sends what it is given once the site is back).
+        self.reconnecting: Callable[[str], bool] = reconnecting or (lambda site: False)
         self.seed = job_seed(job, job_id)
         budget = getattr(job.workflow.params, "memory_budget_mb", 256.0)
         #: Bounds the bytes of updates being received or staged at once (the job's
@@ -658,7 +666,15 @@ class NetworkController:
         await anyio.sleep_until(deadline)
 
     def available_sites(self) -> frozenset[str]:
-        return self.registry.available()
+        """The sites connected now; when they are too few for the job's quorum, also those whose
+        connection dropped but whose session may resume (asked, they count as failed at once
+        unless the round needs them: see :mod:`flrt.workflows.rounds`). A round that could go on
+        without them never waits for them."""
+        available = self.registry.available()
+        wanted = frozenset(self.job.targets) or frozenset(self.registry.sites)
+        if len(available & wanted) >= self.job.workflow.min_sites:
+            return available
+        return available | {s for s in wanted - available if self.reconnecting(s)}
 
     def site_history(self) -> Mapping[str, SiteHistory]:
         return self.registry.history()

@@ -242,6 +242,14 @@ class ServerCore:
             else:
                 await link.wait_changed()
 
+    def _reconnecting(self, site: str) -> bool:
+        """Whether ``site``'s connection dropped while its session may still resume."""
+        try:
+            link = self.node.link(site)
+        except ConnectionClosedError:
+            return False
+        return not link.connected
+
     def _site_lost(self, site: str, reason: str, *, resumable: bool = False) -> None:
         """``site``'s connection dropped (``resumable``: its session may resume: the bus keeps
         its link) or its session ended."""
@@ -409,6 +417,7 @@ class ServerCore:
             send=self.send,
             task_group=self.task_group,
             on_progress=self._progress,
+            reconnecting=self._reconnecting,
         )
         running.controller = controller
         try:

@@ -10,11 +10,11 @@
 - a reply for another task (an earlier round, another model), from a site not asked, a duplicate,
   or one arriving after the round closed is reported as :class:`UpdateDiscarded` and its staged
   arrays are dropped, never folded;
-- a site whose connection drops while it is outstanding counts as failed at once, so the round
-  goes on without it, unless the quorum cannot be reached without it: then, as long as its
-  session may resume (:class:`~flrt.workflows.controller.SiteFailed` ``resumable``), its answer is
-  waited for, and it fails only when the session ends for good. A network blip of a few
-  milliseconds at one site must not fail a round that needs every site;
+- a site whose connection drops while it is outstanding (or is down when it is asked) counts as
+  failed at once, so the round goes on without it, unless the quorum cannot be reached without it:
+  then, as long as its session may resume (:class:`~flrt.workflows.controller.SiteFailed`
+  ``resumable``), its answer is waited for, and it fails only when the session ends for good. A
+  network blip of a few milliseconds at one site must not fail a round that needs every site;
 - when the quorum needs more sites (``wait_for_quorum``), sites that are connected and not yet in
   the round are asked, now or as soon as one joins;
 - when the round closes, stragglers are cancelled; when it fails, a

@@ -9,15 +9,19 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
 from flrt._protocol import PROTOCOL_VERSION, RESULTS_ACTOR
 from flrt.jobstore import JobStore
+from flrt.network import NetworkController, TaskTable
 from flrt.registry import SiteRegistry
 from flrt.server import ServerCore
 from flrt.simulator import _attach, simulate
 from flrt.site import SiteCore, SiteNode
+from flrt.tasks import TrainTask
+from flrt.workflows import SiteFailed
 from tests.nodes._federation import federation
 from transport.bus import Message, Node
 from transport.testing.proxy import FaultProxy
@@ -188,3 +192,59 @@ async def test_a_connection_cut_while_a_needed_site_trains_does_not_fail_the_rou
     assert proxy.stats.cuts >= 1
     assert job["status"] == "finished", job
     assert [r["accepted"] for r in rounds] == [["site-1", "site-2"]]
+
+
+async def test_a_round_that_starts_while_a_site_reconnects_asks_it_all_the_same(
+    tmp_path: Path,
+) -> None:
+    """A round that starts in the few milliseconds a site's connection is down (its session
+    resumes) left it out: with every site needed, the round failed at once ("quorum unreachable
+    ... out of 3 asked"), and the job. The site is asked: the bus sends the task once the session
+    resumes, and the round hears a resumable failure, which it waits on when it needs the site."""
+    store = JobStore(tmp_path / "jobs")
+    entry, spec = store.create(EVERY_SITE_JOB, submitted_by="admin", organisation="org")
+    registry = SiteRegistry({"site-1": "org", "site-2": "org"})
+    registry.connected("site-1")
+    sent: list[tuple[str, object]] = []
+
+    async def send(address: str, body: dict[str, object], arrays: object) -> None:
+        sent.append((address, body["op"]))
+
+    async with anyio.create_task_group() as tg:
+        controller = NetworkController(
+            job_id=entry.record.job_id,
+            job=spec,
+            entry=entry,
+            store=store,
+            registry=registry,
+            table=TaskTable(),
+            send=send,
+            task_group=tg,
+            reconnecting=lambda site: site == "site-2",
+        )
+        assert controller.available_sites() == {"site-1", "site-2"}
+        with_quorum = NetworkController(
+            job_id=entry.record.job_id,
+            job=spec,
+            entry=entry,
+            store=store,
+            registry=SiteRegistry({"site-1": "org", "site-2": "org", "site-3": "org"}),
+            table=TaskTable(),
+            send=send,
+            task_group=tg,
+            reconnecting=lambda site: site == "site-2",
+        )
+        with_quorum.registry.connected("site-1")
+        with_quorum.registry.connected("site-3")
+        # Enough sites are connected for the quorum: a round never waits on one that is away.
+        assert with_quorum.available_sites() == {"site-1", "site-3"}
+        with_quorum.close()
+        task = TrainTask(entry.record.job_id, 1, {"w": np.zeros(3, np.float32)})
+        async with controller.scatter(task, ["site-1", "site-2"]) as scatter:
+            reply = await scatter.receive(None)
+            while len(sent) < 2:
+                await anyio.lowlevel.checkpoint()
+        controller.close()
+    assert reply == SiteFailed("site-2", "disconnected", resumable=True)
+    tasks = sorted(address for address, op in sent if op == "task")
+    assert tasks == ["site-1/site", "site-2/site"]
