@@ -199,7 +199,7 @@ class AdminService:
     def publish(self, job_id: str) -> None:
         """Tell every admin watching ``job_id`` its current state (never blocks)."""
         watchers = self._watchers.get(job_id)
-        if not watchers:
+        if not watchers or self.core.stopping:  # a stopping core's task group takes no work
             return
         try:
             view = self.view(self.core.store.entry(job_id))

@@ -158,6 +158,11 @@ class ServerCore:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def stopping(self) -> bool:
+        """True from the start of its exit on: its task group takes no new work."""
+        return self._stopping
+
     async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -588,6 +593,7 @@ class ServerNode:
         self.port = 0
         self.admin_port: int | None = None
         self._stack: AsyncExitStack | None = None
+        self._open = False  # from the start of __aenter__ to the end of __aexit__
         self._core: ServerCore | None = None
         self._node: Node | None = None
         self.kit: Kit | None = None
@@ -605,6 +611,18 @@ class ServerNode:
         return self._node
 
     async def __aenter__(self) -> Self:
+        if self._open:
+            raise RuntimeError(
+                "the server is open already: use one 'async with' at a time, or another ServerNode"
+            )
+        self._open = True
+        try:
+            return await self._enter()
+        except BaseException:
+            self._open = False
+            raise
+
+    async def _enter(self) -> Self:
         kit = load_kit(self.kit_path)
         if kit.identity.role is not Role.SERVER:
             raise KitError(self.kit_path, f"a {kit.identity.role.value} kit cannot run the server")
@@ -707,6 +725,7 @@ class ServerNode:
             self._stack = None
             self._core = None
             self._node = None
+            self._open = False
 
     def _peer_lost(self, peer: str, error: TransportError | None) -> None:
         if self._core is not None:

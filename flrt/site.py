@@ -89,7 +89,7 @@ from security.kit import LOCAL_DIR, Kit, load_kit
 from security.pki import Role
 from security.tls import client_ssl_context_from_kit
 from transport.bus import Message, Node
-from transport.errors import TransportError
+from transport.errors import ConnectionClosedError, ResumeRefusedError, TransportError
 from transport.objects import IncomingObject, LocalObject
 from transport.protocol.session import SessionConfig
 
@@ -231,6 +231,10 @@ class SiteCore:
                 job.running.pop(task.tid, None)
         except TrainingAbortedError:
             log.info("task.aborted")
+            return
+        except (ConnectionClosedError, ResumeRefusedError) as exc:
+            # The server stopped or restarted while the model came: it will ask again.
+            log.info("task.not_received", reason=str(exc))
             return
         except (TransportError, NodeProtocolError) as exc:
             await self._fail(log, task, exc, event="task.not_received", context="task not received")

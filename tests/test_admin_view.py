@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flrt._admin_service import round_table, site_failures
+from flrt._admin_service import AdminService, round_table, site_failures
 
 
 def _reason(text: str, error_id: str) -> str:
@@ -127,3 +127,19 @@ def test_a_reason_that_only_mentions_an_error_id_keeps_it() -> None:
     text = "ValueError: (error id 1234abcd; details in the site's log) is not a column"
     events = [_round(1, "train", {"site-1": text})]
     assert [(f["reason"], f["error_id"]) for f in site_failures(events, 1)] == [(text, None)]
+
+
+class _StoppedCore:
+    """A server core that has stopped: its task group takes no work, and any use of it fails."""
+
+    stopping = True
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a stopped core was asked for {name}")
+
+
+def test_a_stopping_server_tells_watching_admins_nothing() -> None:
+    # publish() used to start a task in the core's closed task group: RuntimeError at the stop.
+    service = AdminService(_StoppedCore())  # type: ignore[arg-type]
+    service._watchers["job-1"] = {"lead@example.org#1"}
+    service.publish("job-1")

@@ -94,3 +94,16 @@ async def test_a_workspace_that_cannot_be_made_is_a_config_error_naming_it(
             pass  # pragma: no cover - not reached
     assert refused.value.path == taken / "ws"
     assert "cannot be the site's workspace" in str(refused.value)
+
+
+async def test_a_server_entered_twice_is_refused_and_keeps_serving(
+    kits: Path, tmp_path: Path
+) -> None:
+    node = ServerNode(kits / "server", tmp_path / "server", host="127.0.0.1", port=0)
+    with anyio.fail_after(20):
+        async with node:
+            with pytest.raises(RuntimeError, match="open already"):
+                async with node:
+                    pass  # pragma: no cover - not reached
+            async with AdminClient(kits / ADMIN, server=("127.0.0.1", node.port)) as admin:
+                assert await admin.jobs() == []
