@@ -184,16 +184,24 @@ class Link:
             self._wake()
 
     async def _write_pending(self, stream: anyio.abc.ByteStream, scope: anyio.CancelScope) -> bool:
-        """Write one batch from the session; False when the connection is over."""
+        """Write one batch from the session; False when the connection is over.
+
+        A session closed while a batch was being written has its last frame (CLOSE, REFUSE)
+        queued behind that batch: it is written too before the connection ends.
+        """
         async with self._write_lock:
-            buffers = self.session.data_to_send(self._now())
-            if buffers:
-                try:
-                    await _write_all(stream, buffers)
-                except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
-                    self._connection_failed(connection_broken(exc), scope)
-                    return False
-        if self.session.state.value == "closed":
+            while True:
+                buffers = self.session.data_to_send(self._now())
+                if buffers:
+                    try:
+                        await _write_all(stream, buffers)
+                    except Exception as exc:  # anyio, OS and ssl errors: translate at the edge
+                        self._connection_failed(connection_broken(exc), scope)
+                        return False
+                closed = self.session.state.value == "closed"
+                if not (closed and self.session.wants_write):
+                    break
+        if closed:
             scope.cancel()
             return False
         return True

@@ -142,7 +142,8 @@ async def test_what_a_node_told_before_it_stops_is_delivered(pki: Pki) -> None:
             await site.connect(
                 "127.0.0.1", port, pki.site_context(pki.site), server_hostname="localhost"
             )
-            await site.tell("server/keep", "result", arrays={"w": np.ones(2_000_000)})
+            big = {"w": np.ones(262_144)}  # 2 MiB: many chunks
+            await site.tell("server/keep", "result", arrays=big)
         with anyio.fail_after(10):
             await arrived.wait()
-    assert got == [2_000_000.0]
+    assert got == [262_144.0]
