@@ -15,8 +15,9 @@ from typing import BinaryIO
 
 from security import _atomic
 from security._atomic import fsync_dir as fsync_directory
+from security._atomic import naming as naming_os_errors
 
-__all__ = ["atomic_file", "atomic_write", "fsync_directory"]
+__all__ = ["atomic_file", "atomic_write", "fsync_directory", "naming_os_errors"]
 
 #: Permission bits of the files flrt writes: job records, models, checkpoints' neighbours, downloads.
 _FILE_MODE = 0o600

@@ -64,14 +64,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from flrt._durable import fsync_directory
+from flrt._durable import fsync_directory, naming_os_errors
 from flrt.errors import CheckpointError, ModelFileError
 from flrt.model import load_weights, weights_digest, write_weights
 from flrt.tasks import Weights
@@ -131,24 +131,11 @@ class Checkpoint:
 # ------------------------------------------------------------------------------- array files
 
 
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """Give an :class:`OSError` raised in the block the file name ``path`` when the call that
-    raised it named none (``write``, ``fsync``: "No space left on device"), so that the server's
-    log says which file a full disk refused."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno is None or exc.filename is not None:
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-
-
 def _write_arrays(path: Path, weights: Weights) -> str:
     """Write ``weights`` to the new file ``path`` (flushed and fsynced) and return their digest
     (:func:`~flrt.model.weights_digest`: the SHA-256 of the bytes written). The file needs no
     atomic write of its own: it is in the checkpoint's temporary directory."""
-    with _naming(path), path.open("xb") as out:
+    with naming_os_errors(path), path.open("xb") as out:
         digest = write_weights(out, weights)
         out.flush()
         os.fsync(out.fileno())
@@ -185,7 +172,7 @@ def _append_journal(path: Path, offset: int, data: bytes, *, create: bool) -> No
     the directory so that its name survives a power cut too."""
     fd = os.open(path, os.O_WRONLY | (os.O_CREAT if create else 0), 0o666)
     try:
-        with _naming(path):
+        with naming_os_errors(path):
             if os.fstat(fd).st_size != offset:
                 os.ftruncate(fd, offset)
             view = memoryview(data)
@@ -235,7 +222,7 @@ def _read_journal(root: Path, extent: Any, where: Path) -> tuple[Mapping[str, An
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    with _naming(path), path.open("xb") as out:
+    with naming_os_errors(path), path.open("xb") as out:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())

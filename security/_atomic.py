@@ -32,14 +32,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "atomic_write", "fsync_dir", "replace_dir", "staging_dir"]
+__all__ = ["atomic_file", "atomic_write", "fsync_dir", "naming", "replace_dir", "staging_dir"]
 
 #: What a file system without a folder fsync answers to one (ENOTSUP is EOPNOTSUPP on Linux).
 _NO_FOLDER_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 @contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
+def naming(path: Path) -> Iterator[None]:
     """Give an :class:`OSError` raised in the block the file name ``path``, when the call that raised
     it (``write``, ``fsync``, ``fchmod``) named none: "No space left on device: 'x'", not a bare
     "No space left on device"."""
@@ -103,10 +103,10 @@ def atomic_file(
         raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     out = os.fdopen(fd, "wb")
     try:
-        with _naming(target):
+        with naming(target):
             os.fchmod(fd, mode)
         yield out
-        with _naming(target):
+        with naming(target):
             out.flush()
             if durable:
                 os.fsync(fd)
@@ -148,7 +148,7 @@ def atomic_write(
         ) from None
     if parents:
         target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(target, mode=mode, durable=durable, sync_dir=sync_dir) as out, _naming(target):
+    with atomic_file(target, mode=mode, durable=durable, sync_dir=sync_dir) as out, naming(target):
         out.write(payload)
 
 
