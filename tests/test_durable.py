@@ -28,7 +28,12 @@ def _parameters(function: object) -> list[tuple[str, object, object]]:
 
 
 def test_the_names_and_signatures_callers_use_are_kept() -> None:
-    assert _durable.__all__ == ["atomic_file", "atomic_write", "fsync_directory"]
+    assert _durable.__all__ == [
+        "atomic_file",
+        "atomic_write",
+        "fsync_directory",
+        "naming_os_errors",
+    ]
     positional, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
     assert _parameters(atomic_file) == [
         ("path", positional, inspect.Parameter.empty),
