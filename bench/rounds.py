@@ -73,6 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._util import emit  # noqa: E402
+from flrt._durable import atomic_file  # noqa: E402
 from flrt.admin import AdminClient  # noqa: E402
 from flrt.examples.noise import add_noise  # noqa: E402
 from flrt.logs import configure_logging  # noqa: E402
@@ -495,7 +496,9 @@ def floor_server(
                     )
             for old, sum_ in zip(model, sums, strict=True):
                 np.add(old, sum_, out=old, casting="unsafe")
-            write_durably(folder / "model.bin", model)
+            with atomic_file(folder / "model.bin") as out:  # fsynced, renamed, folder fsynced
+                for array in model:
+                    out.write(_bytes(array))
             seconds.append(time.perf_counter() - start)
             cpu.append(time.process_time())
         for stream in streams:
@@ -524,23 +527,6 @@ async def _floor_exchange(
 
     await _floor_send(stream, model, digest)
     await _floor_receive(stream, buffers, fold)
-
-
-def write_durably(path: Path, arrays: list[np.ndarray]) -> None:
-    """``arrays`` into ``path`` as a checkpoint is written: a new file fsynced, renamed over the
-    old one, the folder fsynced."""
-    staging = path.with_suffix(".tmp")
-    with staging.open("wb") as out:
-        for array in arrays:
-            out.write(_bytes(array))
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def floor_client(kit: Path, port: int, nbytes: int, exchanges: int, backend: str) -> None:
