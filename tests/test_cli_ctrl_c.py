@@ -104,11 +104,7 @@ def one_line(stderr: str) -> str:
 
 #: Where an import can stop: (command, module).
 IMPORTS = [
-    pytest.param(
-        "admin",
-        "importlib.metadata",
-        id="admin: the flrt package",
-    ),
+    pytest.param("admin", "flrt.cli._kit", id="admin: another command's arguments"),
     *(
         pytest.param(name, "flrt.cli", id=f"{name}: the command line")
         for name in ("admin", "server", "site")

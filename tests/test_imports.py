@@ -42,8 +42,18 @@ SERVER_ONLY = (
     "flrt.workflows",
     "flrt.aggregation",
 )
-#: What neither a site nor an admin client runs.
-NOBODY_ELSE = ("flrt.simulator", "flrt.demo", "security.provision")
+#: What neither a site nor an admin client runs: the simulator and the demo, provisioning, sealing
+#: kits (with tarfile and getpass), and the package metadata that only ``--version`` looks up.
+NOBODY_ELSE = (
+    "flrt.simulator",
+    "flrt.demo",
+    "security.provision",
+    "security.seal",
+    "flrt.cli._kit_run",
+    "importlib.metadata",
+    "tarfile",
+    "getpass",
+)
 
 
 def _loaded(modules: list[str], roots: tuple[str, ...]) -> list[str]:

@@ -10,12 +10,10 @@ its handler, so that Ctrl-C finds the handler in place from the moment the comma
 imported (``python -m flrt`` is covered from its first line, see :mod:`flrt.__main__`).
 
 The parser is built whichever command runs, so a command's module declares its arguments and
-imports little more than :mod:`argparse` (``_kit`` is the exception: it still loads the kit and
-seal code, and with them ``cryptography``, for every command). What a command runs, if it needs
-more, is in
-``_<command>_run``, which the handler imports when it is called: a site process never loads the
-server, its job store, workflows and aggregators, nor an admin client the site's trainer
-(``tests/test_imports.py`` checks it).
+imports little more than :mod:`argparse`; ``--version`` looks the number up only when asked. What
+a command runs, if it needs more, is in ``_<command>_run``, which the handler imports when it is
+called: a site process never loads the server, its job store, workflows and aggregators, nor the
+kit-sealing code, nor an admin client the site's trainer (``tests/test_imports.py`` checks it).
 """
 
 from __future__ import annotations
@@ -51,13 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     import argparse
     import importlib
 
-    import flrt
+    class LazyVersion(argparse.Action):
+        """``--version``, whose number (``importlib.metadata``: 1 MiB) is looked up when asked for."""
+
+        def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+            import flrt
+
+            print(f"flrt {flrt.__version__}")
+            parser.exit()
 
     parser = argparse.ArgumentParser(
         prog="flrt",
         description="flrt: a federated-learning runtime for hospitals.",
     )
-    parser.add_argument("--version", action="version", version=f"flrt {flrt.__version__}")
+    parser.add_argument(
+        "--version", nargs=0, action=LazyVersion, help="show flrt's version and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"flrt.cli._{name}")

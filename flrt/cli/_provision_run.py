@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from cryptography import x509
 
-from flrt.cli._kit import read_password
+from flrt.cli._kit_run import read_password
 from security.errors import ProjectFileError, WorkspaceError
 from security.kit import TRUST_DIR
 from security.project import EXAMPLE_PROJECT, parse_project

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import flrt.cli._kit as kit_cli
+import flrt.cli._kit_run as kit_cli
 from flrt.cli import COMMANDS, main
 from security.kit import load_kit
 from security.project import parse_project
