@@ -173,7 +173,9 @@ class IncomingObject:
         self._received = 0
         self._complete = manifest.total == 0
         self._error: TransportError | None = None
-        self._changed = anyio.Event()
+        # Set (and dropped) at the next change, made only when the application waits for one:
+        # the link feeds an object once per chunk, mostly while nobody waits.
+        self._changed: anyio.Event | None = None
 
     # -- fed by the link -------------------------------------------------------------------------
 
@@ -216,8 +218,16 @@ class IncomingObject:
         return self._held_bytes
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_changed(self) -> None:
+        """Wait for the next change (bytes, completion, failure); the caller checks the state
+        first, with no await in between, so no change can slip past."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        await self._changed.wait()
 
     # -- for the application ---------------------------------------------------------------------
 
@@ -296,7 +306,7 @@ class IncomingObject:
         while not self._complete:
             if self._error is not None:
                 raise self._error
-            await self._changed.wait()
+            await self._wait_changed()
         if self._error is not None:
             raise self._error
 
@@ -339,7 +349,7 @@ class IncomingObject:
                 if carry:
                     raise LocalProtocolError("object ended in the middle of an element")
                 return
-            await self._changed.wait()
+            await self._wait_changed()
 
     def close(self) -> None:
         """Give up on the object (the link is gone)."""

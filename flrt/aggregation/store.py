@@ -162,7 +162,7 @@ class UpdateStore:
         self.delete(key)
         dtype = np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         array = self._reuse(shape, dtype)
         if array is not None:
             if zeroed:
@@ -204,7 +204,7 @@ class UpdateStore:
             wanted[key] = wanted.get(key, 0) + 1
         created: list[npt.NDArray[Any]] = []
         for (shape, dtype), count in wanted.items():
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            nbytes = math.prod(shape) * dtype.itemsize
             missing = count - len(self._free.get((shape, dtype), ()))
             for _ in range(missing):
                 if not nbytes or self._memory_bytes + self._free_bytes + nbytes > self.budget_bytes:
