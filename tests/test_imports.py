@@ -77,18 +77,19 @@ def kits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return provision_project(tmp_path_factory.mktemp("project") / "ws", port=free_port())
 
 
-@pytest.mark.timeout(60)
-def test_a_running_site_imports_nothing_of_the_server(kits: Path, tmp_path: Path) -> None:
-    # Nobody listens on the port: the site starts, keeps dialling, and stops on SIGTERM.
+def _site_modules(kits: Path, workspace: Path, *options: str) -> list[str]:
+    """What a site imported, started with ``options`` and stopped with SIGTERM while it dials a
+    port where nobody listens."""
     proc = _popen(
         "site",
         "start",
         str(kits / "site-1"),
         "--workspace",
-        str(tmp_path),
+        str(workspace),
         "--server",
         f"127.0.0.1:{free_port()}",
         "--quiet",
+        *options,
     )
     try:
         assert proc.stdout is not None
@@ -100,8 +101,24 @@ def test_a_running_site_imports_nothing_of_the_server(kits: Path, tmp_path: Path
         proc.kill()
         proc.wait(timeout=30)
     assert code == 0
+    return modules
+
+
+@pytest.mark.timeout(60)
+def test_a_running_site_imports_nothing_of_the_server(kits: Path, tmp_path: Path) -> None:
+    modules = _site_modules(kits, tmp_path)
     assert "flrt.site" in modules
     assert _loaded(modules, (*SERVER_ONLY, *NOBODY_ELSE, "flrt.admin")) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_site_on_asyncio_does_not_load_trio(kits: Path, tmp_path: Path) -> None:
+    """What the README promises small machines: ``--backend asyncio`` leaves trio (and attrs, its
+    dependency) unloaded, about 3.5 MiB of a site's memory."""
+    modules = _site_modules(kits, tmp_path, "--backend", "asyncio")
+    assert "flrt.site" in modules
+    assert _loaded(modules, ("trio", "attr", "attrs", "anyio._backends._trio")) == []
+    assert "trio" in _site_modules(kits, tmp_path / "on-trio")  # the probe sees it when loaded
 
 
 @pytest.mark.timeout(60)
