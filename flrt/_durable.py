@@ -16,8 +16,15 @@ from typing import BinaryIO
 from security import _atomic
 from security._atomic import fsync_dir as fsync_directory
 from security._atomic import naming as naming_os_errors
+from security._atomic import remove_stale_copies
 
-__all__ = ["atomic_file", "atomic_write", "fsync_directory", "naming_os_errors"]
+__all__ = [
+    "atomic_file",
+    "atomic_write",
+    "fsync_directory",
+    "naming_os_errors",
+    "remove_stale_copies",
+]
 
 #: Permission bits of the files flrt writes: job records, models, checkpoints' neighbours, downloads.
 _FILE_MODE = 0o600

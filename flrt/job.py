@@ -631,8 +631,9 @@ def parse_job(data: Mapping[str, Any], *, path: Path | str | None = None) -> Job
 def loads_job(text: str, *, path: Path | str | None = None) -> JobSpec:
     """Parse and validate ``job.toml`` text. Raises :class:`~flrt.errors.JobError` (also for a text
     of more than :data:`MAX_JOB_FILE_BYTES`)."""
-    if len(text) > MAX_JOB_FILE_BYTES or len(text.encode("utf-8", "replace")) > MAX_JOB_FILE_BYTES:
-        raise too_large(len(text.encode("utf-8", "replace")), path=path)
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_JOB_FILE_BYTES:
+        raise too_large(size, path=path)
     try:
         data = tomllib.loads(text.removeprefix("\ufeff"))  # the byte-order mark some editors add
     except tomllib.TOMLDecodeError as exc:

@@ -26,7 +26,6 @@ ones. What a job resumes from is its checkpoints, which are durable (:mod:`flrt.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flrt._durable import atomic_write, fsync_directory
+from flrt._durable import atomic_write, fsync_directory, remove_stale_copies
 from flrt.checkpoint import latest_checkpoint
 from flrt.errors import CheckpointError, JobError, JobRecordError
 from flrt.job import JobRecord, JobSpec, is_job_id, load_job, loads_job, new_job_id
@@ -102,9 +101,9 @@ class JobStore:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob(".new-*"):  # a submission interrupted by a crash
             shutil.rmtree(stale, ignore_errors=True)
-        for copy in root.glob("*/.*.tmp"):  # a record (or results) rewrite a crash interrupted
-            with contextlib.suppress(OSError):
-                copy.unlink()
+        for folder in root.iterdir():  # a record (or results) rewrite a crash interrupted
+            if folder.is_dir():
+                remove_stale_copies(folder)
 
     def folder(self, job_id: str) -> Path:
         """The job's folder. Raises :class:`KeyError` for something that is not a job id."""

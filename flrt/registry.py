@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from flrt._durable import atomic_write
+from flrt._durable import atomic_write, remove_stale_copies
 from flrt.workflows.quorum import SiteOutcome
 from flrt.workflows.sampling import SiteHistory
 
@@ -61,16 +61,6 @@ class SiteRecord:
         }
 
 
-def _remove_stale_copies(path: Path) -> None:
-    """Remove what a server killed while it rewrote ``path`` left: a temporary copy
-    (``.<name>.<random>.tmp``, see :mod:`flrt._durable`), one more with each such kill. Nobody
-    else writes there: the workspace is the server's (:mod:`flrt._workspace`)."""
-    with contextlib.suppress(OSError):
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
 class SiteRegistry:
     """Every known site's connection state and reliability history (see the module docstring).
 
@@ -87,8 +77,8 @@ class SiteRegistry:
         self._unsaved = False
         self._sites = {name: SiteRecord(name, org) for name, org in sorted(sites.items())}
         self._changed = anyio.Event()
-        if path is not None:
-            _remove_stale_copies(path)
+        if path is not None:  # what a server killed while it rewrote the file left
+            remove_stale_copies(path.parent, path.name)
         if path is not None and path.is_file():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 saved = json.loads(path.read_bytes())

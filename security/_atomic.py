@@ -32,7 +32,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "atomic_write", "fsync_dir", "naming", "replace_dir", "staging_dir"]
+__all__ = [
+    "atomic_file",
+    "atomic_write",
+    "fsync_dir",
+    "naming",
+    "remove_stale_copies",
+    "replace_dir",
+    "staging_dir",
+]
 
 #: What a file system without a folder fsync answers to one (ENOTSUP is EOPNOTSUPP on Linux).
 _NO_FOLDER_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
@@ -69,6 +77,20 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+#: The temporary copy :func:`atomic_file` writes is ``.<name>.<random>`` plus this, beside the target.
+_COPY_SUFFIX = ".tmp"
+
+
+def remove_stale_copies(folder: Path, name: str = "*") -> None:
+    """Remove the temporary copies of ``name`` (of every file, by default) that :func:`atomic_file`
+    left in ``folder`` when a crash interrupted it, one more with each such crash. Only for a
+    folder nobody else writes in meanwhile (a node's own workspace). Raises nothing."""
+    with contextlib.suppress(OSError):
+        for stale in folder.glob(f".{name}.*{_COPY_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: str | os.PathLike[str],
@@ -98,7 +120,7 @@ def atomic_file(
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(target))
     folder = target.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_COPY_SUFFIX, dir=folder)
     except OSError as exc:  # it names the temporary file, which the caller never heard of
         raise OSError(exc.errno, exc.strerror, str(folder)) from exc
     out = os.fdopen(fd, "wb")

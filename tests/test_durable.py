@@ -33,6 +33,7 @@ def test_the_names_and_signatures_callers_use_are_kept() -> None:
         "atomic_write",
         "fsync_directory",
         "naming_os_errors",
+        "remove_stale_copies",
     ]
     positional, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
     assert _parameters(atomic_file) == [
